@@ -1,0 +1,4 @@
+DROP TABLE dlq;
+DROP TABLE leaderboards;
+DROP TABLE player_statistics;
+DROP TABLE events;

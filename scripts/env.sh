@@ -1,0 +1,32 @@
+# Shared settings for the scripts: sourced, not run. Every value can be overridden from outside.
+# The build cache lives outside the work tree so a fresh clone (as CI makes) reuses it.
+export GAMEMETRICS_CACHE=${GAMEMETRICS_CACHE:-$HOME/.cache/gamemetrics}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$GAMEMETRICS_CACHE/target}
+export DATABASE_URL=${DATABASE_URL:-postgres://gamemetrics:gamemetrics@127.0.0.1:5432/gamemetrics}
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+export PATH="$HOME/.cargo/bin:$PATH"
+DIESEL_CLI_VERSION=2.3.2
+
+# The diesel CLI generates src/schema.rs; installed once into ~/.cargo/bin.
+ensure_diesel_cli() {
+  if command -v diesel >/dev/null && diesel --version 2>/dev/null | grep -q "$DIESEL_CLI_VERSION"; then return; fi
+  echo "installing diesel_cli $DIESEL_CLI_VERSION (once; a few minutes)" >&2
+  dpkg -s libpq-dev >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpq-dev >/dev/null
+  # Its own temporary target dir: sharing the project cache would contend for its lock.
+  env -u CARGO_TARGET_DIR cargo install --quiet --locked diesel_cli --version "$DIESEL_CLI_VERSION" --no-default-features --features postgres
+}
+
+# librdkafka is built from source by rdkafka-sys: it needs a C toolchain, cmake-free make, and
+# OpenSSL headers for TLS/SASL to Strimzi.
+ensure_build_deps() {
+  local missing=()
+  for pkg in build-essential libssl-dev pkg-config libpq-dev; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing build dependencies: ${missing[*]}" >&2
+    [ -f /tmp/.gamemetrics-apt-updated ] || { apt-get update -qq >/dev/null && touch /tmp/.gamemetrics-apt-updated; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
+}

@@ -1,0 +1,71 @@
+//! `Application`: the HTTP server built from a `Config`, bound before it runs so callers (and
+//! tests, which bind port 0) can learn the port.
+
+use crate::config::Config;
+use crate::domain::EventLimits;
+use crate::http::{self, rate_limit::RateLimiter, AppState};
+use crate::kafka::EventProducer;
+use crate::metrics::Metrics;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use std::net::TcpListener;
+
+/// A bound, not yet running, HTTP server.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Binds `HTTP_ADDR` and builds the server around the given producer.
+    pub fn build(config: &Config, producer: EventProducer, metrics: Metrics) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.http.http_addr)?;
+        let port = listener.local_addr()?.port();
+        let http = &config.http;
+        let state = web::Data::new(AppState {
+            producer,
+            limiter: RateLimiter::new(http.rate_limit_rps, http.burst()),
+            limits: EventLimits {
+                max_data_bytes: http.max_data_bytes,
+                max_future_skew: chrono::Duration::seconds(
+                    i64::try_from(http.max_future_skew_secs).unwrap_or(i64::MAX),
+                ),
+            },
+            max_body_bytes: http.max_body_bytes,
+            metrics,
+        });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(http::observe))
+                .configure(http::routes)
+                .default_service(web::to(http::not_found))
+        })
+        // In-flight produces get their full timeout to finish before the server stops.
+        .shutdown_timeout(config.kafka.produce_timeout().as_secs() + 2)
+        .listen(listener)?;
+        if http.http_workers > 0 {
+            server = server.workers(http.http_workers);
+        }
+        Ok(Application {
+            port,
+            server: server.run(),
+        })
+    }
+
+    /// The port actually bound (useful when `HTTP_ADDR` asked for port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle to stop the server gracefully.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server is stopped by a signal or its handle.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

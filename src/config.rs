@@ -1,0 +1,303 @@
+//! One typed configuration tree, read from the environment once at start-up.
+//!
+//! Every field is a `clap` argument backed by an environment variable, so the variables, their
+//! defaults and their meaning are listed by `gamemetrics --help` and nowhere else can drift.
+//! Nothing reads the environment after this struct is built: it is passed down explicitly.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The whole configuration of a gamemetrics process.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub http: HttpConfig,
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// The HTTP ingestion and query server.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "HTTP")]
+pub struct HttpConfig {
+    /// Address the HTTP server listens on (port 0 picks a free port).
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// HTTP worker threads; 0 means one per CPU core.
+    #[arg(long, env = "HTTP_WORKERS", default_value_t = 0)]
+    pub http_workers: usize,
+
+    /// Largest accepted request body, in bytes; larger bodies get 413.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest accepted `data` object of one event, serialized, in bytes; larger gets 413.
+    #[arg(long, env = "MAX_DATA_BYTES", default_value_t = 16 * 1024)]
+    pub max_data_bytes: usize,
+
+    /// How far in the future an event `timestamp` may be, in seconds, to allow for client clock skew.
+    #[arg(long, env = "MAX_FUTURE_SKEW_SECS", default_value_t = 300)]
+    pub max_future_skew_secs: u64,
+
+    /// Ingest requests per second this instance accepts (token bucket refill rate).
+    #[arg(long, env = "RATE_LIMIT_RPS", default_value_t = 10_000)]
+    pub rate_limit_rps: u32,
+
+    /// Burst size of the token bucket; 0 means one second's worth (RATE_LIMIT_RPS).
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 0)]
+    pub rate_limit_burst: u32,
+}
+
+impl HttpConfig {
+    /// Token bucket capacity after applying the "0 means one second's worth" default.
+    pub fn burst(&self) -> u32 {
+        if self.rate_limit_burst == 0 {
+            self.rate_limit_rps
+        } else {
+            self.rate_limit_burst
+        }
+    }
+}
+
+/// The Kafka cluster, topic and producer.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Kafka")]
+pub struct KafkaConfig {
+    /// Bootstrap servers. Default 127.0.0.1:9092; in `dev` mode, unset means an embedded in-process broker.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Topic the raw player events are written to and consumed from.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "player.events.raw")]
+    pub kafka_topic: String,
+
+    /// Partitions `migrate` creates the topic with (an existing topic is left as it is).
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
+    pub kafka_topic_partitions: i32,
+
+    /// Retention `migrate` sets on a new topic, in milliseconds (default 7 days).
+    #[arg(long, env = "KAFKA_TOPIC_RETENTION_MS", default_value_t = 7 * 24 * 3600 * 1000)]
+    pub kafka_topic_retention_ms: u64,
+
+    /// How long a produce may wait for the broker's acknowledgement before the API answers 503.
+    #[arg(long, env = "PRODUCE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub produce_timeout_ms: u64,
+
+    /// How long the producer waits to batch messages; trades a little latency for throughput.
+    #[arg(long, env = "KAFKA_LINGER_MS", default_value_t = 5)]
+    pub kafka_linger_ms: u64,
+
+    /// Extra librdkafka properties as `key=value` pairs separated by commas, e.g. for TLS or SASL.
+    #[arg(long, env = "KAFKA_EXTRA_CONFIG", default_value = "")]
+    pub kafka_extra_config: Secret,
+}
+
+/// The broker address used when `KAFKA_BROKERS` is unset outside `dev`.
+pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
+
+impl KafkaConfig {
+    /// The configured brokers, or the documented default.
+    pub fn brokers(&self) -> &str {
+        self.kafka_brokers.as_deref().unwrap_or(DEFAULT_KAFKA_BROKERS)
+    }
+
+    /// The produce timeout as a `Duration`.
+    pub fn produce_timeout(&self) -> Duration {
+        Duration::from_millis(self.produce_timeout_ms)
+    }
+
+    /// `KAFKA_EXTRA_CONFIG` split into pairs; a malformed entry is an error, not ignored.
+    pub fn extra_properties(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.kafka_extra_config
+            .expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|pair| match pair.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+                // Only the key is safe to show: the value may be a password.
+                _ => Err(ConfigError::Invalid {
+                    var: "KAFKA_EXTRA_CONFIG",
+                    reason: format!(
+                        "entry `{}` is not key=value",
+                        pair.split('=').next().unwrap_or_default()
+                    ),
+                }),
+            })
+            .collect()
+    }
+}
+
+/// PostgreSQL.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "PostgreSQL")]
+pub struct DatabaseConfig {
+    /// PostgreSQL connection URL (the password is never logged).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://gamemetrics:gamemetrics@127.0.0.1:5432/gamemetrics"
+    )]
+    pub database_url: SecretUrl,
+
+    /// Connections in the PostgreSQL pool.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10)]
+    pub database_pool_size: u32,
+}
+
+/// Redis: stats live in DB 0 and leaderboards in DB 1 of this server.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Redis")]
+pub struct RedisConfig {
+    /// Redis server URL, without a database number (stats use DB 0, leaderboards DB 1).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: SecretUrl,
+}
+
+/// Logging.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Telemetry")]
+pub struct TelemetryConfig {
+    /// Log output: `json` (one object per line, for log shippers) or `pretty` (for people).
+    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+
+    /// Log filter in `tracing` EnvFilter syntax.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// A configuration value that is wrong in a way clap cannot see.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}: {reason}")]
+    Invalid { var: &'static str, reason: String },
+}
+
+/// A string that never prints: `Debug` and `Display` show `[redacted]`.
+#[derive(Clone, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The real value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A connection URL whose password is masked whenever it is printed.
+#[derive(Clone)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// The real URL, password included, for the connection itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretUrl(s.to_owned()))
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // scheme://user:password@host/... -> scheme://user:***@host/...
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+            return f.write_str(url);
+        };
+        match url[scheme_end..].find('@') {
+            Some(at) => {
+                let userinfo = &url[scheme_end..scheme_end + at];
+                let user = userinfo.split(':').next().unwrap_or_default();
+                let masked = if userinfo.contains(':') { ":***" } else { "" };
+                write!(
+                    f,
+                    "{}{user}{masked}{}",
+                    &url[..scheme_end],
+                    &url[scheme_end + at..]
+                )
+            }
+            None => f.write_str(url),
+        }
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_url_masks_the_password_only() {
+        let url: SecretUrl = "postgres://gm:hunter2@db:5432/gm".parse().unwrap();
+        assert_eq!(url.to_string(), "postgres://gm:***@db:5432/gm");
+        assert!(!format!("{url:?}").contains("hunter2"));
+        let no_pw: SecretUrl = "redis://127.0.0.1:6379".parse().unwrap();
+        assert_eq!(no_pw.to_string(), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn secret_never_prints() {
+        let s: Secret = "sasl.password=x".parse().unwrap();
+        assert_eq!(format!("{s:?}"), "[redacted]");
+    }
+
+    #[test]
+    fn extra_properties_parse_and_reject_garbage() {
+        let mut cfg = KafkaConfig {
+            kafka_brokers: None,
+            kafka_topic: "t".into(),
+            kafka_topic_partitions: 3,
+            kafka_topic_retention_ms: 1,
+            produce_timeout_ms: 1,
+            kafka_linger_ms: 1,
+            kafka_extra_config: "security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512"
+                .parse()
+                .unwrap(),
+        };
+        let props = cfg.extra_properties().unwrap();
+        assert_eq!(props[0], ("security.protocol".into(), "SASL_SSL".into()));
+        assert_eq!(props[1], ("sasl.mechanism".into(), "SCRAM-SHA-512".into()));
+        cfg.kafka_extra_config = "nonsense".parse().unwrap();
+        assert!(cfg.extra_properties().is_err());
+    }
+}

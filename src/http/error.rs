@@ -1,0 +1,88 @@
+//! `ApiError`: every way a request can fail, mapped once to a status code and a JSON body.
+//!
+//! The body always has the same shape, `{"status":"error","error":{"code":…,"message":…}}`,
+//! plus `field` when one field was wrong. Client mistakes are 4xx; Kafka trouble is a retryable
+//! 503 with `Retry-After`; 500 is reserved for our own bugs.
+
+use crate::domain::ValidationError;
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// An error answered to an HTTP client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Validation(#[from] ValidationError),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("could not read the request body: {0}")]
+    BadBody(String),
+    #[error("rate limit exceeded; retry after {} s", retry_after.as_secs())]
+    RateLimited { retry_after: Duration },
+    #[error("the event could not be written to Kafka ({reason}); retry with the same event_id")]
+    KafkaUnavailable { reason: String, event_id: Uuid },
+    #[error("Kafka is not reachable: {0}")]
+    NotReady(String),
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation(v) => v.code,
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::BadBody(_) => "invalid_body",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::KafkaUnavailable { .. } => "kafka_unavailable",
+            ApiError::NotReady(_) => "not_ready",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            // An oversized `data` object is a size problem too, whatever layer found it.
+            ApiError::Validation(v) if v.code == "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Validation(_) | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::KafkaUnavailable { .. } | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut error = json!({"code": self.code(), "message": self.to_string()});
+        match self {
+            ApiError::Validation(ValidationError { field: Some(f), .. }) => error["field"] = json!(f),
+            // The id the client should retry with, so the retry can't become a second event.
+            ApiError::KafkaUnavailable { event_id, .. } => error["event_id"] = json!(event_id),
+            _ => {}
+        }
+        let mut res = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::RateLimited { retry_after } => {
+                res.insert_header((header::RETRY_AFTER, retry_after.as_secs().max(1).to_string()));
+            }
+            ApiError::KafkaUnavailable { .. } | ApiError::NotReady(_) => {
+                res.insert_header((header::RETRY_AFTER, "1"));
+            }
+            _ => {}
+        }
+        res.json(json!({"status": "error", "error": error}))
+    }
+}

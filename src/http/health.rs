@@ -1,0 +1,33 @@
+//! Liveness, readiness and metrics endpoints, for Kubernetes probes and Prometheus.
+
+use super::error::ApiError;
+use super::AppState;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+use std::time::Duration;
+
+/// How long readiness waits for the broker; well under a Kubernetes probe's default 1 s timeout
+/// would be nicer, but a metadata round trip under load can take longer, so probes should set 3 s.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /healthz`: the process is alive and serving HTTP.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: the broker answers a metadata request for the topic; 503 otherwise.
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state
+        .producer
+        .check_ready(READY_TIMEOUT)
+        .await
+        .map_err(|e| ApiError::NotReady(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(json!({"status": "ready", "checks": {"kafka": "ok"}})))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}

@@ -1,0 +1,93 @@
+//! The HTTP tier: routes, shared state, and the middleware that gives every request a span and
+//! a line in the metrics.
+//!
+//! | route                    | handler               |
+//! |--------------------------|-----------------------|
+//! | `POST /api/v1/events`    | [`ingest::ingest_event`] |
+//! | `GET /healthz`           | [`health::healthz`]   |
+//! | `GET /readyz`            | [`health::readyz`]    |
+//! | `GET /metrics`           | [`health::metrics`]   |
+
+pub mod error;
+pub mod health;
+pub mod ingest;
+pub mod rate_limit;
+
+use crate::domain::EventLimits;
+use crate::kafka::EventProducer;
+use crate::metrics::Metrics;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpRequest, HttpResponse};
+use error::ApiError;
+use rate_limit::RateLimiter;
+use std::time::Instant;
+use tracing::Instrument;
+
+/// What every handler shares.
+pub struct AppState {
+    pub producer: EventProducer,
+    pub limiter: RateLimiter,
+    pub limits: EventLimits,
+    pub max_body_bytes: usize,
+    pub metrics: Metrics,
+}
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/api/v1/events")
+            .route(web::post().to(ingest::ingest_event))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .route("/healthz", web::get().to(health::healthz))
+    .route("/readyz", web::get().to(health::readyz))
+    .route("/metrics", web::get().to(health::metrics));
+}
+
+/// Anything no route matched: a JSON 404 rather than actix's empty body.
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!("{} {}", req.method(), req.path())))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(req.method().to_string()))
+}
+
+/// Opens the request span (handlers add `event_id` to it) and records count and latency.
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    // The route pattern, not the path, keeps metric label cardinality bounded.
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().to_string();
+    let metrics = req.app_data::<web::Data<AppState>>().map(|s| s.metrics.clone());
+    let span = tracing::info_span!(
+        "http_request",
+        %method,
+        %route,
+        event_id = tracing::field::Empty,
+        status = tracing::field::Empty
+    );
+    let started = Instant::now();
+    let res = next.call(req).instrument(span.clone()).await;
+    let status = match &res {
+        Ok(r) => r.status(),
+        Err(e) => e.as_response_error().status_code(),
+    };
+    span.record("status", status.as_u16());
+    if let Some(m) = metrics {
+        m.http_requests
+            .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+            .inc();
+        m.http_latency
+            .with_label_values(&[route.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    if status.is_server_error() {
+        tracing::warn!(parent: &span, status = status.as_u16(), "request failed");
+    }
+    res
+}

@@ -1,0 +1,171 @@
+//! The event producer: one JSON message per event, acknowledged by all in-sync replicas.
+
+use crate::config::{ConfigError, KafkaConfig};
+use crate::domain::GameEvent;
+use crate::metrics::Metrics;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// Where the broker stored a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Why a produce did not succeed. Every variant is the broker's trouble, not the client's: the
+/// HTTP layer answers all of them with 503 and `Retry-After`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    #[error("Kafka did not acknowledge the event within {0:?}")]
+    Timeout(Duration),
+    #[error("the producer queue is full; Kafka is not keeping up")]
+    QueueFull,
+    #[error("Kafka refused the event: {0}")]
+    Kafka(#[source] KafkaError),
+}
+
+impl ProduceError {
+    /// A short label for the `kafka_produce_errors_total{reason}` metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProduceError::Timeout(_) => "timeout",
+            ProduceError::QueueFull => "queue_full",
+            ProduceError::Kafka(_) => "kafka",
+        }
+    }
+}
+
+/// Produces events to the raw topic. Cheap to clone: all clones share one librdkafka producer.
+#[derive(Clone)]
+pub struct EventProducer {
+    producer: FutureProducer<super::KafkaContext>,
+    topic: Arc<str>,
+    timeout: Duration,
+    metrics: Metrics,
+}
+
+impl EventProducer {
+    /// Builds the producer. Nothing is sent until the first event, so this succeeds without a broker.
+    pub fn new(cfg: &KafkaConfig, metrics: Metrics) -> Result<Self, ConfigError> {
+        let timeout = cfg.produce_timeout();
+        let mut cc = super::client_config(cfg)?;
+        cc.set("acks", "all")
+            // Idempotence: librdkafka's internal retries can never write an event twice or
+            // reorder a player's events within a partition.
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random")
+            // librdkafka gives up on a message at the same moment the HTTP handler stops
+            // waiting, so a 503 means "not written" in all but the rarest race, and the
+            // client's retry (with the same event_id) is what makes that race harmless.
+            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .set("linger.ms", cfg.kafka_linger_ms.to_string())
+            .set("compression.type", "lz4");
+        let producer: FutureProducer<super::KafkaContext> = cc
+            .create_with_context(super::KafkaContext)
+            .map_err(|e| ConfigError::Invalid {
+                var: "KAFKA_EXTRA_CONFIG",
+                reason: format!("librdkafka refused the producer configuration: {e}"),
+            })?;
+        Ok(EventProducer {
+            producer,
+            topic: cfg.kafka_topic.as_str().into(),
+            timeout,
+            metrics,
+        })
+    }
+
+    /// Writes one event and waits until every in-sync replica has it (or the timeout passes).
+    pub async fn send(&self, event: &GameEvent) -> Result<Delivery, ProduceError> {
+        let span = tracing::info_span!("produce", event_id = %event.event_id, topic = %self.topic);
+        async {
+            let started = Instant::now();
+            let result = self.send_inner(event).await;
+            self.metrics
+                .produce_latency
+                .observe(started.elapsed().as_secs_f64());
+            match &result {
+                Ok(d) => tracing::debug!(partition = d.partition, offset = d.offset, "produced"),
+                Err(e) => {
+                    self.metrics.produce_errors.with_label_values(&[e.reason()]).inc();
+                    tracing::warn!(error = %e, "produce failed");
+                }
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn send_inner(&self, event: &GameEvent) -> Result<Delivery, ProduceError> {
+        let payload = event.to_wire();
+        let event_id = event.event_id.to_string();
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: "event_type",
+                value: Some(event.event_type.as_str()),
+            })
+            .insert(Header {
+                key: "event_id",
+                value: Some(event_id.as_str()),
+            });
+        let record = FutureRecord::to(&self.topic)
+            .key(event.player_id.as_str())
+            .payload(&payload)
+            .headers(headers);
+        // The outer timeout is a guard against a hang the delivery timeout somehow misses: the
+        // API promises an answer, never a stuck connection.
+        let guard = self.timeout + Duration::from_millis(500);
+        match tokio::time::timeout(guard, self.producer.send(record, Timeout::After(self.timeout))).await {
+            Err(_) => Err(ProduceError::Timeout(self.timeout)),
+            Ok(Ok(delivery)) => Ok(Delivery {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((err, _msg))) => Err(classify(err, self.timeout)),
+        }
+    }
+
+    /// Asks the cluster for the topic's metadata: the readiness check.
+    pub async fn check_ready(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        // fetch_metadata blocks its thread; keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let md = producer.client().fetch_metadata(Some(&topic), timeout)?;
+            match md.topics().first() {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+                Some(t) => Err(KafkaError::MetadataFetch(
+                    t.error()
+                        .map(RDKafkaErrorCode::from)
+                        .unwrap_or(RDKafkaErrorCode::UnknownTopicOrPartition),
+                )),
+                None => Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::UnknownTopicOrPartition,
+                )),
+            }
+        })
+        .await
+        .map_err(|_| KafkaError::MetadataFetch(RDKafkaErrorCode::Fail))?
+    }
+
+    /// Waits for queued messages to be delivered, for a clean shutdown.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(Timeout::After(timeout)) {
+            tracing::warn!(error = %e, "producer flush at shutdown did not complete");
+        }
+    }
+}
+
+fn classify(err: KafkaError, timeout: Duration) -> ProduceError {
+    match err.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageTimedOut) => ProduceError::Timeout(timeout),
+        Some(RDKafkaErrorCode::QueueFull) => ProduceError::QueueFull,
+        _ => ProduceError::Kafka(err),
+    }
+}

@@ -1,0 +1,38 @@
+//! gamemetrics: a real-time gaming analytics pipeline.
+//!
+//! # The tour
+//!
+//! An event's journey, and where each hop lives:
+//!
+//! 1. **Ingestion** ([`http`]): `POST /api/v1/events` parses the body into a [`domain::GameEvent`]
+//!    (every field checked once, errors name the field), stamps `ingested_at`, and hands it to
+//! 2. **the producer** ([`kafka::EventProducer`]): keyed by `player_id`, murmur2-partitioned like
+//!    the Java client, written with `acks=all` and idempotence. The API answers 200 only after the
+//!    in-sync replicas have it, 503 with `Retry-After` when they don't in time.
+//! 3. **The topic** `player.events.raw` (created by `gamemetrics migrate`, see [`kafka::ensure_topic`])
+//!    is read by three consumer groups (logger, stats, leaderboard); the consumer tier is its own
+//!    milestone.
+//! 4. **Storage**: PostgreSQL tables from `migrations/` ([`schema`]), Redis DB 0 for stats and
+//!    DB 1 for leaderboards.
+//!
+//! # Errors
+//!
+//! Each module owns a `thiserror` enum for what can go wrong inside it ([`domain::ValidationError`],
+//! [`kafka::ProduceError`], [`db::DbError`], ...). At the HTTP boundary they become one
+//! [`http::error::ApiError`], which alone decides status codes. `main` glues with `anyhow` and
+//! `.context()`. Nothing a client sends can produce a 500.
+//!
+//! # Configuration
+//!
+//! [`config::Config`] is built once from the environment in `main` and passed down; nothing
+//! else reads the environment.
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod schema;
+pub mod telemetry;

@@ -1,0 +1,60 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    dlq (id) {
+        id -> Int4,
+        original_event -> Jsonb,
+        error_message -> Text,
+        #[max_length = 100]
+        consumer_service -> Varchar,
+        created_at -> Timestamptz,
+        #[max_length = 249]
+        kafka_topic -> Nullable<Varchar>,
+        kafka_partition -> Nullable<Int4>,
+        kafka_offset -> Nullable<Int8>,
+    }
+}
+
+diesel::table! {
+    events (event_id) {
+        event_id -> Uuid,
+        #[max_length = 100]
+        event_type -> Varchar,
+        #[max_length = 100]
+        player_id -> Varchar,
+        #[max_length = 100]
+        game_id -> Varchar,
+        event_timestamp -> Timestamptz,
+        ingested_at -> Timestamptz,
+        data -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    leaderboards (game_id, player_id, period) {
+        #[max_length = 100]
+        game_id -> Varchar,
+        #[max_length = 100]
+        player_id -> Varchar,
+        #[max_length = 50]
+        period -> Varchar,
+        rank -> Int4,
+        score -> Int8,
+        updated_at -> Timestamptz,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    player_statistics (player_id) {
+        #[max_length = 100]
+        player_id -> Varchar,
+        total_events -> Int4,
+        event_breakdown -> Jsonb,
+        updated_at -> Timestamptz,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(dlq, events, leaderboards, player_statistics,);

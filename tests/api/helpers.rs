@@ -1,0 +1,225 @@
+//! `spawn_app()` and friends: the real application on port 0 against a throwaway topic.
+
+use clap::Parser;
+use gamemetrics::app::Application;
+use gamemetrics::config::Config;
+use gamemetrics::kafka::{self, EventProducer, TopicSpec};
+use gamemetrics::metrics::Metrics;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct TestCli {
+    #[command(flatten)]
+    config: Config,
+}
+
+/// The configuration a test starts from: the environment's (as `scripts/test` sets it up),
+/// with a free port and a topic of its own.
+pub fn test_config() -> Config {
+    let mut config = TestCli::parse_from(["gamemetrics-test"]).config;
+    config.http.http_addr = "127.0.0.1:0".parse().expect("literal address");
+    config.http.http_workers = 1;
+    config.kafka.kafka_topic = format!("test-{}", uuid::Uuid::new_v4());
+    config.telemetry.log_filter = "warn".into();
+    config
+}
+
+/// A running app and what a test needs to talk to it.
+pub struct TestApp {
+    pub address: String,
+    pub config: Config,
+    pub client: reqwest::Client,
+}
+
+/// Starts the app with default test configuration on a fresh topic.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the app after letting the test adjust its configuration.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = test_config();
+    adjust(&mut config);
+    gamemetrics::telemetry::init(&config.telemetry);
+    create_topic(&config).await;
+    let metrics = Metrics::new().expect("metrics register");
+    let producer = EventProducer::new(&config.kafka, metrics.clone()).expect("producer config");
+    let app = Application::build(&config, producer, metrics).expect("bind port 0");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::builder()
+        // Far above any produce timeout a test sets: a hang fails the test instead of blocking it.
+        .timeout(Duration::from_secs(60))
+        // Below actix's 5 s keep-alive, so the client never reuses a connection the server closed.
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    TestApp {
+        address,
+        config,
+        client,
+    }
+}
+
+/// Creates the config's topic on the real broker, unless it is unreachable on purpose.
+pub async fn create_topic(config: &Config) {
+    if config.kafka.brokers() == UNREACHABLE_BROKER {
+        return;
+    }
+    kafka::ensure_topic(&config.kafka, &TopicSpec::from_config(&config.kafka))
+        .await
+        .expect("create test topic on the real broker");
+}
+
+/// An address where no broker listens.
+pub const UNREACHABLE_BROKER: &str = "127.0.0.1:1";
+
+impl TestApp {
+    /// POSTs a JSON value to the ingest endpoint.
+    pub async fn post_event(&self, body: &serde_json::Value) -> reqwest::Response {
+        self.post_raw(body.to_string(), "application/json").await
+    }
+
+    /// POSTs raw bytes with a given content type.
+    pub async fn post_raw(&self, body: impl Into<reqwest::Body>, content_type: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/api/v1/events", self.address))
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request reaches the app")
+    }
+
+    /// GETs a path.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request reaches the app")
+    }
+
+    /// Reads every message on the test topic until `expected` arrived or `deadline` passed.
+    pub fn read_topic(&self, expected: usize, deadline: Duration) -> Vec<TopicMessage> {
+        read_topic(&self.config, expected, deadline)
+    }
+}
+
+/// One message read back from the topic.
+#[derive(Debug)]
+pub struct TopicMessage {
+    pub partition: i32,
+    pub key: Option<String>,
+    pub headers: HashMap<String, String>,
+    pub value: serde_json::Value,
+}
+
+/// Reads the config's topic from the beginning with a plain consumer.
+pub fn read_topic(config: &Config, expected: usize, deadline: Duration) -> Vec<TopicMessage> {
+    let consumer: BaseConsumer = kafka::client_config(&config.kafka)
+        .expect("client config")
+        .set("group.id", format!("test-reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(&config.kafka.kafka_topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(&config.kafka.kafka_topic, p.id(), Offset::Beginning)
+            .expect("offset");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let start = Instant::now();
+    while out.len() < expected && start.elapsed() < deadline {
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let msg = msg.expect("consume");
+        let headers = msg
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(TopicMessage {
+            partition: msg.partition(),
+            key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            headers,
+            value: serde_json::from_slice(msg.payload().unwrap_or_default()).expect("value is JSON"),
+        });
+    }
+    out
+}
+
+/// Total messages on the topic, from the partitions' high watermarks.
+pub fn topic_message_count(config: &Config) -> i64 {
+    let consumer: BaseConsumer = kafka::client_config(&config.kafka)
+        .expect("client config")
+        .set("group.id", "test-watermarks")
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(&config.kafka.kafka_topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(&config.kafka.kafka_topic, p.id(), Duration::from_secs(10))
+                .expect("watermarks");
+            high - low
+        })
+        .sum()
+}
+
+/// Kafka's Java `Utils.murmur2`, written out independently of librdkafka, to check that our
+/// producer places keys where every other Kafka client would.
+pub fn java_murmur2(data: &[u8]) -> i32 {
+    const M: i32 = 0x5bd1_e995;
+    let mut h: i32 = (0x9747_b28c_u32 as i32) ^ (data.len() as i32);
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= ((k as u32) >> 24) as i32;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= i32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= i32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= i32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= ((h as u32) >> 13) as i32;
+    h = h.wrapping_mul(M);
+    h ^= ((h as u32) >> 15) as i32;
+    h
+}
+
+/// The partition the Java default partitioner picks for a key.
+pub fn java_partition(key: &str, partitions: i32) -> i32 {
+    (java_murmur2(key.as_bytes()) & 0x7fff_ffff) % partitions
+}

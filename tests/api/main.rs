@@ -1,0 +1,8 @@
+//! Integration tests against the real stack: a real Kafka broker (`KAFKA_BROKERS`, default
+//! 127.0.0.1:9092), PostgreSQL (`DATABASE_URL`) and Redis. `scripts/test` starts all three.
+//! Each test gets its own topic and database schema, so they run in parallel.
+
+mod helpers;
+mod ingest;
+mod migrations;
+mod ops;

@@ -1,0 +1,89 @@
+//! The embedded migrations on the real PostgreSQL, in a schema of the test's own.
+
+use crate::helpers::test_config;
+use diesel::sql_types::{BigInt, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use gamemetrics::db::run_migrations;
+
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[tokio::test]
+async fn migrations_create_the_seed_tables_and_run_twice() {
+    let config = test_config();
+    let base = config.database.database_url.expose().to_owned();
+    let schema = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&base)
+        .await
+        .expect("PostgreSQL reachable");
+    diesel::sql_query(format!("CREATE SCHEMA {schema}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-csearch_path%3D{schema}")
+        .parse()
+        .unwrap();
+    let first = run_migrations(&url).await.expect("first run");
+    assert_eq!(first.len(), 1, "one migration applied: {first:?}");
+    let second = run_migrations(&url).await.expect("second run is a no-op");
+    assert!(second.is_empty());
+
+    let tables: Vec<Name> = diesel::sql_query(format!(
+        "SELECT table_name::text AS name FROM information_schema.tables WHERE table_schema = '{schema}' \
+         AND table_name NOT LIKE '\\_\\_%' ORDER BY 1"
+    ))
+    .load(&mut admin)
+    .await
+    .unwrap();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["dlq", "events", "leaderboards", "player_statistics"]);
+
+    let indexes: Vec<Name> = diesel::sql_query(format!(
+        "SELECT indexdef::text AS name FROM pg_indexes WHERE schemaname = '{schema}' ORDER BY 1"
+    ))
+    .load(&mut admin)
+    .await
+    .unwrap();
+    let defs: Vec<String> = indexes
+        .iter()
+        .map(|i| i.name.replace(&format!("{schema}."), ""))
+        .collect();
+    for expected in [
+        "ON events USING btree (event_type)",
+        "ON events USING btree (player_id)",
+        "ON events USING btree (game_id)",
+        "ON events USING btree (event_timestamp DESC)",
+        "ON leaderboards USING btree (rank)",
+        "ON leaderboards USING btree (score DESC)",
+        "ON leaderboards USING btree (game_id, player_id, period)",
+    ] {
+        assert!(
+            defs.iter().any(|d| d.contains(expected)),
+            "no index {expected} in {defs:#?}"
+        );
+    }
+    let tz: Vec<Count> = diesel::sql_query(format!(
+        "SELECT count(*) AS n FROM information_schema.columns WHERE table_schema = '{schema}' \
+         AND table_name <> '__diesel_schema_migrations' AND data_type = 'timestamp without time zone'"
+    ))
+    .load(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(tz[0].n, 0, "every timestamp is TIMESTAMPTZ");
+    diesel::sql_query(format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
