@@ -33,11 +33,13 @@ impl Application {
                 ),
             },
             max_body_bytes: http.max_body_bytes,
-            metrics,
+            metrics: metrics.clone(),
         });
+        let metrics = web::Data::new(metrics);
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(metrics.clone())
                 .wrap(from_fn(http::observe))
                 .configure(http::routes)
                 .default_service(web::to(http::not_found))
@@ -52,6 +54,27 @@ impl Application {
             port,
             server: server.run(),
         })
+    }
+
+    /// A probe-only server for consumer processes: `/healthz`, `/readyz` and `/metrics` on
+    /// `HTTP_ADDR`, so Kubernetes and Prometheus treat every process alike.
+    pub fn build_probes(config: &Config, metrics: Metrics) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.http.http_addr)?;
+        let port = listener.local_addr()?.port();
+        let metrics = web::Data::new(metrics);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(metrics.clone())
+                .wrap(from_fn(http::observe))
+                .configure(http::probe_routes)
+                .default_service(web::to(http::not_found))
+        })
+        .workers(1)
+        // Signals are the consumer's to handle: it must drain before the process exits.
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        Ok(Application { port, server })
     }
 
     /// The port actually bound (useful when `HTTP_ADDR` asked for port 0).

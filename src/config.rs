@@ -21,6 +21,8 @@ pub struct Config {
     #[command(flatten)]
     pub redis: RedisConfig,
     #[command(flatten)]
+    pub consumer: ConsumerConfig,
+    #[command(flatten)]
     pub telemetry: TelemetryConfig,
 }
 
@@ -161,6 +163,77 @@ pub struct RedisConfig {
     /// Redis server URL, without a database number (stats use DB 0, leaderboards DB 1).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: SecretUrl,
+
+    /// Prefix for every Redis key gamemetrics writes; lets tests (or tenants) share one server.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "")]
+    pub redis_key_prefix: String,
+}
+
+impl RedisConfig {
+    /// The URL of one logical database on the configured server.
+    pub fn db_url(&self, db: u8) -> String {
+        format!("{}/{db}", self.redis_url.expose().trim_end_matches('/'))
+    }
+}
+
+/// The consumer tier: batching, flushing and backpressure.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Consumers")]
+pub struct ConsumerConfig {
+    /// Events the logger batches into one INSERT (it also flushes every LIVE_FLUSH_MS).
+    #[arg(long, env = "LOGGER_FLUSH_EVENTS", default_value_t = 500)]
+    pub logger_flush_events: usize,
+
+    /// Events the stats aggregator buffers before one batched upsert into player_statistics.
+    #[arg(long, env = "STATS_FLUSH_EVENTS", default_value_t = 100)]
+    pub stats_flush_events: usize,
+
+    /// Longest a stats event waits in the buffer before the player_statistics upsert, in ms.
+    #[arg(long, env = "STATS_FLUSH_INTERVAL_MS", default_value_t = 30_000)]
+    pub stats_flush_interval_ms: u64,
+
+    /// Scoring events between two writes of the top N to the leaderboards table.
+    #[arg(long, env = "LEADERBOARD_FLUSH_EVENTS", default_value_t = 50)]
+    pub leaderboard_flush_events: usize,
+
+    /// Longest a touched board waits before its top N is written, in ms, so quiet games flush too.
+    #[arg(long, env = "LEADERBOARD_FLUSH_INTERVAL_MS", default_value_t = 5_000)]
+    pub leaderboard_flush_interval_ms: u64,
+
+    /// How many ranks of each board the leaderboards table holds.
+    #[arg(long, env = "LEADERBOARD_TOP_N", default_value_t = 100)]
+    pub leaderboard_top_n: usize,
+
+    /// How long past daily and weekly boards stay readable in Redis, in days.
+    #[arg(long, env = "LEADERBOARD_RETENTION_DAYS", default_value_t = 35)]
+    pub leaderboard_retention_days: u32,
+
+    /// Event types that score on the leaderboards, comma-separated.
+    #[arg(
+        long,
+        env = "SCORING_EVENT_TYPES",
+        value_delimiter = ',',
+        default_value = "player_score,quest_completed,achievement_unlocked,boss_defeated"
+    )]
+    pub scoring_event_types: Vec<String>,
+
+    /// Longest an event waits before its live effects (events row, Redis stats and scores) are
+    /// written, in ms: the micro-batch window that keeps ingest-to-queryable latency low.
+    #[arg(long, env = "LIVE_FLUSH_MS", default_value_t = 10)]
+    pub live_flush_ms: u64,
+
+    /// Records read from a partition but not yet durably applied before the partition is paused.
+    #[arg(long, env = "PARTITION_MAX_IN_FLIGHT", default_value_t = 10_000)]
+    pub partition_max_in_flight: usize,
+
+    /// Prefix for the consumer group ids (the seed's names follow it); lets tests or tenants
+    /// run separate groups against one cluster.
+    #[arg(long, env = "CONSUMER_GROUP_PREFIX", default_value = "")]
+    pub consumer_group_prefix: String,
+
+    /// Upper bound of the retry backoff when PostgreSQL or Redis fails, in ms.
+    #[arg(long, env = "SINK_RETRY_MAX_MS", default_value_t = 5_000)]
+    pub sink_retry_max_ms: u64,
 }
 
 /// Logging.

@@ -10,8 +10,9 @@
 //!    the Java client, written with `acks=all` and idempotence. The API answers 200 only after the
 //!    in-sync replicas have it, 503 with `Retry-After` when they don't in time.
 //! 3. **The topic** `player.events.raw` (created by `gamemetrics migrate`, see [`kafka::ensure_topic`])
-//!    is read by three consumer groups (logger, stats, leaderboard); the consumer tier is its own
-//!    milestone.
+//!    is read by three consumer groups (logger, stats, leaderboard): the actor tree in [`actors`],
+//!    one source actor per partition feeding a role actor that batches and flushes through
+//!    supervised PostgreSQL and Redis sinks, with exactly-once effects.
 //! 4. **Storage**: PostgreSQL tables from `migrations/` ([`schema`]), Redis DB 0 for stats and
 //!    DB 1 for leaderboards.
 //!
@@ -27,6 +28,7 @@
 //! [`config::Config`] is built once from the environment in `main` and passed down; nothing
 //! else reads the environment.
 
+pub mod actors;
 pub mod app;
 pub mod config;
 pub mod db;

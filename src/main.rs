@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use gamemetrics::actors::{Role, RoleConsumerHandle, Sinks};
 use gamemetrics::app::Application;
 use gamemetrics::config::Config;
 use gamemetrics::kafka::{self, EmbeddedKafka, EventProducer, TopicSpec};
@@ -25,10 +26,16 @@ struct Cli {
 enum Command {
     /// Serve the HTTP ingestion API.
     Serve,
+    /// Run one consumer role: logger, stats or leaderboard (one consumer group each).
+    Consume {
+        /// Which role this process plays.
+        #[arg(long, value_enum)]
+        role: Role,
+    },
     /// Apply database migrations and create the Kafka topic; safe to run repeatedly.
     Migrate,
-    /// Everything in one process, for a demo: migrations, topic and HTTP. Without KAFKA_BROKERS
-    /// it starts an embedded, in-memory Kafka broker.
+    /// Everything in one process, for a demo: migrations, topic, HTTP and all three consumer
+    /// roles. Without KAFKA_BROKERS it starts an embedded, in-memory Kafka broker.
     Dev,
 }
 
@@ -38,6 +45,18 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(&config.telemetry);
     match command {
         Command::Serve => serve(&config).await,
+        Command::Consume { role } => {
+            let metrics = Metrics::new().context("registering metrics")?;
+            let consumers = start_consumers(&config, &[role], &metrics)?;
+            // Consumers have no HTTP server of their own: serve /metrics and probes beside them.
+            let probes = Application::build_probes(&config, metrics).context("binding the probe port")?;
+            tokio::select! {
+                r = probes.run_until_stopped() => r.context("probe server failed")?,
+                _ = shutdown_signal() => {}
+            }
+            stop_consumers(consumers).await;
+            Ok(())
+        }
         Command::Migrate => migrate(&config).await,
         Command::Dev => {
             // Held until the end of main: dropping it stops the embedded broker.
@@ -54,13 +73,57 @@ async fn main() -> anyhow::Result<()> {
                     Some(embedded)
                 }
             };
-            serve(&config).await
+            let metrics = Metrics::new().context("registering metrics")?;
+            let consumers = start_consumers(&config, &Role::ALL, &metrics)?;
+            let served = serve_with(&config, metrics).await;
+            stop_consumers(consumers).await;
+            served
         }
     }
 }
 
+/// How long a stopping consumer may spend flushing: well inside Kubernetes' default 30 s grace.
+const DRAIN_BUDGET: Duration = Duration::from_secs(20);
+
+fn start_consumers(
+    config: &Config,
+    roles: &[Role],
+    metrics: &Metrics,
+) -> anyhow::Result<Vec<RoleConsumerHandle>> {
+    let sinks = Sinks::start(config).context("starting the PostgreSQL and Redis sinks")?;
+    roles
+        .iter()
+        .map(|&role| {
+            RoleConsumerHandle::start(config, role, &sinks, metrics.clone())
+                .with_context(|| format!("starting the {} consumer", role.service()))
+        })
+        .collect()
+}
+
+async fn stop_consumers(consumers: Vec<RoleConsumerHandle>) {
+    futures::future::join_all(consumers.into_iter().map(|c| c.shutdown(DRAIN_BUDGET))).await;
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops this process");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+}
+
 async fn serve(config: &Config) -> anyhow::Result<()> {
-    let metrics = Metrics::new().context("registering metrics")?;
+    serve_with(config, Metrics::new().context("registering metrics")?).await
+}
+
+async fn serve_with(config: &Config, metrics: Metrics) -> anyhow::Result<()> {
     let producer =
         EventProducer::new(&config.kafka, metrics.clone()).context("creating the Kafka producer")?;
     let app = Application::build(config, producer.clone(), metrics)

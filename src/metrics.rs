@@ -3,8 +3,8 @@
 //! Collectors are cheap `Arc` handles, so `Metrics` is cloned into whatever records them.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The process's metrics and the registry that serves them.
@@ -21,6 +21,22 @@ pub struct Metrics {
     pub produce_errors: IntCounterVec,
     /// Requests refused with 429 by the instance rate limiter.
     pub rate_limited: IntCounter,
+    /// Records read from Kafka, by consumer service.
+    pub consumer_records: IntCounterVec,
+    /// Records applied by a sink write, by consumer service and sink.
+    pub consumer_applied: IntCounterVec,
+    /// Records a sink skipped because their offset was already applied (redeliveries).
+    pub consumer_duplicates: IntCounterVec,
+    /// Records sent to the DLQ, by consumer service.
+    pub consumer_dlq: IntCounterVec,
+    /// Sink write latency, by consumer service and sink.
+    pub consumer_flush_latency: HistogramVec,
+    /// Records per sink write, by consumer service and sink.
+    pub consumer_flush_size: HistogramVec,
+    /// Time from `ingested_at` to the event being durable in its sink, by consumer service.
+    pub consumer_e2e_latency: HistogramVec,
+    /// 1 while a partition is paused for backpressure, by consumer service and partition.
+    pub consumer_paused: IntGaugeVec,
 }
 
 impl Metrics {
@@ -56,6 +72,50 @@ impl Metrics {
         registry.register(Box::new(produce_latency.clone()))?;
         registry.register(Box::new(produce_errors.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
+        let by_service =
+            |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels);
+        let consumer_records = by_service("consumer_records_total", "Records read from Kafka", &["service"])?;
+        let consumer_applied = by_service(
+            "consumer_applied_total",
+            "Records applied by sinks",
+            &["service", "sink"],
+        )?;
+        let consumer_duplicates = by_service(
+            "consumer_duplicates_skipped_total",
+            "Redelivered records skipped",
+            &["service", "sink"],
+        )?;
+        let consumer_dlq = by_service("consumer_dlq_total", "Records sent to the DLQ", &["service"])?;
+        let consumer_flush_latency = HistogramVec::new(
+            HistogramOpts::new("consumer_flush_duration_seconds", "Sink write latency")
+                .buckets(exponential_buckets(0.0001, 2.0, 16)?),
+            &["service", "sink"],
+        )?;
+        let consumer_flush_size = HistogramVec::new(
+            HistogramOpts::new("consumer_flush_records", "Records per sink write")
+                .buckets(exponential_buckets(1.0, 2.0, 14)?),
+            &["service", "sink"],
+        )?;
+        let consumer_e2e_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "consumer_end_to_end_seconds",
+                "From ingested_at to durable in the sink",
+            )
+            .buckets(exponential_buckets(0.001, 2.0, 16)?),
+            &["service"],
+        )?;
+        let consumer_paused = IntGaugeVec::new(
+            Opts::new("consumer_partition_paused", "1 while paused for backpressure"),
+            &["service", "partition"],
+        )?;
+        registry.register(Box::new(consumer_records.clone()))?;
+        registry.register(Box::new(consumer_applied.clone()))?;
+        registry.register(Box::new(consumer_duplicates.clone()))?;
+        registry.register(Box::new(consumer_dlq.clone()))?;
+        registry.register(Box::new(consumer_flush_latency.clone()))?;
+        registry.register(Box::new(consumer_flush_size.clone()))?;
+        registry.register(Box::new(consumer_e2e_latency.clone()))?;
+        registry.register(Box::new(consumer_paused.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
@@ -63,6 +123,14 @@ impl Metrics {
             produce_latency,
             produce_errors,
             rate_limited,
+            consumer_records,
+            consumer_applied,
+            consumer_duplicates,
+            consumer_dlq,
+            consumer_flush_latency,
+            consumer_flush_size,
+            consumer_e2e_latency,
+            consumer_paused,
         })
     }
 

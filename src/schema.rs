@@ -1,6 +1,18 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    consumer_offsets (consumer_service, topic, kafka_partition) {
+        #[max_length = 100]
+        consumer_service -> Varchar,
+        #[max_length = 249]
+        topic -> Varchar,
+        kafka_partition -> Int4,
+        next_offset -> Int8,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     dlq (id) {
         id -> Int4,
         original_event -> Jsonb,
@@ -57,4 +69,4 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(dlq, events, leaderboards, player_statistics,);
+diesel::allow_tables_to_appear_in_same_query!(consumer_offsets, dlq, events, leaderboards, player_statistics,);

@@ -1,4 +1,7 @@
-//! PostgreSQL: embedded migrations (and, for the consumers, the connection pool).
+//! PostgreSQL and Redis access: embedded migrations and connection pools.
+
+mod pool;
+pub use pool::{pg_pool, redis_pool, PgPool, RedisPool};
 
 use crate::config::SecretUrl;
 use diesel::Connection;

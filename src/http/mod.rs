@@ -46,6 +46,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/metrics", web::get().to(health::metrics));
 }
 
+/// The routes of a consumer process: liveness (also used as readiness) and metrics.
+pub fn probe_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::healthz))
+        .route("/metrics", web::get().to(health::metrics));
+}
+
 /// Anything no route matched: a JSON 404 rather than actix's empty body.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!("{} {}", req.method(), req.path())))
@@ -63,7 +70,7 @@ pub async fn observe(
     // The route pattern, not the path, keeps metric label cardinality bounded.
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().to_string();
-    let metrics = req.app_data::<web::Data<AppState>>().map(|s| s.metrics.clone());
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let span = tracing::info_span!(
         "http_request",
         %method,

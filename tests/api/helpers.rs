@@ -223,3 +223,125 @@ pub fn java_murmur2(data: &[u8]) -> i32 {
 pub fn java_partition(key: &str, partitions: i32) -> i32 {
     (java_murmur2(key.as_bytes()) & 0x7fff_ffff) % partitions
 }
+
+/// A schema of the test's own, migrated, and the `DATABASE_URL` that selects it.
+pub async fn isolated_database(config: &mut Config) -> String {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let base = config.database.database_url.expose().to_owned();
+    let schema = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&base)
+        .await
+        .expect("PostgreSQL reachable");
+    diesel::sql_query(format!("CREATE SCHEMA {schema}"))
+        .execute(&mut admin)
+        .await
+        .expect("create schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+    config.database.database_url = url.parse().expect("url");
+    gamemetrics::db::run_migrations(&config.database.database_url)
+        .await
+        .expect("migrations");
+    url
+}
+
+/// Configuration for a full pipeline test: own topic, schema, Redis prefix and consumer groups,
+/// and flush timers short enough that a test never waits 30 s.
+pub async fn pipeline_config(adjust: impl FnOnce(&mut Config)) -> Config {
+    let mut config = test_config();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    config.redis.redis_key_prefix = format!("test:{id}:");
+    config.consumer.consumer_group_prefix = format!("test-{id}-");
+    config.consumer.stats_flush_interval_ms = 300;
+    config.consumer.leaderboard_flush_interval_ms = 300;
+    config.database.database_pool_size = 4;
+    isolated_database(&mut config).await;
+    adjust(&mut config);
+    gamemetrics::telemetry::init(&config.telemetry);
+    create_topic(&config).await;
+    config
+}
+
+/// The app and every consumer role, started on the test's actix system.
+pub struct Pipeline {
+    pub app: TestApp,
+    pub consumers: Vec<gamemetrics::actors::RoleConsumerHandle>,
+}
+
+/// Starts ingestion and the given consumer roles on a fresh topic, schema and prefix.
+pub async fn spawn_pipeline(
+    roles: &[gamemetrics::actors::Role],
+    adjust: impl FnOnce(&mut Config),
+) -> Pipeline {
+    let config = pipeline_config(adjust).await;
+    let consumers = start_consumers(&config, roles);
+    let app = spawn_app_with(|c| *c = config.clone()).await;
+    Pipeline { app, consumers }
+}
+
+/// Starts consumers of the given roles with this configuration.
+pub fn start_consumers(
+    config: &Config,
+    roles: &[gamemetrics::actors::Role],
+) -> Vec<gamemetrics::actors::RoleConsumerHandle> {
+    let metrics = Metrics::new().expect("metrics");
+    let sinks = gamemetrics::actors::Sinks::start(config).expect("sinks");
+    roles
+        .iter()
+        .map(|&r| {
+            gamemetrics::actors::RoleConsumerHandle::start(config, r, &sinks, metrics.clone())
+                .expect("consumer")
+        })
+        .collect()
+}
+
+/// Produces raw bytes straight onto the topic (for poison messages), keyed like the API does.
+pub async fn produce_raw(config: &Config, key: &str, value: &[u8]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = kafka::client_config(&config.kafka)
+        .expect("config")
+        .create()
+        .expect("producer");
+    producer
+        .send(
+            FutureRecord::to(&config.kafka.kafka_topic)
+                .key(key)
+                .payload(value),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("raw produce");
+}
+
+/// Polls `check` until it returns `Some`, or panics after `deadline` with `what`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A Redis connection to one logical database of the test server.
+pub async fn redis_conn(config: &Config, db: u8) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(config.redis.db_url(db))
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis reachable")
+}
+
+/// A PostgreSQL connection to the test's schema.
+pub async fn pg_conn(config: &Config) -> diesel_async::AsyncPgConnection {
+    use diesel_async::AsyncConnection;
+    diesel_async::AsyncPgConnection::establish(config.database.database_url.expose())
+        .await
+        .expect("PostgreSQL")
+}

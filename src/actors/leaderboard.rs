@@ -1,0 +1,336 @@
+//! `Leaderboard`: scores into Redis sorted sets as they arrive, and the top N of every touched
+//! board into `leaderboards` every LEADERBOARD_FLUSH_EVENTS scoring events or
+//! LEADERBOARD_FLUSH_INTERVAL_MS.
+//!
+//! A record is durable once its score is in Redis *and* the boards it touched were written to
+//! PostgreSQL afterwards; only then does the partition's offset move past it. After a crash the
+//! record is re-read: Redis skips it (offset guard), but it marks its board touched again, so the
+//! table catches up.
+//!
+//! The score is `data.score`, an integer from 0 to 1,000,000,000. A scoring event without one, or
+//! with anything else, can never score: it goes to the DLQ as `leaderboard-manager`.
+
+use super::lane::{Lane, Watermarks};
+use super::messages::*;
+use super::sinks::postgres::{PgSink, WriteBoards};
+use super::sinks::redis::{ApplyScores, ReadTop, RedisSink, ScoreDelta};
+use super::sinks::SinkError;
+use super::RoleSettings;
+use crate::domain::GameEvent;
+use actix::prelude::*;
+use chrono::{DateTime, Datelike, Duration as Days, NaiveDate, Utc};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// The largest score one event may add; far below 2^53, where Redis's doubles stop being exact.
+pub const MAX_SCORE: i64 = 1_000_000_000;
+
+/// Work waiting for the next write to PostgreSQL.
+#[derive(Debug, Clone)]
+pub enum BoardWork {
+    /// A game whose boards changed in Redis.
+    Touched(String),
+    /// A scoring event that can never score.
+    Dead(DlqEntry),
+}
+
+/// The leaderboard-manager role for one partition.
+pub struct Leaderboard {
+    position: Position,
+    settings: RoleSettings,
+    pg: Addr<PgSink>,
+    redis: Addr<RedisSink>,
+    source: Recipient<Applied>,
+    scores: Lane<ScoreDelta>,
+    boards: Lane<BoardWork>,
+    marks: Watermarks,
+    /// Scoring events applied to Redis since the last board write started.
+    scored_since_flush: usize,
+    live_timer: Option<SpawnHandle>,
+    board_timer: Option<SpawnHandle>,
+    draining: bool,
+}
+
+impl Leaderboard {
+    /// A leaderboard manager for `position`, reporting durable offsets to `source`.
+    pub fn new(
+        position: Position,
+        settings: RoleSettings,
+        pg: Addr<PgSink>,
+        redis: Addr<RedisSink>,
+        source: Recipient<Applied>,
+    ) -> Self {
+        Leaderboard {
+            position,
+            settings,
+            pg,
+            redis,
+            source,
+            scores: Lane::default(),
+            boards: Lane::default(),
+            marks: Watermarks::default(),
+            scored_since_flush: 0,
+            live_timer: None,
+            board_timer: None,
+            draining: false,
+        }
+    }
+
+    fn flush_scores(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.live_timer.take() {
+            ctx.cancel_future(t);
+        }
+        let Some(deltas) = self.scores.take() else { return };
+        let (started, size) = (Instant::now(), deltas.len());
+        let write = self.redis.send(ApplyScores {
+            position: self.position.clone(),
+            deltas: deltas.clone(),
+        });
+        ctx.spawn(write.into_actor(self).map(move |res, act, ctx| {
+            match res.map_err(SinkError::from).and_then(|r| r) {
+                Ok(applied) => {
+                    act.settings.observe_flush("redis", started, size, applied);
+                    // Same callback, no await in between: the offsets move from one lane to the
+                    // other without a moment in which neither holds them.
+                    act.scores.succeeded();
+                    for d in deltas.iter() {
+                        act.boards.push(d.offset, BoardWork::Touched(d.game_id.clone()));
+                    }
+                    act.scored_since_flush += size;
+                    act.after_board_work(ctx);
+                    act.flush_scores(ctx);
+                }
+                Err(e) => {
+                    let wait = act.scores.failed(act.settings.retry_max);
+                    tracing::warn!(error = %e, retry_in = ?wait, "scores not applied to Redis");
+                    ctx.run_later(wait, |act, ctx| act.flush_scores(ctx));
+                }
+            }
+        }));
+    }
+
+    fn after_board_work(&mut self, ctx: &mut Context<Self>) {
+        if self.draining || self.scored_since_flush >= self.settings.config.leaderboard_flush_events {
+            self.flush_boards(ctx);
+        } else if self.board_timer.is_none() && self.boards.pending_len() > 0 {
+            let every = Duration::from_millis(self.settings.config.leaderboard_flush_interval_ms);
+            self.board_timer = Some(ctx.run_later(every, |act, ctx| {
+                act.board_timer = None;
+                act.flush_boards(ctx);
+            }));
+        }
+    }
+
+    fn flush_boards(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.board_timer.take() {
+            ctx.cancel_future(t);
+        }
+        let Some(work) = self.boards.take() else { return };
+        self.scored_since_flush = 0;
+        let mut games = BTreeSet::new();
+        let mut dlq = Vec::new();
+        for w in work.iter() {
+            match w {
+                BoardWork::Touched(g) => {
+                    games.insert(g.clone());
+                }
+                BoardWork::Dead(d) => dlq.push(d.clone()),
+            }
+        }
+        let (redis, pg, position) = (self.redis.clone(), self.pg.clone(), self.position.clone());
+        let n = self.settings.config.leaderboard_top_n;
+        let started = Instant::now();
+        let size = work.len();
+        let write = async move {
+            let boards = if games.is_empty() {
+                Vec::new()
+            } else {
+                redis
+                    .send(ReadTop {
+                        game_ids: games.into_iter().collect(),
+                        n,
+                    })
+                    .await??
+            };
+            pg.send(WriteBoards {
+                position,
+                boards,
+                dlq,
+            })
+            .await?
+        };
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(move |res: Result<(), SinkError>, act, ctx| match res {
+                    Ok(()) => {
+                        act.settings.observe_flush("postgres", started, size, size);
+                        act.boards.succeeded();
+                        act.report();
+                        if act.boards.pending_len() > 0 {
+                            act.after_board_work(ctx);
+                        }
+                    }
+                    Err(e) => {
+                        let wait = act.boards.failed(act.settings.retry_max);
+                        tracing::warn!(error = %e, retry_in = ?wait, "leaderboards not written");
+                        ctx.run_later(wait, |act, ctx| act.flush_boards(ctx));
+                    }
+                }),
+        );
+    }
+
+    fn report(&mut self) {
+        if let Some(next) = self
+            .marks
+            .advance([self.scores.lowest_unapplied(), self.boards.lowest_unapplied()])
+        {
+            self.source.do_send(Applied { next_offset: next });
+        }
+    }
+}
+
+/// The score an event adds, or why it can't add one.
+pub fn score_of(event: &GameEvent) -> Result<i64, String> {
+    match event.data.get("score") {
+        None => Err(format!("scoring event {} has no data.score", event.event_type)),
+        Some(v) => match v.as_i64() {
+            Some(s) if (0..=MAX_SCORE).contains(&s) => Ok(s),
+            _ => Err(format!(
+                "data.score must be an integer from 0 to {MAX_SCORE}, got {v}"
+            )),
+        },
+    }
+}
+
+/// The UTC day (`2024-01-15`) and ISO week (`2024-W03`) an event counts toward, with the Unix
+/// times their dated boards expire: the end of the period plus the retention.
+pub fn periods_of(ts: DateTime<Utc>, retention_days: u32) -> (String, i64, String, i64) {
+    let day = ts.date_naive();
+    let keep = Days::days(i64::from(retention_days));
+    let end_of = |d: NaiveDate| {
+        d.and_hms_opt(0, 0, 0)
+            .map(|t| (t + keep).and_utc().timestamp())
+            .unwrap_or(i64::MAX)
+    };
+    let iso = day.iso_week();
+    let next_monday = day + Days::days(7 - i64::from(day.weekday().num_days_from_monday()));
+    (
+        day.format("%Y-%m-%d").to_string(),
+        end_of(day + Days::days(1)),
+        format!("{}-W{:02}", iso.year(), iso.week()),
+        end_of(next_monday),
+    )
+}
+
+impl Actor for Leaderboard {
+    type Context = Context<Self>;
+}
+
+impl Handler<Consumed> for Leaderboard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Consumed, ctx: &mut Context<Self>) {
+        let offset = msg.record.offset;
+        self.marks.seen_next = offset + 1;
+        let event = match msg.record.payload {
+            Payload::Event(e) if self.settings.scoring.contains(e.event_type.as_str()) => e,
+            // Not a scoring event, or poison (the logger's to dead-letter): nothing to do.
+            _ => {
+                self.report();
+                return;
+            }
+        };
+        match score_of(&event) {
+            Ok(score) => {
+                let (day, day_expires_at, week, week_expires_at) =
+                    periods_of(event.timestamp, self.settings.config.leaderboard_retention_days);
+                self.scores.push(
+                    offset,
+                    ScoreDelta {
+                        offset,
+                        game_id: event.game_id.as_str().to_owned(),
+                        player_id: event.player_id.as_str().to_owned(),
+                        score,
+                        day,
+                        day_expires_at,
+                        week,
+                        week_expires_at,
+                    },
+                );
+                if self.scores.pending_len() >= self.settings.config.logger_flush_events {
+                    self.flush_scores(ctx);
+                } else if self.live_timer.is_none() && !self.scores.is_sending() {
+                    self.live_timer = Some(ctx.run_later(self.settings.live_flush(), |act, ctx| {
+                        act.live_timer = None;
+                        act.flush_scores(ctx);
+                    }));
+                }
+            }
+            Err(reason) => {
+                self.settings
+                    .metrics
+                    .consumer_dlq
+                    .with_label_values(&[self.position.service])
+                    .inc();
+                let original = serde_json::to_value(&event).unwrap_or_default();
+                self.boards.push(
+                    offset,
+                    BoardWork::Dead(DlqEntry {
+                        offset,
+                        original,
+                        reason,
+                    }),
+                );
+                self.scored_since_flush += 1;
+                self.after_board_work(ctx);
+            }
+        }
+    }
+}
+
+impl Handler<FlushAll> for Leaderboard {
+    type Result = ();
+    fn handle(&mut self, _: FlushAll, ctx: &mut Context<Self>) {
+        self.draining = true;
+        self.flush_scores(ctx);
+        self.flush_boards(ctx);
+    }
+}
+
+impl Handler<GetProgress> for Leaderboard {
+    type Result = Progress;
+    fn handle(&mut self, _: GetProgress, _: &mut Context<Self>) -> Progress {
+        Progress {
+            applied_next: self.marks.reported_next,
+            seen_next: self.marks.seen_next,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_follow_the_utc_day_and_iso_week() {
+        let last: DateTime<Utc> = "2024-12-29T23:59:59Z".parse().unwrap(); // a Sunday
+        let first: DateTime<Utc> = "2024-12-30T00:00:00Z".parse().unwrap(); // Monday, ISO 2025-W01
+        let (d1, d1_exp, w1, w1_exp) = periods_of(last, 0);
+        let (d2, _, w2, _) = periods_of(first, 0);
+        assert_eq!((d1.as_str(), w1.as_str()), ("2024-12-29", "2024-W52"));
+        assert_eq!((d2.as_str(), w2.as_str()), ("2024-12-30", "2025-W01"));
+        assert_eq!(
+            d1_exp,
+            first.timestamp(),
+            "a day's board expires at the next midnight plus retention"
+        );
+        assert_eq!(
+            w1_exp,
+            first.timestamp(),
+            "a week's board expires at the next Monday plus retention"
+        );
+        let (_, kept, _, _) = periods_of(last, 2);
+        assert_eq!(kept - d1_exp, 2 * 86_400);
+    }
+}

@@ -1,0 +1,346 @@
+//! The consumer tier as an actix actor tree.
+//!
+//! ```text
+//!   poll loop (one StreamConsumer per role, consumer group per role)
+//!     └─ PartitionSource  (one per assigned partition; parses, stores offsets, pauses)
+//!          └─ Logger | StatsBuffer | Leaderboard   (batching state lives here)
+//!               ├─ PgSink     (supervised; PostgreSQL through a diesel-async bb8 pool)
+//!               └─ RedisSink  (supervised; Redis DB 0 stats, DB 1 leaderboards, bb8-redis)
+//! ```
+//!
+//! Exactly-once effects from at-least-once delivery: every sink write carries its records'
+//! offsets and, in the same PostgreSQL transaction or Redis Lua script, skips those below the
+//! partition's stored offset and moves that offset forward. A role actor reports a record as
+//! applied only when every effect of it is durable; only then is its offset stored for commit.
+//! A crash at any moment therefore re-delivers records whose effects are either all there
+//! (skipped) or not there at all (applied once).
+//!
+//! Mailboxes: sources and role actors are fed with `do_send`, which bypasses actix's mailbox
+//! bound, so the bound that holds is PARTITION_MAX_IN_FLIGHT: past it the partition is paused
+//! until the sinks catch up to half of it. librdkafka's own prefetch is capped by
+//! `queued.max.messages.kbytes`. Sink mailboxes are bounded at 256.
+
+pub mod lane;
+pub mod leaderboard;
+pub mod logger;
+pub mod messages;
+pub mod sinks;
+pub mod source;
+pub mod stats_buffer;
+
+use crate::config::{Config, ConsumerConfig};
+use crate::metrics::Metrics;
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use messages::{Applied, Consumed, FlushAll, GetProgress, Position};
+use rdkafka::consumer::{CommitMode, Consumer};
+use sinks::postgres::PgSink;
+use sinks::redis::RedisSink;
+use source::{PartitionSource, RoleConsumer, SourceContext};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The three consumer roles of the seed, each its own consumer group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Role {
+    Logger,
+    Stats,
+    Leaderboard,
+}
+
+impl Role {
+    /// All roles, as `dev` runs them.
+    pub const ALL: [Role; 3] = [Role::Logger, Role::Stats, Role::Leaderboard];
+
+    /// The consumer group (seed section 6).
+    pub fn group_id(self) -> &'static str {
+        match self {
+            Role::Logger => "event-logger-group",
+            Role::Stats => "stats-aggregator-group",
+            Role::Leaderboard => "leaderboard-manager-group",
+        }
+    }
+
+    /// The service name recorded in `dlq.consumer_service` and the offset tables.
+    pub fn service(self) -> &'static str {
+        match self {
+            Role::Logger => "event-logger",
+            Role::Stats => "stats-aggregator",
+            Role::Leaderboard => "leaderboard-manager",
+        }
+    }
+}
+
+/// What every role actor needs besides its sinks.
+#[derive(Clone)]
+pub struct RoleSettings {
+    pub config: Arc<ConsumerConfig>,
+    pub metrics: Metrics,
+    pub retry_max: Duration,
+    pub scoring: Arc<HashSet<String>>,
+    pub role: Role,
+}
+
+impl RoleSettings {
+    /// Settings from the consumer configuration.
+    pub fn new(config: &ConsumerConfig, metrics: Metrics, role: Role) -> Self {
+        RoleSettings {
+            retry_max: Duration::from_millis(config.sink_retry_max_ms),
+            scoring: Arc::new(
+                config
+                    .scoring_event_types
+                    .iter()
+                    .map(|s| s.trim().to_owned())
+                    .collect(),
+            ),
+            config: Arc::new(config.clone()),
+            metrics,
+            role,
+        }
+    }
+
+    /// The micro-batch window for live effects.
+    pub fn live_flush(&self) -> Duration {
+        Duration::from_millis(self.config.live_flush_ms)
+    }
+
+    /// Records a finished sink write: its latency, size, and records skipped as already applied.
+    pub fn observe_flush(&self, sink: &str, started: Instant, size: usize, applied: usize) {
+        let labels = [self.role.service(), sink];
+        let m = &self.metrics;
+        m.consumer_flush_latency
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        m.consumer_flush_size
+            .with_label_values(&labels)
+            .observe(size as f64);
+        m.consumer_applied
+            .with_label_values(&labels)
+            .inc_by(applied as u64);
+        m.consumer_duplicates
+            .with_label_values(&labels)
+            .inc_by(size.saturating_sub(applied) as u64);
+    }
+
+    /// Records the ingest-to-durable latency of applied events.
+    pub fn observe_latency(&self, ingested: impl Iterator<Item = DateTime<Utc>>) {
+        let now = Utc::now();
+        let h = self
+            .metrics
+            .consumer_e2e_latency
+            .with_label_values(&[self.role.service()]);
+        for t in ingested {
+            h.observe((now - t).num_microseconds().unwrap_or(0) as f64 / 1e6);
+        }
+    }
+}
+
+/// The recipients a source needs to talk to its role actor.
+pub struct RoleHandle {
+    pub consumed: Recipient<Consumed>,
+    pub flush: Recipient<FlushAll>,
+    pub progress: Recipient<GetProgress>,
+}
+
+impl RoleHandle {
+    fn of<A>(addr: Addr<A>) -> Self
+    where
+        A: Actor<Context = Context<A>> + Handler<Consumed> + Handler<FlushAll> + Handler<GetProgress>,
+    {
+        RoleHandle {
+            consumed: addr.clone().recipient(),
+            flush: addr.clone().recipient(),
+            progress: addr.recipient(),
+        }
+    }
+}
+
+/// Builds the role actor of a newly assigned partition.
+pub struct RoleFactory {
+    pub role: Role,
+    pub settings: RoleSettings,
+    pub pg: Addr<PgSink>,
+    pub redis: Addr<RedisSink>,
+}
+
+impl RoleFactory {
+    /// Starts the role actor for `position`.
+    pub fn spawn(&self, position: Position, source: Recipient<Applied>) -> RoleHandle {
+        let s = self.settings.clone();
+        match self.role {
+            Role::Logger => RoleHandle::of(logger::Logger::new(position, s, self.pg.clone(), source).start()),
+            Role::Stats => RoleHandle::of(
+                stats_buffer::StatsBuffer::new(position, s, self.pg.clone(), self.redis.clone(), source)
+                    .start(),
+            ),
+            Role::Leaderboard => RoleHandle::of(
+                leaderboard::Leaderboard::new(position, s, self.pg.clone(), self.redis.clone(), source)
+                    .start(),
+            ),
+        }
+    }
+}
+
+/// The shared sinks of a process, started under supervision.
+#[derive(Clone)]
+pub struct Sinks {
+    pub pg: Addr<PgSink>,
+    pub redis: Addr<RedisSink>,
+}
+
+impl Sinks {
+    /// Starts both sinks on the current arbiter. Pools connect lazily.
+    pub fn start(config: &Config) -> Result<Self, redis::RedisError> {
+        let pg_pool = crate::db::pg_pool(&config.database);
+        let stats = crate::db::redis_pool(&config.redis, 0)?;
+        let boards = crate::db::redis_pool(&config.redis, 1)?;
+        let prefix = config.redis.redis_key_prefix.clone();
+        let pg = Supervisor::start(move |_| PgSink::new(pg_pool));
+        let redis = Supervisor::start(move |_| RedisSink::new(stats, boards, &prefix));
+        Ok(Sinks { pg, redis })
+    }
+}
+
+/// Errors starting a consumer.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("Kafka consumer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// One role's running consumer: the poll loop and its partition actors.
+pub struct RoleConsumerHandle {
+    role: Role,
+    consumer: Arc<RoleConsumer>,
+    sources: Arc<Mutex<HashMap<i32, Addr<PartitionSource>>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    poll: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RoleConsumerHandle {
+    /// Subscribes to the topic in the role's group and starts polling on the current arbiter.
+    pub fn start(
+        config: &Config,
+        role: Role,
+        sinks: &Sinks,
+        metrics: Metrics,
+    ) -> Result<Self, ConsumerError> {
+        let mut cc = crate::kafka::client_config(&config.kafka)?;
+        let group = format!("{}{}", config.consumer.consumer_group_prefix, role.group_id());
+        cc.set("group.id", &group)
+            .set("client.id", format!("gamemetrics-{}", role.service()))
+            .set("auto.offset.reset", "earliest")
+            // Offsets are stored by hand once effects are durable, then auto-committed.
+            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            // librdkafka prefetches up to ~1 GB per partition by default; a slow sink must not
+            // turn into memory growth.
+            .set("queued.max.messages.kbytes", "16384")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        let consumer: RoleConsumer = cc.create_with_context(SourceContext::default())?;
+        consumer.subscribe(&[config.kafka.kafka_topic.as_str()])?;
+        let consumer = Arc::new(consumer);
+        let factory = Arc::new(RoleFactory {
+            role,
+            settings: RoleSettings::new(&config.consumer, metrics, role),
+            pg: sinks.pg.clone(),
+            redis: sinks.redis.clone(),
+        });
+        let sources = Arc::new(Mutex::new(HashMap::new()));
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let poll = actix::spawn(source::poll_loop(
+            consumer.clone(),
+            factory,
+            sources.clone(),
+            stop_rx,
+        ));
+        tracing::info!(role = role.service(), group = role.group_id(), topic = %config.kafka.kafka_topic, "consumer started");
+        Ok(RoleConsumerHandle {
+            role,
+            consumer,
+            sources,
+            stop,
+            poll: Some(poll),
+        })
+    }
+
+    /// The partitions this consumer currently has actors for.
+    pub fn partitions(&self) -> Vec<i32> {
+        let mut p: Vec<i32> = self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        p.sort_unstable();
+        p
+    }
+
+    /// The partitions the group currently assigns to this consumer.
+    pub fn assignment(&self) -> Vec<i32> {
+        let mut p: Vec<i32> = match self.consumer.assignment() {
+            Ok(tpl) => tpl.elements().iter().map(|e| e.partition()).collect(),
+            Err(_) => Vec::new(),
+        };
+        p.sort_unstable();
+        p
+    }
+
+    fn addrs(&self) -> Vec<Addr<PartitionSource>> {
+        self.sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Flushes every buffer now and waits until all records read so far are durable.
+    /// Returns false if `budget` ran out first.
+    pub async fn flush_and_wait(&self, budget: Duration) -> bool {
+        let deadline = Instant::now() + budget;
+        for a in self.addrs() {
+            a.do_send(FlushAll);
+        }
+        loop {
+            let mut settled = true;
+            for a in self.addrs() {
+                settled &= a.send(GetProgress).await.map(|p| p.settled()).unwrap_or(true);
+            }
+            if settled {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Graceful stop: stop reading, flush and wait (within `budget`), commit offsets, leave the group.
+    pub async fn shutdown(mut self, budget: Duration) {
+        let _ = self.stop.send(true);
+        if let Some(poll) = self.poll.take() {
+            let _ = poll.await;
+        }
+        let drained = self.flush_and_wait(budget).await;
+        for a in self.addrs() {
+            // Let the last Applied messages reach the sources before committing.
+            let _ = a.send(GetProgress).await;
+        }
+        let consumer = self.consumer.clone();
+        let committed =
+            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync)).await;
+        tracing::info!(role = self.role.service(), drained, committed = ?committed.map(|r| r.is_ok()), "consumer stopped");
+        for a in self.addrs() {
+            a.do_send(source::StopPartition);
+        }
+        // Dropping the last handle closes the consumer, which leaves the group.
+    }
+}

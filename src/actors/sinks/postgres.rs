@@ -1,0 +1,396 @@
+//! `PgSink`: batched, idempotent writes to PostgreSQL.
+
+use super::{SinkError, RESTART_AFTER_FAILURES};
+use crate::actors::messages::{DlqEntry, Payload, Position, Record};
+use crate::db::PgPool;
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Int4, Int8, Jsonb, Text, Timestamptz, Uuid as SqlUuid, Varchar};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Writes to PostgreSQL for all role actors of this process.
+pub struct PgSink {
+    pool: PgPool,
+    /// Consecutive failed writes; reset by any success.
+    failures: u32,
+}
+
+impl PgSink {
+    /// A sink writing through `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        PgSink { pool, failures: 0 }
+    }
+
+    fn track<T>(&mut self, result: &Result<T, SinkError>, ctx: &mut Context<Self>) {
+        match result {
+            Ok(_) => self.failures = 0,
+            Err(e) => {
+                self.failures += 1;
+                tracing::warn!(error = %e, failures = self.failures, "PostgreSQL write failed; will retry");
+                if self.failures >= RESTART_AFTER_FAILURES {
+                    // A fresh start drops any connection state the failures left behind.
+                    ctx.stop();
+                }
+            }
+        }
+    }
+}
+
+impl Actor for PgSink {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Writes are small and concurrent per partition; a deep mailbox only hides a stall.
+        ctx.set_mailbox_capacity(256);
+    }
+}
+
+impl Supervised for PgSink {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        tracing::warn!("PostgreSQL sink restarting");
+        self.failures = 0;
+    }
+}
+
+/// Logger: insert events (deduplicated on event_id) and dead letters, and the partition offset.
+#[derive(Message)]
+#[rtype(result = "Result<usize, SinkError>")]
+pub struct WriteEvents {
+    pub position: Position,
+    pub records: Arc<Vec<Record>>,
+}
+
+/// One stats record for the batched player_statistics upsert.
+#[derive(Debug, Clone)]
+pub struct StatRow {
+    pub offset: i64,
+    pub player_id: String,
+    pub event_type: String,
+}
+
+/// Stats aggregator: add a batch of events to player_statistics, once.
+#[derive(Message)]
+#[rtype(result = "Result<usize, SinkError>")]
+pub struct UpsertStats {
+    pub position: Position,
+    pub rows: Arc<Vec<StatRow>>,
+}
+
+/// The top N of one board, best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoardTop {
+    pub game_id: String,
+    pub period: &'static str,
+    pub entries: Vec<(String, i64)>,
+}
+
+/// Leaderboard manager: replace the stored top N of some boards, and write dead letters.
+#[derive(Message)]
+#[rtype(result = "Result<(), SinkError>")]
+pub struct WriteBoards {
+    pub position: Position,
+    pub boards: Vec<BoardTop>,
+    pub dlq: Vec<DlqEntry>,
+}
+
+fn pg_err(e: impl std::fmt::Display) -> SinkError {
+    SinkError::Postgres(e.to_string())
+}
+
+#[derive(QueryableByName)]
+struct NextOffset {
+    #[diesel(sql_type = BigInt)]
+    next_offset: i64,
+}
+
+/// Locks the partition's offset row and returns the first offset not yet applied.
+async fn lock_offset(conn: &mut AsyncPgConnection, p: &Position) -> diesel::QueryResult<i64> {
+    diesel::sql_query(
+        "INSERT INTO consumer_offsets (consumer_service, topic, kafka_partition, next_offset) \
+         VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING",
+    )
+    .bind::<Varchar, _>(p.service)
+    .bind::<Varchar, _>(p.topic.as_ref())
+    .bind::<Int4, _>(p.partition)
+    .execute(conn)
+    .await?;
+    let row: NextOffset = diesel::sql_query(
+        "SELECT next_offset FROM consumer_offsets \
+         WHERE consumer_service = $1 AND topic = $2 AND kafka_partition = $3 FOR UPDATE",
+    )
+    .bind::<Varchar, _>(p.service)
+    .bind::<Varchar, _>(p.topic.as_ref())
+    .bind::<Int4, _>(p.partition)
+    .get_result(conn)
+    .await?;
+    Ok(row.next_offset)
+}
+
+async fn store_offset(conn: &mut AsyncPgConnection, p: &Position, next: i64) -> diesel::QueryResult<()> {
+    diesel::sql_query(
+        "UPDATE consumer_offsets SET next_offset = $4, updated_at = now() \
+         WHERE consumer_service = $1 AND topic = $2 AND kafka_partition = $3 AND next_offset < $4",
+    )
+    .bind::<Varchar, _>(p.service)
+    .bind::<Varchar, _>(p.topic.as_ref())
+    .bind::<Int4, _>(p.partition)
+    .bind::<BigInt, _>(next)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+async fn insert_dlq(
+    conn: &mut AsyncPgConnection,
+    p: &Position,
+    entries: &[&DlqEntry],
+) -> diesel::QueryResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let originals: Vec<Value> = entries.iter().map(|e| e.original.clone()).collect();
+    let reasons: Vec<&str> = entries.iter().map(|e| e.reason.as_str()).collect();
+    let offsets: Vec<i64> = entries.iter().map(|e| e.offset).collect();
+    diesel::sql_query(
+        "INSERT INTO dlq (original_event, error_message, consumer_service, kafka_topic, kafka_partition, kafka_offset) \
+         SELECT o, m, $3, $4, $5, off FROM unnest($1::jsonb[], $2::text[], $6::bigint[]) AS t(o, m, off) \
+         ON CONFLICT (consumer_service, kafka_topic, kafka_partition, kafka_offset) DO NOTHING",
+    )
+    .bind::<Array<Jsonb>, _>(originals)
+    .bind::<Array<Text>, _>(reasons)
+    .bind::<Varchar, _>(p.service)
+    .bind::<Varchar, _>(p.topic.as_ref())
+    .bind::<Int4, _>(p.partition)
+    .bind::<Array<Int8>, _>(offsets)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+impl Handler<WriteEvents> for PgSink {
+    type Result = ResponseActFuture<Self, Result<usize, SinkError>>;
+
+    fn handle(&mut self, msg: WriteEvents, _: &mut Context<Self>) -> Self::Result {
+        let pool = self.pool.clone();
+        Box::pin(
+            async move {
+                let mut conn = pool.get().await.map_err(pg_err)?;
+                let WriteEvents { position: p, records } = msg;
+                conn.transaction(async |conn| {
+                    let from = lock_offset(conn, &p).await?;
+                    let fresh: Vec<&Record> = records.iter().filter(|r| r.offset >= from).collect();
+                    let mut events = EventColumns::default();
+                    let mut dead = Vec::new();
+                    for r in &fresh {
+                        match &r.payload {
+                            Payload::Event(e) => events.push(e),
+                            Payload::Poison { original, reason } => dead.push(DlqEntry {
+                                offset: r.offset,
+                                original: original.clone(),
+                                reason: reason.clone(),
+                            }),
+                        }
+                    }
+                    events.insert(conn).await?;
+                    insert_dlq(conn, &p, &dead.iter().collect::<Vec<_>>()).await?;
+                    if let Some(last) = fresh.last() {
+                        store_offset(conn, &p, last.offset + 1).await?;
+                    }
+                    Ok::<usize, diesel::result::Error>(fresh.len())
+                })
+                .await
+                .map_err(pg_err)
+            }
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                act.track(&res, ctx);
+                res
+            }),
+        )
+    }
+}
+
+/// The events columns as arrays, for one `INSERT … SELECT FROM unnest(…)` per batch.
+#[derive(Default)]
+struct EventColumns {
+    ids: Vec<uuid::Uuid>,
+    types: Vec<String>,
+    players: Vec<String>,
+    games: Vec<String>,
+    timestamps: Vec<DateTime<Utc>>,
+    ingested: Vec<DateTime<Utc>>,
+    data: Vec<Value>,
+}
+
+impl EventColumns {
+    fn push(&mut self, e: &crate::domain::GameEvent) {
+        self.ids.push(e.event_id);
+        self.types.push(e.event_type.as_str().to_owned());
+        self.players.push(e.player_id.as_str().to_owned());
+        self.games.push(e.game_id.as_str().to_owned());
+        self.timestamps.push(e.timestamp);
+        self.ingested.push(e.ingested_at);
+        self.data.push(Value::Object(e.data.clone()));
+    }
+
+    async fn insert(self, conn: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        diesel::sql_query(
+            "INSERT INTO events (event_id, event_type, player_id, game_id, event_timestamp, ingested_at, data) \
+             SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], \
+                                  $5::timestamptz[], $6::timestamptz[], $7::jsonb[]) \
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind::<Array<SqlUuid>, _>(self.ids)
+        .bind::<Array<Varchar>, _>(self.types)
+        .bind::<Array<Varchar>, _>(self.players)
+        .bind::<Array<Varchar>, _>(self.games)
+        .bind::<Array<Timestamptz>, _>(self.timestamps)
+        .bind::<Array<Timestamptz>, _>(self.ingested)
+        .bind::<Array<Jsonb>, _>(self.data)
+        .execute(conn)
+        .await
+        .map(drop)
+    }
+}
+
+impl Handler<UpsertStats> for PgSink {
+    type Result = ResponseActFuture<Self, Result<usize, SinkError>>;
+
+    fn handle(&mut self, msg: UpsertStats, _: &mut Context<Self>) -> Self::Result {
+        let pool = self.pool.clone();
+        Box::pin(
+            async move {
+                let mut conn = pool.get().await.map_err(pg_err)?;
+                let UpsertStats { position: p, rows } = msg;
+                conn.transaction(async |conn| {
+                    let from = lock_offset(conn, &p).await?;
+                    let fresh: Vec<&StatRow> = rows.iter().filter(|r| r.offset >= from).collect();
+                    // Aggregate per player first: one row per player per batch keeps the
+                    // upsert from touching a row twice in one statement.
+                    let mut per_player: HashMap<&str, (i32, Map<String, Value>)> = HashMap::new();
+                    for r in &fresh {
+                        let (total, breakdown) = per_player.entry(r.player_id.as_str()).or_default();
+                        *total += 1;
+                        let n = breakdown.get(&r.event_type).and_then(Value::as_i64).unwrap_or(0);
+                        breakdown.insert(r.event_type.clone(), Value::from(n + 1));
+                    }
+                    if !per_player.is_empty() {
+                        let mut players = Vec::new();
+                        let mut totals = Vec::new();
+                        let mut breakdowns = Vec::new();
+                        for (player, (total, breakdown)) in per_player {
+                            players.push(player.to_owned());
+                            totals.push(total);
+                            breakdowns.push(Value::Object(breakdown));
+                        }
+                        diesel::sql_query(UPSERT_STATS)
+                            .bind::<Array<Varchar>, _>(players)
+                            .bind::<Array<Int4>, _>(totals)
+                            .bind::<Array<Jsonb>, _>(breakdowns)
+                            .execute(conn)
+                            .await?;
+                    }
+                    if let Some(last) = fresh.last() {
+                        store_offset(conn, &p, last.offset + 1).await?;
+                    }
+                    Ok::<usize, diesel::result::Error>(fresh.len())
+                })
+                .await
+                .map_err(pg_err)
+            }
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                act.track(&res, ctx);
+                res
+            }),
+        )
+    }
+}
+
+/// Adds a batch's counts to what is stored: totals add, breakdowns add key by key.
+const UPSERT_STATS: &str = "\
+INSERT INTO player_statistics AS ps (player_id, total_events, event_breakdown, updated_at, created_at)
+SELECT p, t, b, now(), now() FROM unnest($1::varchar[], $2::int4[], $3::jsonb[]) AS u(p, t, b)
+ON CONFLICT (player_id) DO UPDATE SET
+    total_events = ps.total_events + EXCLUDED.total_events,
+    event_breakdown = (
+        SELECT COALESCE(jsonb_object_agg(k, n), '{}'::jsonb) FROM (
+            SELECT k, SUM(v::bigint) AS n FROM (
+                SELECT key AS k, value AS v FROM jsonb_each_text(ps.event_breakdown)
+                UNION ALL
+                SELECT key, value FROM jsonb_each_text(EXCLUDED.event_breakdown)
+            ) AS both_sides GROUP BY k
+        ) AS summed),
+    updated_at = now()";
+
+impl Handler<WriteBoards> for PgSink {
+    type Result = ResponseActFuture<Self, Result<(), SinkError>>;
+
+    fn handle(&mut self, msg: WriteBoards, _: &mut Context<Self>) -> Self::Result {
+        let pool = self.pool.clone();
+        Box::pin(
+            async move {
+                let mut conn = pool.get().await.map_err(pg_err)?;
+                let WriteBoards {
+                    position,
+                    boards,
+                    dlq,
+                } = msg;
+                conn.transaction(async |conn| {
+                    for board in &boards {
+                        write_board(conn, board).await?;
+                    }
+                    insert_dlq(conn, &position, &dlq.iter().collect::<Vec<_>>()).await
+                })
+                .await
+                .map_err(pg_err)
+            }
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                act.track(&res, ctx);
+                res
+            }),
+        )
+    }
+}
+
+/// Makes the table hold exactly this top N for the board. The snapshot comes from Redis, so
+/// writing it twice is harmless; the advisory lock orders writers of the same board.
+async fn write_board(conn: &mut AsyncPgConnection, b: &BoardTop) -> diesel::QueryResult<()> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))")
+        .bind::<Varchar, _>(&b.game_id)
+        .bind::<Varchar, _>(b.period)
+        .execute(conn)
+        .await?;
+    let players: Vec<&str> = b.entries.iter().map(|(p, _)| p.as_str()).collect();
+    let ranks: Vec<i32> = (1..=i32::try_from(b.entries.len()).unwrap_or(i32::MAX)).collect();
+    let scores: Vec<i64> = b.entries.iter().map(|(_, s)| *s).collect();
+    diesel::sql_query(
+        "DELETE FROM leaderboards WHERE game_id = $1 AND period = $2 AND NOT (player_id = ANY($3))",
+    )
+    .bind::<Varchar, _>(&b.game_id)
+    .bind::<Varchar, _>(b.period)
+    .bind::<Array<Varchar>, _>(&players)
+    .execute(conn)
+    .await?;
+    diesel::sql_query(
+        "INSERT INTO leaderboards (game_id, player_id, period, rank, score, updated_at) \
+         SELECT $1, p, $2, r, s, now() FROM unnest($3::varchar[], $4::int4[], $5::int8[]) AS t(p, r, s) \
+         ON CONFLICT (game_id, player_id, period) \
+         DO UPDATE SET rank = EXCLUDED.rank, score = EXCLUDED.score, updated_at = now()",
+    )
+    .bind::<Varchar, _>(&b.game_id)
+    .bind::<Varchar, _>(b.period)
+    .bind::<Array<Varchar>, _>(&players)
+    .bind::<Array<Int4>, _>(ranks)
+    .bind::<Array<Int8>, _>(scores)
+    .execute(conn)
+    .await
+    .map(drop)
+}

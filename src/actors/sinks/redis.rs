@@ -1,0 +1,302 @@
+//! `RedisSink`: live stats (DB 0) and leaderboards (DB 1), applied exactly once by Lua scripts
+//! that check and move the partition's offset in the same atomic step as the increments.
+//!
+//! The scripts touch keys they compute from their arguments, which a single Redis (or a primary
+//! with replicas, as ElastiCache without cluster mode) allows; Redis Cluster would need hash tags.
+
+use super::postgres::BoardTop;
+use super::{SinkError, RESTART_AFTER_FAILURES};
+use crate::actors::messages::Position;
+use crate::db::RedisPool;
+use actix::prelude::*;
+use redis::Script;
+use std::sync::Arc;
+
+/// Writes to and reads from Redis for all role actors of this process.
+pub struct RedisSink {
+    stats: RedisPool,
+    boards: RedisPool,
+    prefix: Arc<str>,
+    stats_script: Arc<Script>,
+    scores_script: Arc<Script>,
+    failures: u32,
+}
+
+impl RedisSink {
+    /// A sink over the stats (DB 0) and leaderboard (DB 1) pools, with every key under `prefix`.
+    pub fn new(stats: RedisPool, boards: RedisPool, prefix: &str) -> Self {
+        RedisSink {
+            stats,
+            boards,
+            prefix: prefix.into(),
+            stats_script: Arc::new(Script::new(STATS_LUA)),
+            scores_script: Arc::new(Script::new(SCORES_LUA)),
+            failures: 0,
+        }
+    }
+
+    fn offset_key(&self, p: &Position) -> String {
+        format!(
+            "{}gamemetrics:offsets:{}:{}:{}",
+            self.prefix, p.service, p.topic, p.partition
+        )
+    }
+
+    fn track<T>(&mut self, result: &Result<T, SinkError>, ctx: &mut Context<Self>) {
+        match result {
+            Ok(_) => self.failures = 0,
+            Err(e) => {
+                self.failures += 1;
+                tracing::warn!(error = %e, failures = self.failures, "Redis write failed; will retry");
+                if self.failures >= RESTART_AFTER_FAILURES {
+                    ctx.stop();
+                }
+            }
+        }
+    }
+}
+
+impl Actor for RedisSink {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(256);
+    }
+}
+
+impl Supervised for RedisSink {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        tracing::warn!("Redis sink restarting");
+        self.failures = 0;
+    }
+}
+
+fn redis_err(e: impl std::fmt::Display) -> SinkError {
+    SinkError::Redis(e.to_string())
+}
+
+/// One event's contribution to `player_stats:{player_id}`.
+#[derive(Debug, Clone)]
+pub struct StatDelta {
+    pub offset: i64,
+    pub player_id: String,
+    pub event_type: String,
+    /// RFC 3339 UTC with microseconds, so string order is time order.
+    pub timestamp: String,
+}
+
+/// Apply stats deltas to Redis DB 0, skipping offsets already applied. Answers how many applied.
+#[derive(Message)]
+#[rtype(result = "Result<usize, SinkError>")]
+pub struct ApplyStats {
+    pub position: Position,
+    pub deltas: Arc<Vec<StatDelta>>,
+}
+
+/// One scoring event's contribution to a game's boards.
+#[derive(Debug, Clone)]
+pub struct ScoreDelta {
+    pub offset: i64,
+    pub game_id: String,
+    pub player_id: String,
+    pub score: i64,
+    /// `YYYY-MM-DD` of the event's UTC day, and the Unix time its dated board expires.
+    pub day: String,
+    pub day_expires_at: i64,
+    /// `YYYY-Www` of the event's ISO week, and the Unix time its dated board expires.
+    pub week: String,
+    pub week_expires_at: i64,
+}
+
+/// Apply score deltas to Redis DB 1, skipping offsets already applied. Answers how many applied.
+#[derive(Message)]
+#[rtype(result = "Result<usize, SinkError>")]
+pub struct ApplyScores {
+    pub position: Position,
+    pub deltas: Arc<Vec<ScoreDelta>>,
+}
+
+/// Read the current top N of every period of some games.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<BoardTop>, SinkError>")]
+pub struct ReadTop {
+    pub game_ids: Vec<String>,
+    pub n: usize,
+}
+
+/// The periods each game has a board for; `daily` and `weekly` are the newest day and week.
+pub const PERIODS: [&str; 3] = ["daily", "weekly", "alltime"];
+
+impl Handler<ApplyStats> for RedisSink {
+    type Result = ResponseActFuture<Self, Result<usize, SinkError>>;
+
+    fn handle(&mut self, msg: ApplyStats, _: &mut Context<Self>) -> Self::Result {
+        let pool = self.stats.clone();
+        let script = self.stats_script.clone();
+        let (key, prefix) = (self.offset_key(&msg.position), self.prefix.clone());
+        Box::pin(
+            async move {
+                let mut invocation = script.key(key);
+                invocation.arg(prefix.as_ref());
+                for d in msg.deltas.iter() {
+                    invocation
+                        .arg(d.offset)
+                        .arg(&d.player_id)
+                        .arg(&d.event_type)
+                        .arg(&d.timestamp);
+                }
+                let mut conn = pool.get().await.map_err(redis_err)?;
+                invocation
+                    .invoke_async::<usize>(&mut *conn)
+                    .await
+                    .map_err(redis_err)
+            }
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                act.track(&res, ctx);
+                res
+            }),
+        )
+    }
+}
+
+impl Handler<ApplyScores> for RedisSink {
+    type Result = ResponseActFuture<Self, Result<usize, SinkError>>;
+
+    fn handle(&mut self, msg: ApplyScores, _: &mut Context<Self>) -> Self::Result {
+        let pool = self.boards.clone();
+        let script = self.scores_script.clone();
+        let (key, prefix) = (self.offset_key(&msg.position), self.prefix.clone());
+        Box::pin(
+            async move {
+                let mut invocation = script.key(key);
+                invocation.arg(prefix.as_ref());
+                for d in msg.deltas.iter() {
+                    invocation
+                        .arg(d.offset)
+                        .arg(&d.game_id)
+                        .arg(&d.player_id)
+                        .arg(d.score)
+                        .arg(&d.day)
+                        .arg(&d.week)
+                        .arg(d.day_expires_at)
+                        .arg(d.week_expires_at);
+                }
+                let mut conn = pool.get().await.map_err(redis_err)?;
+                invocation
+                    .invoke_async::<usize>(&mut *conn)
+                    .await
+                    .map_err(redis_err)
+            }
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                act.track(&res, ctx);
+                res
+            }),
+        )
+    }
+}
+
+impl Handler<ReadTop> for RedisSink {
+    type Result = ResponseActFuture<Self, Result<Vec<BoardTop>, SinkError>>;
+
+    fn handle(&mut self, msg: ReadTop, _: &mut Context<Self>) -> Self::Result {
+        let pool = self.boards.clone();
+        let prefix = self.prefix.clone();
+        Box::pin(
+            async move {
+                let mut conn = pool.get().await.map_err(redis_err)?;
+                let stop = isize::try_from(msg.n).unwrap_or(isize::MAX) - 1;
+                let mut pipe = redis::pipe();
+                for game in &msg.game_ids {
+                    for period in PERIODS {
+                        pipe.zrevrange_withscores(board_key(&prefix, game, period), 0, stop);
+                    }
+                }
+                let tops: Vec<Vec<(String, f64)>> = pipe.query_async(&mut *conn).await.map_err(redis_err)?;
+                let mut tops = tops.into_iter();
+                let mut out = Vec::new();
+                for game in msg.game_ids {
+                    for period in PERIODS {
+                        let entries = tops.next().unwrap_or_default();
+                        out.push(BoardTop {
+                            game_id: game.clone(),
+                            period,
+                            // Sorted-set scores are doubles; ours are integer sums well inside 2^53.
+                            entries: entries.into_iter().map(|(p, s)| (p, s as i64)).collect(),
+                        });
+                    }
+                }
+                Ok(out)
+            }
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                act.track(&res, ctx);
+                res
+            }),
+        )
+    }
+}
+
+/// The Redis key of a game's current board for a period: `leaderboard:{game_id}:{period}`.
+pub fn board_key(prefix: &str, game_id: &str, period: &str) -> String {
+    format!("{prefix}leaderboard:{game_id}:{period}")
+}
+
+/// ARGV: prefix, then per event: offset, player_id, event_type, timestamp.
+const STATS_LUA: &str = r#"
+local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
+local prefix = ARGV[1]
+local nxt, n = applied, 0
+for i = 2, #ARGV, 4 do
+  local off = tonumber(ARGV[i])
+  if off >= applied then
+    local key = prefix .. 'player_stats:' .. ARGV[i + 1]
+    redis.call('HINCRBY', key, 'total_events', 1)
+    redis.call('HINCRBY', key, 'event_' .. ARGV[i + 2], 1)
+    local last = redis.call('HGET', key, 'last_event')
+    if (not last) or ARGV[i + 3] > last then redis.call('HSET', key, 'last_event', ARGV[i + 3]) end
+    n = n + 1
+    if off + 1 > nxt then nxt = off + 1 end
+  end
+end
+if nxt > applied then redis.call('SET', KEYS[1], nxt) end
+return n
+"#;
+
+/// ARGV: prefix, then per event: offset, game, player, score, day, week, day expiry, week expiry.
+/// The dated boards (`…:daily:2024-01-15`) keep past periods until their retention ends;
+/// `…:daily` is the newest day's board, started afresh when an event of a newer day arrives.
+const SCORES_LUA: &str = r#"
+local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
+local prefix = ARGV[1]
+local nxt, n = applied, 0
+for i = 2, #ARGV, 8 do
+  local off = tonumber(ARGV[i])
+  if off >= applied then
+    local base = prefix .. 'leaderboard:' .. ARGV[i + 1]
+    local player, score = ARGV[i + 2], ARGV[i + 3]
+    redis.call('ZINCRBY', base .. ':alltime', score, player)
+    local periods = { { 'daily', ARGV[i + 4], ARGV[i + 6] }, { 'weekly', ARGV[i + 5], ARGV[i + 7] } }
+    for _, p in ipairs(periods) do
+      local current, stamp, expires = base .. ':' .. p[1], p[2], p[3]
+      local dated = current .. ':' .. stamp
+      redis.call('ZINCRBY', dated, score, player)
+      redis.call('EXPIREAT', dated, expires)
+      local marker = current .. ':current'
+      local cur = redis.call('GET', marker)
+      if (not cur) or stamp > cur then
+        -- The first event of a newer period: the current board starts over with it alone.
+        redis.call('SET', marker, stamp)
+        redis.call('DEL', current)
+        redis.call('ZINCRBY', current, score, player)
+      elseif stamp == cur then
+        redis.call('ZINCRBY', current, score, player)
+      end
+    end
+    n = n + 1
+    if off + 1 > nxt then nxt = off + 1 end
+  end
+end
+if nxt > applied then redis.call('SET', KEYS[1], nxt) end
+return n
+"#;

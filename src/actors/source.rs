@@ -1,0 +1,358 @@
+//! The Kafka source: one consumer per role process, polled by one loop, and one
+//! `PartitionSource` actor per assigned partition that parses records, hands them to the role
+//! actor, stores offsets once they are durable, and pauses the partition when too much is in
+//! flight.
+//!
+//! Why one poll loop feeding per-partition actors rather than `split_partition_queue`: split
+//! queues stall or drop partitions across rebalances (rust-rdkafka #535, #738, PR #840), and
+//! rebalance callbacks only run while the main queue is polled anyway. Per-partition order is
+//! kept because one loop reads a partition's records in order and actix mailboxes are FIFO.
+
+use super::messages::*;
+use super::{RoleFactory, RoleHandle};
+use crate::domain::GameEvent;
+use crate::kafka::KafkaContext;
+use crate::metrics::Metrics;
+use actix::prelude::*;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::TopicPartitionList;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Remembers revoked partitions so the poll loop can stop their actors.
+#[derive(Default)]
+pub struct SourceContext {
+    revoked: Mutex<Vec<i32>>,
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        KafkaContext.log(level, fac, message)
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        KafkaContext.error(error, reason)
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            revoked.extend(tpl.elements().iter().map(|e| e.partition()));
+        }
+    }
+}
+
+/// The consumer type every role uses.
+pub type RoleConsumer = StreamConsumer<SourceContext>;
+
+/// A raw record from the poll loop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Incoming {
+    pub offset: i64,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Stop this partition's actors (it was revoked).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopPartition;
+
+/// The source actor of one partition.
+pub struct PartitionSource {
+    position: Position,
+    consumer: Arc<RoleConsumer>,
+    factory: Arc<RoleFactory>,
+    role: Option<RoleHandle>,
+    /// One past the last record handed to the role actor.
+    dispatched_next: i64,
+    /// Every record below this is durable; also what was last stored for commit.
+    applied_next: i64,
+    paused: bool,
+    metrics: Metrics,
+}
+
+impl PartitionSource {
+    /// A source for `position` that builds its role actor with `factory` when started.
+    pub fn new(position: Position, consumer: Arc<RoleConsumer>, factory: Arc<RoleFactory>) -> Self {
+        let metrics = factory.settings.metrics.clone();
+        PartitionSource {
+            position,
+            consumer,
+            factory,
+            role: None,
+            dispatched_next: -1,
+            applied_next: -1,
+            paused: false,
+            metrics,
+        }
+    }
+
+    fn in_flight(&self) -> i64 {
+        if self.dispatched_next < 0 {
+            0
+        } else {
+            self.dispatched_next - self.applied_next.max(0)
+        }
+    }
+
+    fn set_paused(&mut self, pause: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.position.topic, self.position.partition);
+        let result = if pause {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        match result {
+            Ok(()) => {
+                self.paused = pause;
+                let label = [self.position.service, &self.position.partition.to_string()];
+                self.metrics
+                    .consumer_paused
+                    .with_label_values(&label)
+                    .set(i64::from(pause));
+                tracing::info!(
+                    partition = self.position.partition,
+                    paused = pause,
+                    in_flight = self.in_flight(),
+                    "backpressure"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "pause/resume failed"),
+        }
+    }
+}
+
+impl Actor for PartitionSource {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.role = Some(
+            self.factory
+                .spawn(self.position.clone(), ctx.address().recipient()),
+        );
+        tracing::info!(
+            service = self.position.service,
+            partition = self.position.partition,
+            "partition assigned"
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        tracing::info!(
+            service = self.position.service,
+            partition = self.position.partition,
+            "partition released"
+        );
+    }
+}
+
+impl Handler<Incoming> for PartitionSource {
+    type Result = ();
+
+    fn handle(&mut self, msg: Incoming, _: &mut Context<Self>) {
+        let Some(role) = &self.role else { return };
+        if self.applied_next < 0 {
+            // Everything before the first record we are handed was committed by a predecessor.
+            self.applied_next = msg.offset;
+        }
+        self.dispatched_next = msg.offset + 1;
+        let payload = parse(msg.payload.as_deref());
+        role.consumed.do_send(Consumed {
+            record: Record {
+                offset: msg.offset,
+                payload,
+            },
+        });
+        self.metrics
+            .consumer_records
+            .with_label_values(&[self.position.service])
+            .inc();
+        let limit = i64::try_from(self.factory.settings.config.partition_max_in_flight).unwrap_or(i64::MAX);
+        if !self.paused && self.in_flight() > limit {
+            self.set_paused(true);
+        }
+    }
+}
+
+impl Handler<Applied> for PartitionSource {
+    type Result = ();
+
+    fn handle(&mut self, msg: Applied, _: &mut Context<Self>) {
+        if msg.next_offset <= self.applied_next {
+            return;
+        }
+        self.applied_next = msg.next_offset;
+        // Stored offsets are committed by librdkafka's auto-commit, and on revoke and close.
+        if let Err(e) =
+            self.consumer
+                .store_offset(&self.position.topic, self.position.partition, msg.next_offset)
+        {
+            tracing::debug!(error = %e, partition = self.position.partition, "offset not stored (partition revoked?)");
+        }
+        let limit = i64::try_from(self.factory.settings.config.partition_max_in_flight).unwrap_or(i64::MAX);
+        if self.paused && self.in_flight() <= limit / 2 {
+            self.set_paused(false);
+        }
+    }
+}
+
+impl Handler<FlushAll> for PartitionSource {
+    type Result = ();
+    fn handle(&mut self, msg: FlushAll, _: &mut Context<Self>) {
+        if let Some(role) = &self.role {
+            role.flush.do_send(msg);
+        }
+    }
+}
+
+impl Handler<GetProgress> for PartitionSource {
+    type Result = ResponseFuture<Progress>;
+    fn handle(&mut self, msg: GetProgress, _: &mut Context<Self>) -> Self::Result {
+        let role = self.role.as_ref().map(|r| r.progress.clone());
+        Box::pin(async move {
+            match role {
+                Some(r) => r.send(msg).await.unwrap_or(Progress {
+                    applied_next: 0,
+                    seen_next: 0,
+                }),
+                None => Progress {
+                    applied_next: 0,
+                    seen_next: 0,
+                },
+            }
+        })
+    }
+}
+
+impl Handler<StopPartition> for PartitionSource {
+    type Result = ();
+    fn handle(&mut self, _: StopPartition, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// Parses a record value. Anything that is not a valid event becomes poison with a reason
+/// precise enough to fix the producer; the original is kept (as `{"raw": …}` if not JSON).
+pub fn parse(payload: Option<&[u8]>) -> Payload {
+    let Some(bytes) = payload else {
+        return Payload::Poison {
+            original: json!({ "raw": null }),
+            reason: "message has no value".into(),
+        };
+    };
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            // PostgreSQL can't store NUL even inside JSONB strings.
+            let raw = String::from_utf8_lossy(bytes).replace('\0', "\u{fffd}");
+            return Payload::Poison {
+                original: json!({ "raw": raw }),
+                reason: format!("value is not JSON: {e}"),
+            };
+        }
+    };
+    if bytes.windows(6).any(|w| w == b"\\u0000") {
+        let cleaned = value.to_string().replace("\\u0000", "\\ufffd");
+        let original = serde_json::from_str(&cleaned).unwrap_or_else(|_| json!({ "raw": cleaned }));
+        return Payload::Poison {
+            original,
+            reason: "value contains \\u0000, which PostgreSQL cannot store".into(),
+        };
+    }
+    match serde_json::from_value::<GameEvent>(value.clone()) {
+        Ok(event) => Payload::Event(event),
+        Err(e) => Payload::Poison {
+            original: value,
+            reason: format!("not a valid event: {e}"),
+        },
+    }
+}
+
+/// Reads the subscribed topic and routes each record to its partition's source actor.
+/// Returns when `stop` fires; the actors keep running for the drain that follows.
+pub async fn poll_loop(
+    consumer: Arc<RoleConsumer>,
+    factory: Arc<RoleFactory>,
+    sources: Arc<Mutex<HashMap<i32, Addr<PartitionSource>>>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = stop.changed() => break,
+            m = consumer.recv() => m,
+        };
+        let revoked: Vec<i32> = {
+            let mut r = consumer
+                .context()
+                .revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut *r)
+        };
+        let failed = {
+            let mut map = sources.lock().unwrap_or_else(|p| p.into_inner());
+            for p in revoked {
+                if let Some(addr) = map.remove(&p) {
+                    addr.do_send(StopPartition);
+                }
+            }
+            match msg {
+                Ok(m) => {
+                    let partition = m.partition();
+                    let addr = map.entry(partition).or_insert_with(|| {
+                        let position = Position {
+                            service: factory.role.service(),
+                            topic: m.topic().into(),
+                            partition,
+                        };
+                        PartitionSource::new(position, consumer.clone(), factory.clone()).start()
+                    });
+                    addr.do_send(Incoming {
+                        offset: m.offset(),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                    });
+                    None
+                }
+                Err(e) => Some(e),
+            }
+        };
+        if let Some(e) = failed {
+            tracing::warn!(error = %e, "consume error");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poison_keeps_the_original_and_says_why() {
+        let Payload::Poison { original, reason } = parse(Some(b"\xffnot json")) else {
+            panic!()
+        };
+        assert!(original["raw"].as_str().unwrap().contains("not json"));
+        assert!(reason.starts_with("value is not JSON"), "{reason}");
+
+        let Payload::Poison { original, reason } = parse(Some(br#"{"event_type":"a"}"#)) else {
+            panic!()
+        };
+        assert_eq!(original["event_type"], "a");
+        assert!(reason.contains("missing field"), "{reason}");
+
+        let Payload::Poison { reason, .. } = parse(Some(br#"{"x":"a\u0000b"}"#)) else {
+            panic!()
+        };
+        assert!(reason.contains("\\u0000"));
+        assert!(matches!(parse(None), Payload::Poison { .. }));
+    }
+}

@@ -1,0 +1,202 @@
+//! `StatsBuffer`: per-player counts, live in Redis and batched into `player_statistics`.
+//!
+//! Two lanes share one stream of records: the live lane goes to Redis DB 0 within LIVE_FLUSH_MS;
+//! the batch lane holds STATS_FLUSH_EVENTS events or STATS_FLUSH_INTERVAL_MS, whichever comes
+//! first, then becomes one upsert. The partition's durable offset is the lower of the two.
+
+use super::lane::{Lane, Watermarks};
+use super::messages::*;
+use super::sinks::postgres::{PgSink, StatRow, UpsertStats};
+use super::sinks::redis::{ApplyStats, RedisSink, StatDelta};
+use super::sinks::SinkError;
+use super::RoleSettings;
+use actix::prelude::*;
+use chrono::SecondsFormat;
+use std::time::{Duration, Instant};
+
+/// The stats-aggregator role for one partition.
+pub struct StatsBuffer {
+    position: Position,
+    settings: RoleSettings,
+    pg: Addr<PgSink>,
+    redis: Addr<RedisSink>,
+    source: Recipient<Applied>,
+    live: Lane<StatDelta>,
+    batch: Lane<StatRow>,
+    marks: Watermarks,
+    live_timer: Option<SpawnHandle>,
+    batch_timer: Option<SpawnHandle>,
+    /// Set by `FlushAll`: flush whatever is pending as soon as the sink is free.
+    draining: bool,
+}
+
+impl StatsBuffer {
+    /// A stats buffer for `position`, reporting durable offsets to `source`.
+    pub fn new(
+        position: Position,
+        settings: RoleSettings,
+        pg: Addr<PgSink>,
+        redis: Addr<RedisSink>,
+        source: Recipient<Applied>,
+    ) -> Self {
+        StatsBuffer {
+            position,
+            settings,
+            pg,
+            redis,
+            source,
+            live: Lane::default(),
+            batch: Lane::default(),
+            marks: Watermarks::default(),
+            live_timer: None,
+            batch_timer: None,
+            draining: false,
+        }
+    }
+
+    fn flush_live(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.live_timer.take() {
+            ctx.cancel_future(t);
+        }
+        let Some(deltas) = self.live.take() else { return };
+        let (started, size) = (Instant::now(), deltas.len());
+        let write = self.redis.send(ApplyStats {
+            position: self.position.clone(),
+            deltas,
+        });
+        ctx.spawn(write.into_actor(self).map(move |res, act, ctx| {
+            match res.map_err(SinkError::from).and_then(|r| r) {
+                Ok(applied) => {
+                    act.settings.observe_flush("redis", started, size, applied);
+                    act.live.succeeded();
+                    act.report();
+                    act.flush_live(ctx);
+                }
+                Err(e) => {
+                    let wait = act.live.failed(act.settings.retry_max);
+                    tracing::warn!(error = %e, retry_in = ?wait, "stats not applied to Redis");
+                    ctx.run_later(wait, |act, ctx| act.flush_live(ctx));
+                }
+            }
+        }));
+    }
+
+    fn flush_batch(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.batch_timer.take() {
+            ctx.cancel_future(t);
+        }
+        let Some(rows) = self.batch.take() else { return };
+        let (started, size) = (Instant::now(), rows.len());
+        let write = self.pg.send(UpsertStats {
+            position: self.position.clone(),
+            rows,
+        });
+        ctx.spawn(write.into_actor(self).map(move |res, act, ctx| {
+            match res.map_err(SinkError::from).and_then(|r| r) {
+                Ok(applied) => {
+                    act.settings.observe_flush("postgres", started, size, applied);
+                    act.batch.succeeded();
+                    act.report();
+                    // Whatever piled up meanwhile waits for its own trigger, as the seed's
+                    // "every 100 events or 30 s" asks; a full buffer goes at once.
+                    if act.draining || act.batch.pending_len() >= act.settings.config.stats_flush_events {
+                        act.flush_batch(ctx);
+                    } else {
+                        act.arm_batch_timer(ctx);
+                    }
+                }
+                Err(e) => {
+                    let wait = act.batch.failed(act.settings.retry_max);
+                    tracing::warn!(error = %e, retry_in = ?wait, "stats batch not upserted");
+                    ctx.run_later(wait, |act, ctx| act.flush_batch(ctx));
+                }
+            }
+        }));
+    }
+
+    fn arm_batch_timer(&mut self, ctx: &mut Context<Self>) {
+        if self.batch_timer.is_none() && self.batch.pending_len() > 0 {
+            let every = Duration::from_millis(self.settings.config.stats_flush_interval_ms);
+            self.batch_timer = Some(ctx.run_later(every, |act, ctx| {
+                act.batch_timer = None;
+                act.flush_batch(ctx);
+            }));
+        }
+    }
+
+    fn report(&mut self) {
+        if let Some(next) = self
+            .marks
+            .advance([self.live.lowest_unapplied(), self.batch.lowest_unapplied()])
+        {
+            self.source.do_send(Applied { next_offset: next });
+        }
+    }
+}
+
+impl Actor for StatsBuffer {
+    type Context = Context<Self>;
+}
+
+impl Handler<Consumed> for StatsBuffer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Consumed, ctx: &mut Context<Self>) {
+        let offset = msg.record.offset;
+        self.marks.seen_next = offset + 1;
+        // Poison messages are the logger's to dead-letter; they count for nothing here.
+        let Payload::Event(event) = msg.record.payload else {
+            self.report();
+            return;
+        };
+        self.live.push(
+            offset,
+            StatDelta {
+                offset,
+                player_id: event.player_id.as_str().to_owned(),
+                event_type: event.event_type.as_str().to_owned(),
+                timestamp: event.timestamp.to_rfc3339_opts(SecondsFormat::Micros, true),
+            },
+        );
+        self.batch.push(
+            offset,
+            StatRow {
+                offset,
+                player_id: event.player_id.as_str().to_owned(),
+                event_type: event.event_type.as_str().to_owned(),
+            },
+        );
+        if self.batch.pending_len() >= self.settings.config.stats_flush_events {
+            self.flush_batch(ctx);
+        } else {
+            self.arm_batch_timer(ctx);
+        }
+        if self.live.pending_len() >= self.settings.config.logger_flush_events {
+            self.flush_live(ctx);
+        } else if self.live_timer.is_none() && !self.live.is_sending() {
+            self.live_timer = Some(ctx.run_later(self.settings.live_flush(), |act, ctx| {
+                act.live_timer = None;
+                act.flush_live(ctx);
+            }));
+        }
+    }
+}
+
+impl Handler<FlushAll> for StatsBuffer {
+    type Result = ();
+    fn handle(&mut self, _: FlushAll, ctx: &mut Context<Self>) {
+        self.draining = true;
+        self.flush_live(ctx);
+        self.flush_batch(ctx);
+    }
+}
+
+impl Handler<GetProgress> for StatsBuffer {
+    type Result = Progress;
+    fn handle(&mut self, _: GetProgress, _: &mut Context<Self>) -> Progress {
+        Progress {
+            applied_next: self.marks.reported_next,
+            seen_next: self.marks.seen_next,
+        }
+    }
+}
