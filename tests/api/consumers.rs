@@ -23,7 +23,7 @@ const OTHER: [&str; 2] = ["player_level_up", "session_start"];
 
 /// What PostgreSQL and Redis must hold after a set of events, computed without gamemetrics.
 #[derive(Default)]
-struct Model {
+pub struct Model {
     event_ids: Vec<String>,
     /// player -> (total, type -> count, newest timestamp)
     stats: BTreeMap<String, (i64, BTreeMap<String, i64>, String)>,
@@ -34,7 +34,8 @@ struct Model {
 }
 
 impl Model {
-    fn add(&mut self, ev: &Value, event_id: &str) {
+    /// Adds an accepted event to the expectations.
+    pub fn add(&mut self, ev: &Value, event_id: &str) {
         self.event_ids.push(event_id.to_owned());
         let (ty, player, game) = (
             ev["event_type"].as_str().unwrap(),
@@ -107,12 +108,12 @@ impl Model {
     }
 }
 
-/// 150 events over 8 players and 3 games, straddling midnight between 2024-01-14 and -15 (also
+/// `n` events over 8 players and 3 games, straddling midnight between 2024-01-14 and -15 (also
 /// an ISO week boundary), plus one scoring event without a score.
-fn events() -> Vec<Value> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+pub fn events(n: usize, seed: u64) -> Vec<Value> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
-    for i in 0..150 {
+    for i in 0..n {
         let ty = if rng.random_bool(0.7) {
             SCORING[rng.random_range(0..4)]
         } else {
@@ -189,7 +190,7 @@ async fn count(config: &Config, sql: &str) -> i64 {
 }
 
 /// Waits until PostgreSQL and Redis hold exactly what the model says.
-async fn assert_state(config: &Config, model: &Model) {
+pub async fn assert_state(config: &Config, model: &Model) {
     let expected_events = model.event_ids.len() as i64;
     eventually(
         Duration::from_secs(60),
@@ -309,7 +310,7 @@ async fn events_land_once_in_postgres_and_redis_and_poison_goes_to_the_dlq() {
     .await;
     let config = p.app.config.clone();
     let mut model = Model::default();
-    for ev in events() {
+    for ev in events(150, 7) {
         let res = p.app.post_event(&ev).await;
         assert_eq!(res.status(), 200);
         let body: Value = res.json().await.unwrap();

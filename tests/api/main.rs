@@ -3,6 +3,7 @@
 //! Each test gets its own topic and database schema, so they run in parallel.
 
 mod consumers;
+mod crash;
 mod helpers;
 mod ingest;
 mod migrations;
