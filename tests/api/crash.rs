@@ -2,8 +2,8 @@
 //! of events flow, restarted, and afterwards PostgreSQL and Redis must equal the model computed
 //! from the accepted events: nothing lost, nothing counted twice.
 
-use crate::consumers::{assert_state, events, Model};
 use crate::helpers::*;
+use crate::model::{assert_state, events, Model};
 use futures::StreamExt;
 use gamemetrics::config::Config;
 use rand::{Rng, SeedableRng};

@@ -7,4 +7,5 @@ mod crash;
 mod helpers;
 mod ingest;
 mod migrations;
+mod model;
 mod ops;

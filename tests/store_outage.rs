@@ -1,0 +1,86 @@
+//! PostgreSQL and Redis outages mid-stream: each store is stopped for a while as events flow.
+//! Nothing may land in the DLQ for it, nothing may be lost, and everything catches up.
+//!
+//! Its own test binary because it stops the shared servers: cargo runs test binaries one after
+//! another, so no other test is using them meanwhile.
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+#[path = "api/model.rs"]
+#[allow(dead_code)]
+mod model;
+
+use gamemetrics::actors::Role;
+use helpers::*;
+use model::{assert_state, count, events, Model};
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+fn services(args: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services");
+    let status = Command::new(script)
+        .args(args)
+        .status()
+        .expect("run scripts/services");
+    assert!(status.success(), "scripts/services {args:?} failed");
+}
+
+/// Brings both stores back even if an assertion fails while one is down.
+struct RestartOnDrop;
+impl Drop for RestartOnDrop {
+    fn drop(&mut self) {
+        services(&["start"]);
+    }
+}
+
+#[actix_web::test]
+async fn postgres_and_redis_outages_delay_but_never_lose_or_dead_letter() {
+    let p = spawn_pipeline(&Role::ALL, |c| {
+        c.consumer.leaderboard_retention_days = 36_500;
+        c.consumer.sink_retry_max_ms = 1_000;
+    })
+    .await;
+    let config = p.app.config.clone();
+    let evs = events(600, 3);
+    let mut model = Model::default();
+    let post = |chunk: &[Value]| {
+        let chunk = chunk.to_vec();
+        let app = &p.app;
+        async move {
+            let mut out = Vec::new();
+            for ev in chunk {
+                let res = app.post_event(&ev).await;
+                assert_eq!(res.status(), 200, "ingest does not depend on PostgreSQL or Redis");
+                let body: Value = res.json().await.expect("json");
+                out.push((ev, body["event_id"].as_str().expect("id").to_owned()));
+            }
+            out
+        }
+    };
+    let mut accepted = post(&evs[..200]).await;
+
+    let guard = RestartOnDrop;
+    services(&["kill", "redis"]);
+    accepted.extend(post(&evs[200..400]).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    services(&["start"]);
+    services(&["kill", "postgres"]);
+    accepted.extend(post(&evs[400..]).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(guard);
+
+    for (ev, id) in &accepted {
+        model.add(ev, id);
+    }
+    assert_state(&config, &model).await;
+    assert_eq!(
+        count(&config, "SELECT count(*) AS n FROM dlq").await,
+        1,
+        "only the one scoreless event is dead-lettered, nothing for the outages"
+    );
+    for c in p.consumers {
+        c.shutdown(Duration::from_secs(10)).await;
+    }
+}
