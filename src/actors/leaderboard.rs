@@ -12,8 +12,8 @@
 
 use super::lane::{Lane, Watermarks};
 use super::messages::*;
-use super::sinks::postgres::{PgSink, WriteBoards};
-use super::sinks::redis::{ApplyScores, ReadTop, RedisSink, ScoreDelta};
+use super::sinks::postgres::WriteBoards;
+use super::sinks::redis::{ApplyScores, ReadTop, ScoreDelta};
 use super::sinks::SinkError;
 use super::RoleSettings;
 use crate::domain::GameEvent;
@@ -38,8 +38,9 @@ pub enum BoardWork {
 pub struct Leaderboard {
     position: Position,
     settings: RoleSettings,
-    pg: Addr<PgSink>,
-    redis: Addr<RedisSink>,
+    pg: Recipient<WriteBoards>,
+    scores_sink: Recipient<ApplyScores>,
+    top_sink: Recipient<ReadTop>,
     source: Recipient<Applied>,
     scores: Lane<ScoreDelta>,
     boards: Lane<BoardWork>,
@@ -56,15 +57,17 @@ impl Leaderboard {
     pub fn new(
         position: Position,
         settings: RoleSettings,
-        pg: Addr<PgSink>,
-        redis: Addr<RedisSink>,
+        pg: Recipient<WriteBoards>,
+        scores_sink: Recipient<ApplyScores>,
+        top_sink: Recipient<ReadTop>,
         source: Recipient<Applied>,
     ) -> Self {
         Leaderboard {
             position,
             settings,
             pg,
-            redis,
+            scores_sink,
+            top_sink,
             source,
             scores: Lane::default(),
             boards: Lane::default(),
@@ -82,7 +85,7 @@ impl Leaderboard {
         }
         let Some(deltas) = self.scores.take() else { return };
         let (started, size) = (Instant::now(), deltas.len());
-        let write = self.redis.send(ApplyScores {
+        let write = self.scores_sink.send(ApplyScores {
             position: self.position.clone(),
             deltas: deltas.clone(),
         });
@@ -137,7 +140,7 @@ impl Leaderboard {
                 BoardWork::Dead(d) => dlq.push(d.clone()),
             }
         }
-        let (redis, pg, position) = (self.redis.clone(), self.pg.clone(), self.position.clone());
+        let (redis, pg, position) = (self.top_sink.clone(), self.pg.clone(), self.position.clone());
         let n = self.settings.config.leaderboard_top_n;
         let started = Instant::now();
         let size = work.len();

@@ -5,7 +5,7 @@
 
 use super::lane::{Lane, Watermarks};
 use super::messages::*;
-use super::sinks::postgres::{PgSink, WriteEvents};
+use super::sinks::postgres::WriteEvents;
 use super::sinks::SinkError;
 use super::RoleSettings;
 use actix::prelude::*;
@@ -14,7 +14,7 @@ use actix::prelude::*;
 pub struct Logger {
     position: Position,
     settings: RoleSettings,
-    pg: Addr<PgSink>,
+    pg: Recipient<WriteEvents>,
     source: Recipient<Applied>,
     lane: Lane<Record>,
     marks: Watermarks,
@@ -27,7 +27,7 @@ impl Logger {
     pub fn new(
         position: Position,
         settings: RoleSettings,
-        pg: Addr<PgSink>,
+        pg: Recipient<WriteEvents>,
         source: Recipient<Applied>,
     ) -> Self {
         Logger {

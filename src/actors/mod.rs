@@ -168,15 +168,31 @@ impl RoleFactory {
     /// Starts the role actor for `position`.
     pub fn spawn(&self, position: Position, source: Recipient<Applied>) -> RoleHandle {
         let s = self.settings.clone();
+        let (pg, redis) = (&self.pg, &self.redis);
         match self.role {
-            Role::Logger => RoleHandle::of(logger::Logger::new(position, s, self.pg.clone(), source).start()),
+            Role::Logger => {
+                RoleHandle::of(logger::Logger::new(position, s, pg.clone().recipient(), source).start())
+            }
             Role::Stats => RoleHandle::of(
-                stats_buffer::StatsBuffer::new(position, s, self.pg.clone(), self.redis.clone(), source)
-                    .start(),
+                stats_buffer::StatsBuffer::new(
+                    position,
+                    s,
+                    pg.clone().recipient(),
+                    redis.clone().recipient(),
+                    source,
+                )
+                .start(),
             ),
             Role::Leaderboard => RoleHandle::of(
-                leaderboard::Leaderboard::new(position, s, self.pg.clone(), self.redis.clone(), source)
-                    .start(),
+                leaderboard::Leaderboard::new(
+                    position,
+                    s,
+                    pg.clone().recipient(),
+                    redis.clone().recipient(),
+                    redis.clone().recipient(),
+                    source,
+                )
+                .start(),
             ),
         }
     }

@@ -6,8 +6,8 @@
 
 use super::lane::{Lane, Watermarks};
 use super::messages::*;
-use super::sinks::postgres::{PgSink, StatRow, UpsertStats};
-use super::sinks::redis::{ApplyStats, RedisSink, StatDelta};
+use super::sinks::postgres::{StatRow, UpsertStats};
+use super::sinks::redis::{ApplyStats, StatDelta};
 use super::sinks::SinkError;
 use super::RoleSettings;
 use actix::prelude::*;
@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 pub struct StatsBuffer {
     position: Position,
     settings: RoleSettings,
-    pg: Addr<PgSink>,
-    redis: Addr<RedisSink>,
+    pg: Recipient<UpsertStats>,
+    redis: Recipient<ApplyStats>,
     source: Recipient<Applied>,
     live: Lane<StatDelta>,
     batch: Lane<StatRow>,
@@ -35,8 +35,8 @@ impl StatsBuffer {
     pub fn new(
         position: Position,
         settings: RoleSettings,
-        pg: Addr<PgSink>,
-        redis: Addr<RedisSink>,
+        pg: Recipient<UpsertStats>,
+        redis: Recipient<ApplyStats>,
         source: Recipient<Applied>,
     ) -> Self {
         StatsBuffer {

@@ -151,3 +151,77 @@ async fn two_loggers_in_one_group_split_the_partitions_and_write_each_event_once
         c.shutdown(Duration::from_secs(10)).await;
     }
 }
+
+#[derive(QueryableByName, Debug, PartialEq)]
+struct Ranked {
+    #[diesel(sql_type = Text)]
+    player_id: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    rank: i32,
+    #[diesel(sql_type = BigInt)]
+    score: i64,
+}
+
+async fn alltime_table(config: &Config) -> Vec<Ranked> {
+    diesel::sql_query(
+        "SELECT player_id::text, rank, score FROM leaderboards \
+         WHERE game_id = 'arena' AND period = 'alltime' ORDER BY rank",
+    )
+    .load(&mut pg_conn(config).await)
+    .await
+    .unwrap_or_default()
+}
+
+#[actix_web::test]
+async fn the_leaderboards_table_holds_exactly_the_top_100_with_ranks() {
+    let p = spawn_pipeline(&[Role::Leaderboard], |_| {}).await;
+    let config = p.app.config.clone();
+    let post = |player: String, score: i64| {
+        let app = &p.app;
+        async move {
+            let ev = json!({"event_type":"player_score","player_id":player,"game_id":"arena","data":{"score":score}});
+            assert_eq!(app.post_event(&ev).await.status(), 200);
+        }
+    };
+    // 150 players with distinct scores 10..1500, plus two tied at 5000 (ties: player id descending).
+    for i in 1..=150 {
+        post(format!("p{i:03}"), i * 10).await;
+    }
+    post("tie-a".into(), 5000).await;
+    post("tie-b".into(), 5000).await;
+    let mut expected: Vec<(String, i64)> = (1..=150).map(|i| (format!("p{i:03}"), i * 10)).collect();
+    expected.push(("tie-a".into(), 5000));
+    expected.push(("tie-b".into(), 5000));
+    let ranked = |mut v: Vec<(String, i64)>| {
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+        v.into_iter()
+            .take(100)
+            .enumerate()
+            .map(|(i, (player_id, score))| Ranked {
+                player_id,
+                rank: i as i32 + 1,
+                score,
+            })
+            .collect::<Vec<_>>()
+    };
+    let want = ranked(expected.clone());
+    assert_eq!(&want[0].player_id, "tie-b");
+    eventually(Duration::from_secs(30), "the top 100", || async {
+        (alltime_table(&config).await == want).then_some(())
+    })
+    .await;
+
+    // Ten players from the bottom jump to the top: ten others must leave the table.
+    for i in 1..=10 {
+        post(format!("p{i:03}"), 10_000).await;
+        expected[i as usize - 1].1 += 10_000;
+    }
+    let want = ranked(expected);
+    eventually(Duration::from_secs(30), "the new top 100", || async {
+        (alltime_table(&config).await == want).then_some(())
+    })
+    .await;
+    for c in p.consumers {
+        c.shutdown(Duration::from_secs(10)).await;
+    }
+}

@@ -1,0 +1,423 @@
+//! Actor-level tests: the role actors driven with messages, no Kafka, against recording sinks,
+//! on paused time so the 30-second and 5-second timers are exercised without waiting for them.
+//! (The real sinks are tested end to end in tests/api.)
+
+use actix::prelude::*;
+use clap::Parser;
+use gamemetrics::actors::leaderboard::Leaderboard;
+use gamemetrics::actors::logger::Logger;
+use gamemetrics::actors::messages::*;
+use gamemetrics::actors::sinks::postgres::{BoardTop, UpsertStats, WriteBoards, WriteEvents};
+use gamemetrics::actors::sinks::redis::{ApplyScores, ApplyStats, ReadTop};
+use gamemetrics::actors::sinks::SinkError;
+use gamemetrics::actors::stats_buffer::StatsBuffer;
+use gamemetrics::actors::{Role, RoleSettings};
+use gamemetrics::config::ConsumerConfig;
+use gamemetrics::domain::IngestRequest;
+use gamemetrics::metrics::Metrics;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    consumer: ConsumerConfig,
+}
+
+fn settings(role: Role) -> RoleSettings {
+    let config = Cli::parse_from(["test"]).consumer;
+    RoleSettings::new(&config, Metrics::new().expect("metrics"), role)
+}
+
+fn position(service: &'static str) -> Position {
+    Position {
+        service,
+        topic: "t".into(),
+        partition: 0,
+    }
+}
+
+fn event(offset: i64, ty: &str, game: &str, data: serde_json::Value) -> Consumed {
+    let limits = gamemetrics::domain::EventLimits {
+        max_data_bytes: 1 << 16,
+        max_future_skew: chrono::Duration::seconds(300),
+    };
+    let body = json!({"event_type": ty, "player_id": format!("p{}", offset % 7), "game_id": game,
+                      "timestamp": "2024-01-15T10:00:00Z", "data": data});
+    let e = IngestRequest::from_value(body, &limits, chrono::Utc::now()).expect("valid event");
+    Consumed {
+        record: Record {
+            offset,
+            payload: Payload::Event(e),
+        },
+    }
+}
+
+/// A shared list the fakes append to and the tests read.
+#[derive(Clone, Default)]
+struct Log<T>(Arc<Mutex<Vec<T>>>);
+impl<T: Clone> Log<T> {
+    fn push(&self, v: T) {
+        self.0.lock().unwrap().push(v)
+    }
+    fn all(&self) -> Vec<T> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Records every batch it is sent (by offsets); fails the first `fail` of them.
+#[derive(Default)]
+struct FakeSinks {
+    events: Log<Vec<i64>>,
+    stats_pg: Log<Vec<i64>>,
+    stats_redis: Log<Vec<i64>>,
+    scores: Log<Vec<i64>>,
+    boards: Log<Vec<String>>,
+    fail: Arc<AtomicUsize>,
+}
+
+impl FakeSinks {
+    fn failing(&self) -> bool {
+        self.fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+impl Actor for FakeSinks {
+    type Context = Context<Self>;
+}
+
+impl Handler<WriteEvents> for FakeSinks {
+    type Result = Result<usize, SinkError>;
+    fn handle(&mut self, m: WriteEvents, _: &mut Context<Self>) -> Self::Result {
+        self.events.push(m.records.iter().map(|r| r.offset).collect());
+        if self.failing() {
+            return Err(SinkError::Postgres("injected".into()));
+        }
+        Ok(m.records.len())
+    }
+}
+
+impl Handler<UpsertStats> for FakeSinks {
+    type Result = Result<usize, SinkError>;
+    fn handle(&mut self, m: UpsertStats, _: &mut Context<Self>) -> Self::Result {
+        self.stats_pg.push(m.rows.iter().map(|r| r.offset).collect());
+        Ok(m.rows.len())
+    }
+}
+
+impl Handler<ApplyStats> for FakeSinks {
+    type Result = Result<usize, SinkError>;
+    fn handle(&mut self, m: ApplyStats, _: &mut Context<Self>) -> Self::Result {
+        self.stats_redis.push(m.deltas.iter().map(|d| d.offset).collect());
+        Ok(m.deltas.len())
+    }
+}
+
+impl Handler<ApplyScores> for FakeSinks {
+    type Result = Result<usize, SinkError>;
+    fn handle(&mut self, m: ApplyScores, _: &mut Context<Self>) -> Self::Result {
+        self.scores.push(m.deltas.iter().map(|d| d.offset).collect());
+        Ok(m.deltas.len())
+    }
+}
+
+impl Handler<ReadTop> for FakeSinks {
+    type Result = Result<Vec<BoardTop>, SinkError>;
+    fn handle(&mut self, m: ReadTop, _: &mut Context<Self>) -> Self::Result {
+        Ok(m.game_ids
+            .into_iter()
+            .map(|g| BoardTop {
+                game_id: g,
+                period: "alltime",
+                entries: vec![],
+            })
+            .collect())
+    }
+}
+
+impl Handler<WriteBoards> for FakeSinks {
+    type Result = Result<(), SinkError>;
+    fn handle(&mut self, m: WriteBoards, _: &mut Context<Self>) -> Self::Result {
+        self.boards
+            .push(m.boards.iter().map(|b| b.game_id.clone()).collect());
+        Ok(())
+    }
+}
+
+/// Stands in for the partition source: records every `Applied`.
+struct Source(Log<i64>);
+impl Actor for Source {
+    type Context = Context<Self>;
+}
+impl Handler<Applied> for Source {
+    type Result = ();
+    fn handle(&mut self, m: Applied, _: &mut Context<Self>) {
+        self.0.push(m.next_offset);
+    }
+}
+
+/// Lets timers due by now fire and their sink round trips finish.
+async fn settle(d: Duration) {
+    tokio::time::sleep(d).await;
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[actix_web::test]
+async fn stats_upserts_player_statistics_at_the_100th_event_not_before() {
+    tokio::time::pause();
+    let sinks = FakeSinks::default();
+    let (pg_log, redis_log) = (sinks.stats_pg.clone(), sinks.stats_redis.clone());
+    let sinks = sinks.start();
+    let applied = Log::default();
+    let source = Source(applied.clone()).start();
+    let stats = StatsBuffer::new(
+        position("stats-aggregator"),
+        settings(Role::Stats),
+        sinks.clone().recipient(),
+        sinks.recipient(),
+        source.recipient(),
+    )
+    .start();
+    for o in 0..99 {
+        stats
+            .send(event(o, "session_start", "g", json!({})))
+            .await
+            .unwrap();
+    }
+    settle(Duration::from_secs(1)).await;
+    assert!(pg_log.all().is_empty(), "99 events and 1 s: no upsert yet");
+    assert_eq!(
+        redis_log.all().concat(),
+        (0..99).collect::<Vec<_>>(),
+        "Redis is live meanwhile"
+    );
+    assert!(
+        applied.all().iter().all(|&a| a == 0),
+        "nothing is durable until the upsert: {:?}",
+        applied.all()
+    );
+
+    stats
+        .send(event(99, "session_start", "g", json!({})))
+        .await
+        .unwrap();
+    settle(Duration::from_millis(50)).await;
+    assert_eq!(pg_log.all(), vec![(0..100).collect::<Vec<_>>()]);
+    assert_eq!(applied.all().last(), Some(&100));
+}
+
+#[actix_web::test]
+async fn stats_upserts_after_30_seconds_when_fewer_than_100_arrive() {
+    tokio::time::pause();
+    let sinks = FakeSinks::default();
+    let pg_log = sinks.stats_pg.clone();
+    let sinks = sinks.start();
+    let source = Source(Log::default()).start();
+    let stats = StatsBuffer::new(
+        position("stats-aggregator"),
+        settings(Role::Stats),
+        sinks.clone().recipient(),
+        sinks.recipient(),
+        source.recipient(),
+    )
+    .start();
+    for o in 0..5 {
+        stats
+            .send(event(o, "session_start", "g", json!({})))
+            .await
+            .unwrap();
+    }
+    settle(Duration::from_millis(29_900)).await;
+    assert!(pg_log.all().is_empty(), "not before 30 s");
+    settle(Duration::from_millis(200)).await;
+    assert_eq!(pg_log.all(), vec![vec![0, 1, 2, 3, 4]]);
+}
+
+#[actix_web::test]
+async fn leaderboard_writes_the_boards_every_50_scoring_events() {
+    tokio::time::pause();
+    let sinks = FakeSinks::default();
+    let (boards, scores) = (sinks.boards.clone(), sinks.scores.clone());
+    let sinks = sinks.start();
+    let applied = Log::default();
+    let source = Source(applied.clone()).start();
+    let lb = Leaderboard::new(
+        position("leaderboard-manager"),
+        settings(Role::Leaderboard),
+        sinks.clone().recipient(),
+        sinks.clone().recipient(),
+        sinks.recipient(),
+        source.recipient(),
+    )
+    .start();
+    let mut offset = 0;
+    for i in 0..49 {
+        lb.send(event(
+            offset,
+            "player_score",
+            if i % 2 == 0 { "g1" } else { "g2" },
+            json!({"score": 10}),
+        ))
+        .await
+        .unwrap();
+        // Non-scoring events in between count for nothing.
+        lb.send(event(offset + 1, "session_start", "g3", json!({})))
+            .await
+            .unwrap();
+        offset += 2;
+    }
+    settle(Duration::from_millis(500)).await;
+    assert_eq!(
+        scores.all().concat().len(),
+        49,
+        "scores go to Redis as they arrive"
+    );
+    assert!(boards.all().is_empty(), "49 scoring events: no top-100 write yet");
+    lb.send(event(offset, "player_score", "g1", json!({"score": 10})))
+        .await
+        .unwrap();
+    settle(Duration::from_millis(50)).await;
+    assert_eq!(boards.all(), vec![vec!["g1".to_owned(), "g2".to_owned()]]);
+    assert_eq!(
+        applied.all().last(),
+        Some(&(offset + 1)),
+        "durable once the boards are written"
+    );
+}
+
+#[actix_web::test]
+async fn a_quiet_game_gets_its_boards_written_by_the_timer() {
+    tokio::time::pause();
+    let sinks = FakeSinks::default();
+    let boards = sinks.boards.clone();
+    let sinks = sinks.start();
+    let source = Source(Log::default()).start();
+    let lb = Leaderboard::new(
+        position("leaderboard-manager"),
+        settings(Role::Leaderboard),
+        sinks.clone().recipient(),
+        sinks.clone().recipient(),
+        sinks.recipient(),
+        source.recipient(),
+    )
+    .start();
+    lb.send(event(0, "boss_defeated", "quiet", json!({"score": 5})))
+        .await
+        .unwrap();
+    settle(Duration::from_millis(4_900)).await;
+    assert!(boards.all().is_empty());
+    settle(Duration::from_millis(200)).await;
+    assert_eq!(boards.all(), vec![vec!["quiet".to_owned()]]);
+}
+
+#[actix_web::test]
+async fn a_failed_write_is_retried_with_the_same_batch_and_only_then_reported() {
+    tokio::time::pause();
+    let sinks = FakeSinks {
+        fail: Arc::new(AtomicUsize::new(2)),
+        ..Default::default()
+    };
+    let attempts = sinks.events.clone();
+    let sinks = sinks.start();
+    let applied = Log::default();
+    let source = Source(applied.clone()).start();
+    let logger = Logger::new(
+        position("event-logger"),
+        settings(Role::Logger),
+        sinks.recipient(),
+        source.recipient(),
+    )
+    .start();
+    for o in 10..13 {
+        logger
+            .send(event(o, "session_start", "g", json!({})))
+            .await
+            .unwrap();
+    }
+    settle(Duration::from_millis(20)).await;
+    assert_eq!(attempts.all(), vec![vec![10, 11, 12]]);
+    assert!(applied.all().is_empty(), "a failed write reports nothing");
+    settle(Duration::from_secs(2)).await;
+    assert_eq!(
+        attempts.all(),
+        vec![vec![10, 11, 12]; 3],
+        "two failures, then success, same batch"
+    );
+    assert_eq!(applied.all(), vec![13]);
+}
+
+/// A sink that dies on its first message, like one that panicked mid-write.
+struct CrashOnce {
+    crashed: Arc<AtomicBool>,
+    starts: Arc<AtomicUsize>,
+    received: Log<Vec<i64>>,
+}
+
+impl Actor for CrashOnce {
+    type Context = Context<Self>;
+    fn started(&mut self, _: &mut Context<Self>) {
+        self.starts.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Supervised for CrashOnce {}
+
+impl Handler<WriteEvents> for CrashOnce {
+    type Result = ResponseActFuture<Self, Result<usize, SinkError>>;
+    fn handle(&mut self, m: WriteEvents, ctx: &mut Context<Self>) -> Self::Result {
+        if !self.crashed.swap(true, Ordering::SeqCst) {
+            ctx.stop();
+            return Box::pin(actix::fut::wrap_future(futures::future::pending()));
+        }
+        self.received.push(m.records.iter().map(|r| r.offset).collect());
+        Box::pin(actix::fut::ready(Ok(m.records.len())))
+    }
+}
+
+#[actix_web::test]
+async fn a_crashed_sink_is_restarted_and_the_batch_it_held_is_written() {
+    tokio::time::pause();
+    let (starts, received) = (Arc::new(AtomicUsize::new(0)), Log::default());
+    let sink = {
+        let (starts, received, crashed) =
+            (starts.clone(), received.clone(), Arc::new(AtomicBool::new(false)));
+        Supervisor::start(move |_| CrashOnce {
+            crashed,
+            starts,
+            received,
+        })
+    };
+    let applied = Log::default();
+    let source = Source(applied.clone()).start();
+    let logger = Logger::new(
+        position("event-logger"),
+        settings(Role::Logger),
+        sink.recipient(),
+        source.recipient(),
+    )
+    .start();
+    for o in 0..4 {
+        logger
+            .send(event(o, "session_start", "g", json!({})))
+            .await
+            .unwrap();
+    }
+    settle(Duration::from_secs(2)).await;
+    assert_eq!(
+        starts.load(Ordering::SeqCst),
+        2,
+        "the supervisor restarted the sink once"
+    );
+    assert_eq!(
+        received.all(),
+        vec![vec![0, 1, 2, 3]],
+        "the held batch was written after the restart"
+    );
+    assert_eq!(applied.all(), vec![4]);
+}
