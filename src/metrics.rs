@@ -37,6 +37,10 @@ pub struct Metrics {
     pub consumer_e2e_latency: HistogramVec,
     /// 1 while a partition is paused for backpressure, by consumer service and partition.
     pub consumer_paused: IntGaugeVec,
+    /// Records read but not yet durable (the queue ahead of the sinks), by service and partition.
+    pub consumer_in_flight: IntGaugeVec,
+    /// Records on the broker not yet read, from librdkafka statistics, by service and partition.
+    pub consumer_lag: IntGaugeVec,
 }
 
 impl Metrics {
@@ -116,6 +120,12 @@ impl Metrics {
         registry.register(Box::new(consumer_flush_size.clone()))?;
         registry.register(Box::new(consumer_e2e_latency.clone()))?;
         registry.register(Box::new(consumer_paused.clone()))?;
+        let gauge =
+            |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["service", "partition"]);
+        let consumer_in_flight = gauge("consumer_in_flight_records", "Records read but not yet durable")?;
+        let consumer_lag = gauge("consumer_lag_records", "Records on the broker not yet read")?;
+        registry.register(Box::new(consumer_in_flight.clone()))?;
+        registry.register(Box::new(consumer_lag.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
@@ -131,6 +141,8 @@ impl Metrics {
             consumer_flush_size,
             consumer_e2e_latency,
             consumer_paused,
+            consumer_in_flight,
+            consumer_lag,
         })
     }
 

@@ -258,7 +258,10 @@ impl RoleConsumerHandle {
             .set("queued.max.messages.kbytes", "16384")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000");
-        let consumer: RoleConsumer = cc.create_with_context(SourceContext::default())?;
+        // Statistics feed the consumer-lag gauge.
+        cc.set("statistics.interval.ms", "5000");
+        let consumer: RoleConsumer =
+            cc.create_with_context(SourceContext::new(role.service(), metrics.clone()))?;
         consumer.subscribe(&[config.kafka.kafka_topic.as_str()])?;
         let consumer = Arc::new(consumer);
         let factory = Arc::new(RoleFactory {
@@ -296,6 +299,24 @@ impl RoleConsumerHandle {
             .collect();
         p.sort_unstable();
         p
+    }
+
+    /// Every partition actor's progress, by partition.
+    pub async fn progress(&self) -> Vec<(i32, messages::Progress)> {
+        let actors: Vec<(i32, Addr<PartitionSource>)> = self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(p, a)| (*p, a.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (p, a) in actors {
+            if let Ok(progress) = a.send(GetProgress).await {
+                out.push((p, progress));
+            }
+        }
+        out
     }
 
     /// The partitions the group currently assigns to this consumer.

@@ -19,18 +19,46 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Remembers revoked partitions so the poll loop can stop their actors.
-#[derive(Default)]
+/// Remembers revoked partitions so the poll loop can stop their actors, and turns librdkafka's
+/// statistics into the consumer-lag gauge.
 pub struct SourceContext {
     revoked: Mutex<Vec<i32>>,
+    service: &'static str,
+    metrics: Metrics,
+}
+
+impl SourceContext {
+    /// A context for one role's consumer.
+    pub fn new(service: &'static str, metrics: Metrics) -> Self {
+        SourceContext {
+            revoked: Mutex::new(Vec::new()),
+            service,
+            metrics,
+        }
+    }
 }
 
 impl ClientContext for SourceContext {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        for topic in stats.topics.values() {
+            for (id, p) in &topic.partitions {
+                // -1 is the internal UA partition and partitions not consumed by us.
+                if *id >= 0 && p.consumer_lag >= 0 {
+                    let label = [self.service, &id.to_string()];
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&label)
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         KafkaContext.log(level, fac, message)
     }
@@ -100,6 +128,14 @@ impl PartitionSource {
         } else {
             self.dispatched_next - self.applied_next.max(0)
         }
+    }
+
+    fn report_in_flight(&self) {
+        let label = [self.position.service, &self.position.partition.to_string()];
+        self.metrics
+            .consumer_in_flight
+            .with_label_values(&label)
+            .set(self.in_flight());
     }
 
     fn set_paused(&mut self, pause: bool) {
@@ -191,12 +227,22 @@ impl Handler<Applied> for PartitionSource {
         }
         self.applied_next = msg.next_offset;
         // Stored offsets are committed by librdkafka's auto-commit, and on revoke and close.
-        if let Err(e) =
-            self.consumer
-                .store_offset(&self.position.topic, self.position.partition, msg.next_offset)
-        {
+        // `store_offsets` takes the next offset to read, as committed offsets are; the
+        // single-partition `store_offset` would store offset + 1 (librdkafka's
+        // rd_kafka_offset_store takes the last processed offset) and skip a record after every
+        // restart: the crash test caught exactly that.
+        let mut tpl = TopicPartitionList::new();
+        let stored = tpl
+            .add_partition_offset(
+                &self.position.topic,
+                self.position.partition,
+                Offset::Offset(msg.next_offset),
+            )
+            .and_then(|()| self.consumer.store_offsets(&tpl));
+        if let Err(e) = stored {
             tracing::debug!(error = %e, partition = self.position.partition, "offset not stored (partition revoked?)");
         }
+        self.report_in_flight();
         let limit = i64::try_from(self.factory.settings.config.partition_max_in_flight).unwrap_or(i64::MAX);
         if self.paused && self.in_flight() <= limit / 2 {
             self.set_paused(false);

@@ -7,8 +7,8 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 use std::time::Duration;
 
-/// How long readiness waits for the broker; well under a Kubernetes probe's default 1 s timeout
-/// would be nicer, but a metadata round trip under load can take longer, so probes should set 3 s.
+/// How long readiness waits for the broker. A metadata round trip under load can pass a second,
+/// so probes of `/readyz` should allow 3 s (Kubernetes' default timeout is 1 s).
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /healthz`: the process is alive and serving HTTP.

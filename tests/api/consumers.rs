@@ -150,6 +150,14 @@ async fn two_loggers_in_one_group_split_the_partitions_and_write_each_event_once
     for c in first.into_iter().chain(second) {
         c.shutdown(Duration::from_secs(10)).await;
     }
+    // What the group committed is the next offset to read: exactly the records consumed, not
+    // one past (a restart from there would skip a record).
+    let group = format!(
+        "{}{}",
+        config.consumer.consumer_group_prefix,
+        Role::Logger.group_id()
+    );
+    assert_eq!(committed_total(&config, &group), sent);
 }
 
 #[derive(QueryableByName, Debug, PartialEq)]

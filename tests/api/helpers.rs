@@ -224,8 +224,8 @@ pub fn java_partition(key: &str, partitions: i32) -> i32 {
     (java_murmur2(key.as_bytes()) & 0x7fff_ffff) % partitions
 }
 
-/// A schema of the test's own, migrated, and the `DATABASE_URL` that selects it.
-pub async fn isolated_database(config: &mut Config) -> String {
+/// Creates an empty schema of the test's own; answers its name and a `DATABASE_URL` selecting it.
+pub async fn new_schema(config: &Config) -> (String, String) {
     use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
     let base = config.database.database_url.expose().to_owned();
     let schema = format!("test_{}", uuid::Uuid::new_v4().simple());
@@ -238,6 +238,12 @@ pub async fn isolated_database(config: &mut Config) -> String {
         .expect("create schema");
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+    (schema, url)
+}
+
+/// A schema of the test's own, migrated, and the `DATABASE_URL` that selects it.
+pub async fn isolated_database(config: &mut Config) -> String {
+    let (_, url) = new_schema(config).await;
     config.database.database_url = url.parse().expect("url");
     gamemetrics::db::run_migrations(&config.database.database_url)
         .await
@@ -344,4 +350,28 @@ pub async fn pg_conn(config: &Config) -> diesel_async::AsyncPgConnection {
     diesel_async::AsyncPgConnection::establish(config.database.database_url.expose())
         .await
         .expect("PostgreSQL")
+}
+
+/// The offsets a consumer group has committed on the config's topic, summed over partitions.
+pub fn committed_total(config: &Config, group: &str) -> i64 {
+    let consumer: BaseConsumer = kafka::client_config(&config.kafka)
+        .expect("client config")
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..config.kafka.kafka_topic_partitions {
+        tpl.add_partition(&config.kafka.kafka_topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
 }

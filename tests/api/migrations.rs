@@ -1,6 +1,6 @@
 //! The embedded migrations on the real PostgreSQL, in a schema of the test's own.
 
-use crate::helpers::test_config;
+use crate::helpers::{new_schema, test_config};
 use diesel::sql_types::{BigInt, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -21,20 +21,11 @@ struct Count {
 #[tokio::test]
 async fn migrations_create_the_seed_tables_and_run_twice() {
     let config = test_config();
-    let base = config.database.database_url.expose().to_owned();
-    let schema = format!("test_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = AsyncPgConnection::establish(&base)
+    let (schema, url) = new_schema(&config).await;
+    let url = url.parse().unwrap();
+    let mut admin = AsyncPgConnection::establish(config.database.database_url.expose())
         .await
         .expect("PostgreSQL reachable");
-    diesel::sql_query(format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-csearch_path%3D{schema}")
-        .parse()
-        .unwrap();
     let first = run_migrations(&url).await.expect("first run");
     assert_eq!(first.len(), 2, "every migration applied: {first:?}");
     let second = run_migrations(&url).await.expect("second run is a no-op");

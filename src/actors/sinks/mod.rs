@@ -8,6 +8,8 @@
 pub mod postgres;
 pub mod redis;
 
+use actix::prelude::*;
+use std::future::Future;
 use std::time::Duration;
 
 /// Consecutive failures after which a sink stops itself to be restarted by its supervisor.
@@ -27,3 +29,38 @@ pub enum SinkError {
 
 /// How long a sink waits for a pooled connection before reporting a transient failure.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A sink that counts its consecutive failed writes.
+pub trait Tracked: Actor<Context = Context<Self>> {
+    /// The store's name, for logs.
+    const STORE: &'static str;
+    /// The counter of consecutive failures.
+    fn failures(&mut self) -> &mut u32;
+}
+
+/// Runs a write as the sink's response, counting failures; after RESTART_AFTER_FAILURES in a row
+/// the sink stops so its supervisor starts it afresh (dropping whatever state the failures left).
+pub fn tracked<A, T>(
+    sink: &A,
+    write: impl Future<Output = Result<T, SinkError>> + 'static,
+) -> ResponseActFuture<A, Result<T, SinkError>>
+where
+    A: Tracked,
+    T: 'static,
+{
+    Box::pin(write.into_actor(sink).map(|res, sink, ctx| {
+        match &res {
+            Ok(_) => *sink.failures() = 0,
+            Err(e) => {
+                let failures = sink.failures();
+                *failures += 1;
+                let n = *failures;
+                tracing::warn!(store = A::STORE, error = %e, failures = n, "sink write failed; the batch will be retried");
+                if n >= RESTART_AFTER_FAILURES {
+                    ctx.stop();
+                }
+            }
+        }
+        res
+    }))
+}

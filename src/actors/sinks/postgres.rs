@@ -1,6 +1,6 @@
 //! `PgSink`: batched, idempotent writes to PostgreSQL.
 
-use super::{SinkError, RESTART_AFTER_FAILURES};
+use super::{tracked, SinkError, Tracked};
 use crate::actors::messages::{DlqEntry, Payload, Position, Record};
 use crate::db::PgPool;
 use actix::prelude::*;
@@ -24,20 +24,6 @@ impl PgSink {
     pub fn new(pool: PgPool) -> Self {
         PgSink { pool, failures: 0 }
     }
-
-    fn track<T>(&mut self, result: &Result<T, SinkError>, ctx: &mut Context<Self>) {
-        match result {
-            Ok(_) => self.failures = 0,
-            Err(e) => {
-                self.failures += 1;
-                tracing::warn!(error = %e, failures = self.failures, "PostgreSQL write failed; will retry");
-                if self.failures >= RESTART_AFTER_FAILURES {
-                    // A fresh start drops any connection state the failures left behind.
-                    ctx.stop();
-                }
-            }
-        }
-    }
 }
 
 impl Actor for PgSink {
@@ -45,6 +31,13 @@ impl Actor for PgSink {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Writes are small and concurrent per partition; a deep mailbox only hides a stall.
         ctx.set_mailbox_capacity(256);
+    }
+}
+
+impl Tracked for PgSink {
+    const STORE: &'static str = "PostgreSQL";
+    fn failures(&mut self) -> &mut u32 {
+        &mut self.failures
     }
 }
 
@@ -175,41 +168,34 @@ impl Handler<WriteEvents> for PgSink {
 
     fn handle(&mut self, msg: WriteEvents, _: &mut Context<Self>) -> Self::Result {
         let pool = self.pool.clone();
-        Box::pin(
-            async move {
-                let mut conn = pool.get().await.map_err(pg_err)?;
-                let WriteEvents { position: p, records } = msg;
-                conn.transaction(async |conn| {
-                    let from = lock_offset(conn, &p).await?;
-                    let fresh: Vec<&Record> = records.iter().filter(|r| r.offset >= from).collect();
-                    let mut events = EventColumns::default();
-                    let mut dead = Vec::new();
-                    for r in &fresh {
-                        match &r.payload {
-                            Payload::Event(e) => events.push(e),
-                            Payload::Poison { original, reason } => dead.push(DlqEntry {
-                                offset: r.offset,
-                                original: original.clone(),
-                                reason: reason.clone(),
-                            }),
-                        }
+        tracked(self, async move {
+            let mut conn = pool.get().await.map_err(pg_err)?;
+            let WriteEvents { position: p, records } = msg;
+            conn.transaction(async |conn| {
+                let from = lock_offset(conn, &p).await?;
+                let fresh: Vec<&Record> = records.iter().filter(|r| r.offset >= from).collect();
+                let mut events = EventColumns::default();
+                let mut dead = Vec::new();
+                for r in &fresh {
+                    match &r.payload {
+                        Payload::Event(e) => events.push(e),
+                        Payload::Poison { original, reason } => dead.push(DlqEntry {
+                            offset: r.offset,
+                            original: original.clone(),
+                            reason: reason.clone(),
+                        }),
                     }
-                    events.insert(conn).await?;
-                    insert_dlq(conn, &p, &dead.iter().collect::<Vec<_>>()).await?;
-                    if let Some(last) = fresh.last() {
-                        store_offset(conn, &p, last.offset + 1).await?;
-                    }
-                    Ok::<usize, diesel::result::Error>(fresh.len())
-                })
-                .await
-                .map_err(pg_err)
-            }
-            .into_actor(self)
-            .map(|res, act, ctx| {
-                act.track(&res, ctx);
-                res
-            }),
-        )
+                }
+                events.insert(conn).await?;
+                insert_dlq(conn, &p, &dead.iter().collect::<Vec<_>>()).await?;
+                if let Some(last) = fresh.last() {
+                    store_offset(conn, &p, last.offset + 1).await?;
+                }
+                Ok::<usize, diesel::result::Error>(fresh.len())
+            })
+            .await
+            .map_err(pg_err)
+        })
     }
 }
 
@@ -264,52 +250,45 @@ impl Handler<UpsertStats> for PgSink {
 
     fn handle(&mut self, msg: UpsertStats, _: &mut Context<Self>) -> Self::Result {
         let pool = self.pool.clone();
-        Box::pin(
-            async move {
-                let mut conn = pool.get().await.map_err(pg_err)?;
-                let UpsertStats { position: p, rows } = msg;
-                conn.transaction(async |conn| {
-                    let from = lock_offset(conn, &p).await?;
-                    let fresh: Vec<&StatRow> = rows.iter().filter(|r| r.offset >= from).collect();
-                    // Aggregate per player first: one row per player per batch keeps the
-                    // upsert from touching a row twice in one statement.
-                    let mut per_player: HashMap<&str, (i32, Map<String, Value>)> = HashMap::new();
-                    for r in &fresh {
-                        let (total, breakdown) = per_player.entry(r.player_id.as_str()).or_default();
-                        *total += 1;
-                        let n = breakdown.get(&r.event_type).and_then(Value::as_i64).unwrap_or(0);
-                        breakdown.insert(r.event_type.clone(), Value::from(n + 1));
+        tracked(self, async move {
+            let mut conn = pool.get().await.map_err(pg_err)?;
+            let UpsertStats { position: p, rows } = msg;
+            conn.transaction(async |conn| {
+                let from = lock_offset(conn, &p).await?;
+                let fresh: Vec<&StatRow> = rows.iter().filter(|r| r.offset >= from).collect();
+                // Aggregate per player first: one row per player per batch keeps the
+                // upsert from touching a row twice in one statement.
+                let mut per_player: HashMap<&str, (i32, Map<String, Value>)> = HashMap::new();
+                for r in &fresh {
+                    let (total, breakdown) = per_player.entry(r.player_id.as_str()).or_default();
+                    *total += 1;
+                    let n = breakdown.get(&r.event_type).and_then(Value::as_i64).unwrap_or(0);
+                    breakdown.insert(r.event_type.clone(), Value::from(n + 1));
+                }
+                if !per_player.is_empty() {
+                    let mut players = Vec::new();
+                    let mut totals = Vec::new();
+                    let mut breakdowns = Vec::new();
+                    for (player, (total, breakdown)) in per_player {
+                        players.push(player.to_owned());
+                        totals.push(total);
+                        breakdowns.push(Value::Object(breakdown));
                     }
-                    if !per_player.is_empty() {
-                        let mut players = Vec::new();
-                        let mut totals = Vec::new();
-                        let mut breakdowns = Vec::new();
-                        for (player, (total, breakdown)) in per_player {
-                            players.push(player.to_owned());
-                            totals.push(total);
-                            breakdowns.push(Value::Object(breakdown));
-                        }
-                        diesel::sql_query(UPSERT_STATS)
-                            .bind::<Array<Varchar>, _>(players)
-                            .bind::<Array<Int4>, _>(totals)
-                            .bind::<Array<Jsonb>, _>(breakdowns)
-                            .execute(conn)
-                            .await?;
-                    }
-                    if let Some(last) = fresh.last() {
-                        store_offset(conn, &p, last.offset + 1).await?;
-                    }
-                    Ok::<usize, diesel::result::Error>(fresh.len())
-                })
-                .await
-                .map_err(pg_err)
-            }
-            .into_actor(self)
-            .map(|res, act, ctx| {
-                act.track(&res, ctx);
-                res
-            }),
-        )
+                    diesel::sql_query(UPSERT_STATS)
+                        .bind::<Array<Varchar>, _>(players)
+                        .bind::<Array<Int4>, _>(totals)
+                        .bind::<Array<Jsonb>, _>(breakdowns)
+                        .execute(conn)
+                        .await?;
+                }
+                if let Some(last) = fresh.last() {
+                    store_offset(conn, &p, last.offset + 1).await?;
+                }
+                Ok::<usize, diesel::result::Error>(fresh.len())
+            })
+            .await
+            .map_err(pg_err)
+        })
     }
 }
 
@@ -334,59 +313,74 @@ impl Handler<WriteBoards> for PgSink {
 
     fn handle(&mut self, msg: WriteBoards, _: &mut Context<Self>) -> Self::Result {
         let pool = self.pool.clone();
-        Box::pin(
-            async move {
-                let mut conn = pool.get().await.map_err(pg_err)?;
-                let WriteBoards {
-                    position,
-                    boards,
-                    dlq,
-                } = msg;
-                conn.transaction(async |conn| {
-                    for board in &boards {
-                        write_board(conn, board).await?;
-                    }
-                    insert_dlq(conn, &position, &dlq.iter().collect::<Vec<_>>()).await
-                })
-                .await
-                .map_err(pg_err)
-            }
-            .into_actor(self)
-            .map(|res, act, ctx| {
-                act.track(&res, ctx);
-                res
-            }),
-        )
+        tracked(self, async move {
+            let mut conn = pool.get().await.map_err(pg_err)?;
+            let WriteBoards {
+                position,
+                boards,
+                dlq,
+            } = msg;
+            conn.transaction(async |conn| {
+                write_boards(conn, &boards).await?;
+                insert_dlq(conn, &position, &dlq.iter().collect::<Vec<_>>()).await
+            })
+            .await
+            .map_err(pg_err)
+        })
     }
 }
 
-/// Makes the table hold exactly this top N for the board. The snapshot comes from Redis, so
-/// writing it twice is harmless; the advisory lock orders writers of the same board.
-async fn write_board(conn: &mut AsyncPgConnection, b: &BoardTop) -> diesel::QueryResult<()> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))")
-        .bind::<Varchar, _>(&b.game_id)
-        .bind::<Varchar, _>(b.period)
-        .execute(conn)
-        .await?;
-    let players: Vec<&str> = b.entries.iter().map(|(p, _)| p.as_str()).collect();
-    let ranks: Vec<i32> = (1..=i32::try_from(b.entries.len()).unwrap_or(i32::MAX)).collect();
-    let scores: Vec<i64> = b.entries.iter().map(|(_, s)| *s).collect();
+/// Makes the table hold exactly these top N for every board given, in three statements however
+/// many boards there are. The snapshots come from Redis, so writing one twice is harmless; the
+/// advisory locks, taken in a fixed order, keep two writers of one board from interleaving.
+async fn write_boards(conn: &mut AsyncPgConnection, boards: &[BoardTop]) -> diesel::QueryResult<()> {
+    if boards.is_empty() {
+        return Ok(());
+    }
+    let board_games: Vec<&str> = boards.iter().map(|b| b.game_id.as_str()).collect();
+    let board_periods: Vec<&str> = boards.iter().map(|b| b.period).collect();
+    let (mut games, mut periods, mut players, mut ranks, mut scores) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for b in boards {
+        for (rank, (player, score)) in (1..).zip(&b.entries) {
+            games.push(b.game_id.as_str());
+            periods.push(b.period);
+            players.push(player.as_str());
+            ranks.push(rank);
+            scores.push(*score);
+        }
+    }
     diesel::sql_query(
-        "DELETE FROM leaderboards WHERE game_id = $1 AND period = $2 AND NOT (player_id = ANY($3))",
+        "SELECT pg_advisory_xact_lock(h) FROM \
+         (SELECT DISTINCT hashtext(g || '/' || p) AS h FROM unnest($1::text[], $2::text[]) AS t(g, p) ORDER BY h) AS s",
     )
-    .bind::<Varchar, _>(&b.game_id)
-    .bind::<Varchar, _>(b.period)
+    .bind::<Array<Text>, _>(&board_games)
+    .bind::<Array<Text>, _>(&board_periods)
+    .execute(conn)
+    .await?;
+    diesel::sql_query(
+        "DELETE FROM leaderboards l \
+         WHERE (l.game_id, l.period) IN (SELECT g, p FROM unnest($1::varchar[], $2::varchar[]) AS b(g, p)) \
+         AND NOT EXISTS (SELECT 1 FROM unnest($3::varchar[], $4::varchar[], $5::varchar[]) AS n(g, p, pl) \
+                         WHERE n.g = l.game_id AND n.p = l.period AND n.pl = l.player_id)",
+    )
+    .bind::<Array<Varchar>, _>(&board_games)
+    .bind::<Array<Varchar>, _>(&board_periods)
+    .bind::<Array<Varchar>, _>(&games)
+    .bind::<Array<Varchar>, _>(&periods)
     .bind::<Array<Varchar>, _>(&players)
     .execute(conn)
     .await?;
     diesel::sql_query(
-        "INSERT INTO leaderboards (game_id, player_id, period, rank, score, updated_at) \
-         SELECT $1, p, $2, r, s, now() FROM unnest($3::varchar[], $4::int4[], $5::int8[]) AS t(p, r, s) \
+        "INSERT INTO leaderboards AS l (game_id, player_id, period, rank, score, updated_at) \
+         SELECT g, pl, p, r, s, now() \
+         FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::int4[], $5::int8[]) AS t(g, p, pl, r, s) \
          ON CONFLICT (game_id, player_id, period) \
-         DO UPDATE SET rank = EXCLUDED.rank, score = EXCLUDED.score, updated_at = now()",
+         DO UPDATE SET rank = EXCLUDED.rank, score = EXCLUDED.score, updated_at = now() \
+         WHERE l.rank <> EXCLUDED.rank OR l.score <> EXCLUDED.score",
     )
-    .bind::<Varchar, _>(&b.game_id)
-    .bind::<Varchar, _>(b.period)
+    .bind::<Array<Varchar>, _>(&games)
+    .bind::<Array<Varchar>, _>(&periods)
     .bind::<Array<Varchar>, _>(&players)
     .bind::<Array<Int4>, _>(ranks)
     .bind::<Array<Int8>, _>(scores)

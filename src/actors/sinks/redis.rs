@@ -5,7 +5,7 @@
 //! with replicas, as ElastiCache without cluster mode) allows; Redis Cluster would need hash tags.
 
 use super::postgres::BoardTop;
-use super::{SinkError, RESTART_AFTER_FAILURES};
+use super::{tracked, SinkError, Tracked};
 use crate::actors::messages::Position;
 use crate::db::RedisPool;
 use actix::prelude::*;
@@ -41,25 +41,19 @@ impl RedisSink {
             self.prefix, p.service, p.topic, p.partition
         )
     }
-
-    fn track<T>(&mut self, result: &Result<T, SinkError>, ctx: &mut Context<Self>) {
-        match result {
-            Ok(_) => self.failures = 0,
-            Err(e) => {
-                self.failures += 1;
-                tracing::warn!(error = %e, failures = self.failures, "Redis write failed; will retry");
-                if self.failures >= RESTART_AFTER_FAILURES {
-                    ctx.stop();
-                }
-            }
-        }
-    }
 }
 
 impl Actor for RedisSink {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(256);
+    }
+}
+
+impl Tracked for RedisSink {
+    const STORE: &'static str = "Redis";
+    fn failures(&mut self) -> &mut u32 {
+        &mut self.failures
     }
 }
 
@@ -126,36 +120,43 @@ pub struct ReadTop {
 /// The periods each game has a board for; `daily` and `weekly` are the newest day and week.
 pub const PERIODS: [&str; 3] = ["daily", "weekly", "alltime"];
 
+impl RedisSink {
+    /// Runs one of the offset-guarded scripts: KEYS[1] is the partition's offset key, ARGV the
+    /// key prefix followed by whatever `fill` adds for each record.
+    fn apply_guarded(
+        &mut self,
+        pool: RedisPool,
+        script: Arc<Script>,
+        position: &Position,
+        fill: impl for<'a> FnOnce(&mut redis::ScriptInvocation<'a>) + 'static,
+    ) -> ResponseActFuture<Self, Result<usize, SinkError>> {
+        let (key, prefix) = (self.offset_key(position), self.prefix.clone());
+        tracked(self, async move {
+            let mut invocation = script.key(key);
+            invocation.arg(prefix.as_ref());
+            fill(&mut invocation);
+            let mut conn = pool.get().await.map_err(redis_err)?;
+            invocation
+                .invoke_async::<usize>(&mut *conn)
+                .await
+                .map_err(redis_err)
+        })
+    }
+}
+
 impl Handler<ApplyStats> for RedisSink {
     type Result = ResponseActFuture<Self, Result<usize, SinkError>>;
 
     fn handle(&mut self, msg: ApplyStats, _: &mut Context<Self>) -> Self::Result {
-        let pool = self.stats.clone();
-        let script = self.stats_script.clone();
-        let (key, prefix) = (self.offset_key(&msg.position), self.prefix.clone());
-        Box::pin(
-            async move {
-                let mut invocation = script.key(key);
-                invocation.arg(prefix.as_ref());
-                for d in msg.deltas.iter() {
-                    invocation
-                        .arg(d.offset)
-                        .arg(&d.player_id)
-                        .arg(&d.event_type)
-                        .arg(&d.timestamp);
-                }
-                let mut conn = pool.get().await.map_err(redis_err)?;
-                invocation
-                    .invoke_async::<usize>(&mut *conn)
-                    .await
-                    .map_err(redis_err)
+        let (pool, script) = (self.stats.clone(), self.stats_script.clone());
+        self.apply_guarded(pool, script, &msg.position, move |inv| {
+            for d in msg.deltas.iter() {
+                inv.arg(d.offset)
+                    .arg(&d.player_id)
+                    .arg(&d.event_type)
+                    .arg(&d.timestamp);
             }
-            .into_actor(self)
-            .map(|res, act, ctx| {
-                act.track(&res, ctx);
-                res
-            }),
-        )
+        })
     }
 }
 
@@ -163,36 +164,19 @@ impl Handler<ApplyScores> for RedisSink {
     type Result = ResponseActFuture<Self, Result<usize, SinkError>>;
 
     fn handle(&mut self, msg: ApplyScores, _: &mut Context<Self>) -> Self::Result {
-        let pool = self.boards.clone();
-        let script = self.scores_script.clone();
-        let (key, prefix) = (self.offset_key(&msg.position), self.prefix.clone());
-        Box::pin(
-            async move {
-                let mut invocation = script.key(key);
-                invocation.arg(prefix.as_ref());
-                for d in msg.deltas.iter() {
-                    invocation
-                        .arg(d.offset)
-                        .arg(&d.game_id)
-                        .arg(&d.player_id)
-                        .arg(d.score)
-                        .arg(&d.day)
-                        .arg(&d.week)
-                        .arg(d.day_expires_at)
-                        .arg(d.week_expires_at);
-                }
-                let mut conn = pool.get().await.map_err(redis_err)?;
-                invocation
-                    .invoke_async::<usize>(&mut *conn)
-                    .await
-                    .map_err(redis_err)
+        let (pool, script) = (self.boards.clone(), self.scores_script.clone());
+        self.apply_guarded(pool, script, &msg.position, move |inv| {
+            for d in msg.deltas.iter() {
+                inv.arg(d.offset)
+                    .arg(&d.game_id)
+                    .arg(&d.player_id)
+                    .arg(d.score)
+                    .arg(&d.day)
+                    .arg(&d.week)
+                    .arg(d.day_expires_at)
+                    .arg(d.week_expires_at);
             }
-            .into_actor(self)
-            .map(|res, act, ctx| {
-                act.track(&res, ctx);
-                res
-            }),
-        )
+        })
     }
 }
 
@@ -202,38 +186,31 @@ impl Handler<ReadTop> for RedisSink {
     fn handle(&mut self, msg: ReadTop, _: &mut Context<Self>) -> Self::Result {
         let pool = self.boards.clone();
         let prefix = self.prefix.clone();
-        Box::pin(
-            async move {
-                let mut conn = pool.get().await.map_err(redis_err)?;
-                let stop = isize::try_from(msg.n).unwrap_or(isize::MAX) - 1;
-                let mut pipe = redis::pipe();
-                for game in &msg.game_ids {
-                    for period in PERIODS {
-                        pipe.zrevrange_withscores(board_key(&prefix, game, period), 0, stop);
-                    }
+        tracked(self, async move {
+            let mut conn = pool.get().await.map_err(redis_err)?;
+            let stop = isize::try_from(msg.n).unwrap_or(isize::MAX) - 1;
+            let mut pipe = redis::pipe();
+            for game in &msg.game_ids {
+                for period in PERIODS {
+                    pipe.zrevrange_withscores(board_key(&prefix, game, period), 0, stop);
                 }
-                let tops: Vec<Vec<(String, f64)>> = pipe.query_async(&mut *conn).await.map_err(redis_err)?;
-                let mut tops = tops.into_iter();
-                let mut out = Vec::new();
-                for game in msg.game_ids {
-                    for period in PERIODS {
-                        let entries = tops.next().unwrap_or_default();
-                        out.push(BoardTop {
-                            game_id: game.clone(),
-                            period,
-                            // Sorted-set scores are doubles; ours are integer sums well inside 2^53.
-                            entries: entries.into_iter().map(|(p, s)| (p, s as i64)).collect(),
-                        });
-                    }
-                }
-                Ok(out)
             }
-            .into_actor(self)
-            .map(|res, act, ctx| {
-                act.track(&res, ctx);
-                res
-            }),
-        )
+            let tops: Vec<Vec<(String, f64)>> = pipe.query_async(&mut *conn).await.map_err(redis_err)?;
+            let mut tops = tops.into_iter();
+            let mut out = Vec::new();
+            for game in msg.game_ids {
+                for period in PERIODS {
+                    let entries = tops.next().unwrap_or_default();
+                    out.push(BoardTop {
+                        game_id: game.clone(),
+                        period,
+                        // Sorted-set scores are doubles; ours are integer sums well inside 2^53.
+                        entries: entries.into_iter().map(|(p, s)| (p, s as i64)).collect(),
+                    });
+                }
+            }
+            Ok(out)
+        })
     }
 }
 

@@ -1,0 +1,345 @@
+//! Consumer-tier throughput and latency on the real broker, PostgreSQL and Redis, with the raw
+//! limits of the same stores measured in the same run. Run through `scripts/bench`, which starts
+//! the services and writes BENCHMARKS.md from what this prints.
+//!
+//! Env: BENCH_EVENTS (default 100000), BENCH_RATE (events/s for the latency run, default 10000),
+//! BENCH_SECONDS (length of the latency run, default 10), plus the usual gamemetrics variables.
+
+use clap::Parser;
+use diesel::sql_types::Double;
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use gamemetrics::actors::{Role, RoleConsumerHandle, Sinks};
+use gamemetrics::config::Config;
+use gamemetrics::domain::{EventType, GameEvent, GameId, PlayerId};
+use gamemetrics::kafka::{self, TopicSpec};
+use gamemetrics::metrics::Metrics;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde_json::json;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+const TYPES: [&str; 6] = [
+    "player_score",
+    "quest_completed",
+    "achievement_unlocked",
+    "boss_defeated",
+    "player_level_up",
+    "session_start",
+];
+
+fn event(i: u64) -> GameEvent {
+    let now = chrono::Utc::now();
+    GameEvent {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: EventType::parse(TYPES[(i % 6) as usize]).expect("type"),
+        player_id: PlayerId::parse(format!("player-{}", i % 1000)).expect("player"),
+        game_id: GameId::parse(format!("game-{}", i % 10)).expect("game"),
+        timestamp: now,
+        ingested_at: now,
+        data: json!({"score": i % 500}).as_object().cloned().unwrap_or_default(),
+    }
+}
+
+/// A fresh topic, schema, Redis prefix and group prefix.
+async fn fresh(base: &Config, tag: &str) -> Config {
+    let mut c = base.clone();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    c.kafka.kafka_topic = format!("bench-{tag}-{id}");
+    c.redis.redis_key_prefix = format!("bench:{id}:");
+    c.consumer.consumer_group_prefix = format!("bench-{id}-");
+    let url = base.database.database_url.expose().to_owned();
+    let schema = format!("bench_{id}");
+    let mut admin = AsyncPgConnection::establish(&url).await.expect("PostgreSQL");
+    diesel::sql_query(format!("CREATE SCHEMA {schema}"))
+        .execute(&mut admin)
+        .await
+        .expect("schema");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    c.database.database_url = format!("{url}{sep}options=-csearch_path%3D{schema}")
+        .parse()
+        .expect("url");
+    gamemetrics::db::run_migrations(&c.database.database_url)
+        .await
+        .expect("migrate");
+    kafka::ensure_topic(&c.kafka, &TopicSpec::from_config(&c.kafka))
+        .await
+        .expect("topic");
+    c
+}
+
+fn producer(c: &Config) -> FutureProducer {
+    kafka::client_config(&c.kafka)
+        .expect("config")
+        .set("linger.ms", "5")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("producer")
+}
+
+async fn produce(c: &Config, p: &FutureProducer, from: u64, n: u64) {
+    let chunk = 5_000;
+    let mut i = from;
+    while i < from + n {
+        let end = (i + chunk).min(from + n);
+        let payloads: Vec<(String, Vec<u8>)> = (i..end)
+            .map(event)
+            .map(|e| (e.player_id.to_string(), e.to_wire()))
+            .collect();
+        let sends = payloads.iter().map(|(k, v)| {
+            p.send(
+                FutureRecord::to(&c.kafka.kafka_topic).key(k).payload(v),
+                Duration::from_secs(30),
+            )
+        });
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| e).expect("produce");
+        }
+        i = end;
+    }
+}
+
+/// Runs the roles over an already filled topic; answers events/s from the first record read
+/// to the last one durable (group join time excluded).
+async fn drain(c: &Config, roles: &[Role], n: u64) -> f64 {
+    let sinks = Sinks::start(c).expect("sinks");
+    let metrics = Metrics::new().expect("metrics");
+    let handles: Vec<RoleConsumerHandle> = roles
+        .iter()
+        .map(|&r| RoleConsumerHandle::start(c, r, &sinks, metrics.clone()).expect("consumer"))
+        .collect();
+    let mut first = None;
+    loop {
+        let mut done = true;
+        for h in &handles {
+            let progress = h.progress().await;
+            if first.is_none() && progress.iter().any(|(_, p)| p.seen_next > 0) {
+                first = Some(Instant::now());
+            }
+            let applied: i64 = progress.iter().map(|(_, p)| p.applied_next).sum();
+            done &= applied >= n as i64;
+        }
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+    for h in handles {
+        h.shutdown(Duration::from_secs(20)).await;
+    }
+    n as f64 / secs
+}
+
+#[derive(QueryableByName)]
+struct Quantiles {
+    #[diesel(sql_type = Double)]
+    p50: f64,
+    #[diesel(sql_type = Double)]
+    p99: f64,
+    #[diesel(sql_type = Double)]
+    max: f64,
+}
+
+/// Produces at `rate` events/s for `secs` with all three roles running; answers p50/p99/max of
+/// `created_at - ingested_at` in `events`, i.e. from acceptance to queryable in PostgreSQL.
+async fn latency(c: &Config, rate: u64, secs: u64) -> (Quantiles, f64) {
+    let sinks = Sinks::start(c).expect("sinks");
+    let metrics = Metrics::new().expect("metrics");
+    let handles: Vec<RoleConsumerHandle> = Role::ALL
+        .iter()
+        .map(|&r| RoleConsumerHandle::start(c, r, &sinks, metrics.clone()).expect("consumer"))
+        .collect();
+    // Wait for the groups to settle before measuring.
+    loop {
+        if handles.iter().all(|h| h.assignment().len() == 3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = producer(c);
+    let tick = Duration::from_millis(10);
+    let per_tick = rate / 100;
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut next = Instant::now();
+    let mut pending = Vec::new();
+    // Enqueue each tick's events without waiting for their acks, so the rate is the producer's
+    // schedule and not its round trips; the acks are collected at the end.
+    while started.elapsed() < Duration::from_secs(secs) {
+        for j in sent..sent + per_tick {
+            let e = event(j);
+            let (key, value) = (e.player_id.to_string(), e.to_wire());
+            loop {
+                match p.send_result(FutureRecord::to(&c.kafka.kafka_topic).key(&key).payload(&value)) {
+                    Ok(f) => {
+                        pending.push(f);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+                }
+            }
+        }
+        sent += per_tick;
+        next += tick;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    for f in futures::future::join_all(pending).await {
+        f.expect("delivery").map_err(|(e, _)| e).expect("produce");
+    }
+    let achieved = sent as f64 / started.elapsed().as_secs_f64();
+    for h in &handles {
+        h.flush_and_wait(Duration::from_secs(60)).await;
+    }
+    let mut conn = AsyncPgConnection::establish(c.database.database_url.expose())
+        .await
+        .expect("pg");
+    let q: Quantiles = diesel::sql_query(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d) AS p50, \
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY d) AS p99, max(d) AS max \
+         FROM (SELECT (extract(epoch FROM created_at - ingested_at) * 1000)::float8 AS d FROM events) t",
+    )
+    .get_result(&mut conn)
+    .await
+    .expect("quantiles");
+    for h in handles {
+        h.shutdown(Duration::from_secs(20)).await;
+    }
+    (q, achieved)
+}
+
+/// `redis-benchmark` running the same commands the sinks run, pipelined.
+fn redis_baseline(n: u64, command: &[&str]) -> f64 {
+    let out = Command::new("redis-benchmark")
+        .args(["-q", "-n", &n.to_string(), "-P", "64", "-r", "1000", "--csv"])
+        .args(command)
+        .output()
+        .expect("redis-benchmark (apt install redis-tools)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // --csv: "test","rps",...
+    text.lines()
+        .filter_map(|l| l.split(',').nth(1))
+        .filter_map(|v| v.trim_matches('"').parse::<f64>().ok())
+        .next()
+        .unwrap_or(f64::NAN)
+}
+
+/// PostgreSQL `COPY` of the same rows into a copy of `events`, through psql.
+fn copy_baseline(c: &Config, n: u64) -> f64 {
+    let url = c.database.database_url.expose();
+    let psql = |sql: &str| {
+        let ok = Command::new("psql")
+            .args([url, "-q", "-c", sql])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "psql {sql}");
+    };
+    psql("CREATE TABLE copy_bench (LIKE events INCLUDING ALL)");
+    let mut csv = Vec::with_capacity(n as usize * 200);
+    for i in 0..n {
+        let e = event(i);
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},\"{}\"",
+            e.event_id,
+            e.event_type,
+            e.player_id,
+            e.game_id,
+            e.timestamp.to_rfc3339(),
+            e.ingested_at.to_rfc3339(),
+            serde_json::Value::Object(e.data).to_string().replace('"', "\"\"")
+        );
+    }
+    let started = Instant::now();
+    let mut child = Command::new("psql")
+        .args([
+            url,
+            "-q",
+            "-c",
+            "\\copy copy_bench (event_id, event_type, player_id, game_id, event_timestamp, ingested_at, data) FROM STDIN WITH (FORMAT csv)",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&csv)
+        .expect("write csv");
+    assert!(child.wait().expect("psql").success(), "COPY failed");
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+#[actix_web::main]
+async fn main() {
+    let mut base = Cli::parse_from(["bench"]).config;
+    base.telemetry.log_filter = "error".into();
+    gamemetrics::telemetry::init(&base.telemetry);
+    let n = env_num("BENCH_EVENTS", 100_000);
+    let rate = env_num("BENCH_RATE", 10_000);
+    let secs = env_num("BENCH_SECONDS", 10);
+
+    let c = fresh(&base, "roles").await;
+    let p = producer(&c);
+    let t = Instant::now();
+    produce(&c, &p, 0, n).await;
+    let produce_rate = n as f64 / t.elapsed().as_secs_f64();
+    let _ = p.flush(Duration::from_secs(10));
+    let mut rows = Vec::new();
+    for role in Role::ALL {
+        // Each role in its own schema and prefix so none benefits from another's work.
+        let mut rc = fresh(&base, "role").await;
+        rc.kafka.kafka_topic = c.kafka.kafka_topic.clone();
+        let r = drain(&rc, &[role], n).await;
+        rows.push((format!("`{}` alone", role.service()), r));
+    }
+    let mut all = fresh(&base, "all").await;
+    all.kafka.kafka_topic = c.kafka.kafka_topic.clone();
+    let pipeline = drain(&all, &Role::ALL, n).await;
+    let lat_cfg = fresh(&base, "latency").await;
+    let (q, achieved) = latency(&lat_cfg, rate, secs).await;
+
+    let hincr = redis_baseline(
+        n,
+        &["HINCRBY", "bench:player_stats:__rand_int__", "total_events", "1"],
+    );
+    let zincr = redis_baseline(
+        n,
+        &["ZINCRBY", "bench:leaderboard:game:alltime", "10", "__rand_int__"],
+    );
+    let copy = copy_baseline(&c, n);
+
+    println!("| what | events/s |");
+    println!("|---|---:|");
+    println!("| producing the {n} events to Kafka (acks=all, this bench's producer) | {produce_rate:.0} |");
+    for (name, r) in &rows {
+        println!("| {name}, Kafka → PostgreSQL/Redis | {r:.0} |");
+    }
+    println!("| all three roles at once (the pipeline) | {pipeline:.0} |");
+    println!("| baseline: `redis-benchmark` HINCRBY, pipelined 64 | {hincr:.0} ops/s |");
+    println!("| baseline: `redis-benchmark` ZINCRBY, pipelined 64 | {zincr:.0} ops/s |");
+    println!("| baseline: PostgreSQL `COPY` of the same rows into a copy of `events` | {copy:.0} |");
+    println!();
+    println!(
+        "Latency with all three roles running, producing at {rate}/s for {secs} s (achieved {achieved:.0}/s): \
+         from `ingested_at` to the row in `events` (its `created_at`): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms.",
+        q.p50, q.p99, q.max
+    );
+}
