@@ -9,7 +9,7 @@ use clap::Parser;
 use diesel::sql_types::Double;
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use gamemetrics::actors::{Role, RoleConsumerHandle, Sinks};
+use gamemetrics::actors::{Role, RoleConsumerHandle};
 use gamemetrics::config::Config;
 use gamemetrics::domain::{EventType, GameEvent, GameId, PlayerId};
 use gamemetrics::kafka::{self, TopicSpec};
@@ -117,11 +117,10 @@ async fn produce(c: &Config, p: &FutureProducer, from: u64, n: u64) {
 /// Runs the roles over an already filled topic; answers events/s from the first record read
 /// to the last one durable (group join time excluded).
 async fn drain(c: &Config, roles: &[Role], n: u64) -> f64 {
-    let sinks = Sinks::start(c).expect("sinks");
     let metrics = Metrics::new().expect("metrics");
     let handles: Vec<RoleConsumerHandle> = roles
         .iter()
-        .map(|&r| RoleConsumerHandle::start(c, r, &sinks, metrics.clone()).expect("consumer"))
+        .map(|&r| RoleConsumerHandle::start(c, r, metrics.clone()).expect("consumer"))
         .collect();
     let mut first = None;
     loop {
@@ -159,11 +158,10 @@ struct Quantiles {
 /// Produces at `rate` events/s for `secs` with all three roles running; answers p50/p99/max of
 /// `created_at - ingested_at` in `events`, i.e. from acceptance to queryable in PostgreSQL.
 async fn latency(c: &Config, rate: u64, secs: u64) -> (Quantiles, f64) {
-    let sinks = Sinks::start(c).expect("sinks");
     let metrics = Metrics::new().expect("metrics");
     let handles: Vec<RoleConsumerHandle> = Role::ALL
         .iter()
-        .map(|&r| RoleConsumerHandle::start(c, r, &sinks, metrics.clone()).expect("consumer"))
+        .map(|&r| RoleConsumerHandle::start(c, r, metrics.clone()).expect("consumer"))
         .collect();
     // Wait for the groups to settle before measuring.
     loop {

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gamemetrics::actors::{Role, RoleConsumerHandle, Sinks};
+use gamemetrics::actors::{Role, RoleConsumerHandle};
 use gamemetrics::app::Application;
 use gamemetrics::config::Config;
 use gamemetrics::kafka::{self, EmbeddedKafka, EventProducer, TopicSpec};
@@ -90,11 +90,10 @@ fn start_consumers(
     roles: &[Role],
     metrics: &Metrics,
 ) -> anyhow::Result<Vec<RoleConsumerHandle>> {
-    let sinks = Sinks::start(config).context("starting the PostgreSQL and Redis sinks")?;
     roles
         .iter()
         .map(|&role| {
-            RoleConsumerHandle::start(config, role, &sinks, metrics.clone())
+            RoleConsumerHandle::start(config, role, metrics.clone())
                 .with_context(|| format!("starting the {} consumer", role.service()))
         })
         .collect()

@@ -206,14 +206,14 @@ pub struct Sinks {
 }
 
 impl Sinks {
-    /// Starts both sinks on the current arbiter. Pools connect lazily.
-    pub fn start(config: &Config) -> Result<Self, redis::RedisError> {
+    /// Starts both sinks on `arbiter`. Pools connect lazily.
+    pub fn start_in(config: &Config, arbiter: &ArbiterHandle) -> Result<Self, redis::RedisError> {
         let pg_pool = crate::db::pg_pool(&config.database);
         let stats = crate::db::redis_pool(&config.redis, 0)?;
         let boards = crate::db::redis_pool(&config.redis, 1)?;
         let prefix = config.redis.redis_key_prefix.clone();
-        let pg = Supervisor::start(move |_| PgSink::new(pg_pool));
-        let redis = Supervisor::start(move |_| RedisSink::new(stats, boards, &prefix));
+        let pg = Supervisor::start_in_arbiter(arbiter, move |_| PgSink::new(pg_pool));
+        let redis = Supervisor::start_in_arbiter(arbiter, move |_| RedisSink::new(stats, boards, &prefix));
         Ok(Sinks { pg, redis })
     }
 }
@@ -225,25 +225,24 @@ pub enum ConsumerError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("Redis pool: {0}")]
+    Redis(#[from] redis::RedisError),
 }
 
-/// One role's running consumer: the poll loop and its partition actors.
+/// One role's running consumer: the poll loop, its partition actors and its sinks, all on an
+/// arbiter (thread) of the role's own, so the roles of a `dev` process use every core.
 pub struct RoleConsumerHandle {
     role: Role,
     consumer: Arc<RoleConsumer>,
     sources: Arc<Mutex<HashMap<i32, Addr<PartitionSource>>>>,
     stop: tokio::sync::watch::Sender<bool>,
-    poll: Option<tokio::task::JoinHandle<()>>,
+    poll_done: Option<tokio::sync::oneshot::Receiver<()>>,
+    arbiter: Arbiter,
 }
 
 impl RoleConsumerHandle {
-    /// Subscribes to the topic in the role's group and starts polling on the current arbiter.
-    pub fn start(
-        config: &Config,
-        role: Role,
-        sinks: &Sinks,
-        metrics: Metrics,
-    ) -> Result<Self, ConsumerError> {
+    /// Subscribes to the topic in the role's group and starts polling on an arbiter of its own.
+    pub fn start(config: &Config, role: Role, metrics: Metrics) -> Result<Self, ConsumerError> {
         let mut cc = crate::kafka::client_config(&config.kafka)?;
         let group = format!("{}{}", config.consumer.consumer_group_prefix, role.group_id());
         cc.set("group.id", &group)
@@ -264,6 +263,8 @@ impl RoleConsumerHandle {
             cc.create_with_context(SourceContext::new(role.service(), metrics.clone()))?;
         consumer.subscribe(&[config.kafka.kafka_topic.as_str()])?;
         let consumer = Arc::new(consumer);
+        let arbiter = Arbiter::new();
+        let sinks = Sinks::start_in(config, &arbiter.handle())?;
         let factory = Arc::new(RoleFactory {
             role,
             settings: RoleSettings::new(&config.consumer, metrics, role),
@@ -272,19 +273,20 @@ impl RoleConsumerHandle {
         });
         let sources = Arc::new(Mutex::new(HashMap::new()));
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let poll = actix::spawn(source::poll_loop(
-            consumer.clone(),
-            factory,
-            sources.clone(),
-            stop_rx,
-        ));
+        let (done, poll_done) = tokio::sync::oneshot::channel();
+        let poll = source::poll_loop(consumer.clone(), factory, sources.clone(), stop_rx);
+        arbiter.spawn(async move {
+            poll.await;
+            let _ = done.send(());
+        });
         tracing::info!(role = role.service(), group = role.group_id(), topic = %config.kafka.kafka_topic, "consumer started");
         Ok(RoleConsumerHandle {
             role,
             consumer,
             sources,
             stop,
-            poll: Some(poll),
+            poll_done: Some(poll_done),
+            arbiter,
         })
     }
 
@@ -363,8 +365,8 @@ impl RoleConsumerHandle {
     /// Graceful stop: stop reading, flush and wait (within `budget`), commit offsets, leave the group.
     pub async fn shutdown(mut self, budget: Duration) {
         let _ = self.stop.send(true);
-        if let Some(poll) = self.poll.take() {
-            let _ = poll.await;
+        if let Some(done) = self.poll_done.take() {
+            let _ = done.await;
         }
         let drained = self.flush_and_wait(budget).await;
         for a in self.addrs() {
@@ -378,6 +380,7 @@ impl RoleConsumerHandle {
         for a in self.addrs() {
             a.do_send(source::StopPartition);
         }
+        self.arbiter.stop();
         // Dropping the last handle closes the consumer, which leaves the group.
     }
 }

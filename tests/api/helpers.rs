@@ -291,12 +291,10 @@ pub fn start_consumers(
     roles: &[gamemetrics::actors::Role],
 ) -> Vec<gamemetrics::actors::RoleConsumerHandle> {
     let metrics = Metrics::new().expect("metrics");
-    let sinks = gamemetrics::actors::Sinks::start(config).expect("sinks");
     roles
         .iter()
         .map(|&r| {
-            gamemetrics::actors::RoleConsumerHandle::start(config, r, &sinks, metrics.clone())
-                .expect("consumer")
+            gamemetrics::actors::RoleConsumerHandle::start(config, r, metrics.clone()).expect("consumer")
         })
         .collect()
 }
