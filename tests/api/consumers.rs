@@ -233,3 +233,54 @@ async fn the_leaderboards_table_holds_exactly_the_top_100_with_ranks() {
         c.shutdown(Duration::from_secs(10)).await;
     }
 }
+
+#[actix_web::test]
+async fn a_stalled_sink_pauses_the_partition_and_it_resumes_after() {
+    let config = pipeline_config(|c| {
+        c.consumer.partition_max_in_flight = 50;
+        c.consumer.logger_flush_events = 20;
+    })
+    .await;
+    let metrics = gamemetrics::metrics::Metrics::new().unwrap();
+    let consumers = start_consumers_with(&config, &[Role::Logger], &metrics);
+    let app = spawn_app_with(|c| *c = config.clone()).await;
+    // Stall the logger's sink: its INSERTs wait behind this lock.
+    let mut blocker = pg_conn(&config).await;
+    diesel::sql_query("BEGIN").execute(&mut blocker).await.unwrap();
+    diesel::sql_query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    for i in 0..600 {
+        let ev = json!({"event_type":"session_start","player_id":format!("p{}", i % 3),"game_id":"g"});
+        assert_eq!(app.post_event(&ev).await.status(), 200);
+    }
+    let paused = r#"gamemetrics_consumer_partition_paused{partition="#;
+    eventually(Duration::from_secs(30), "a paused partition", || async {
+        metrics
+            .render()
+            .lines()
+            .any(|l| l.starts_with(paused) && l.ends_with(" 1"))
+            .then_some(())
+    })
+    .await;
+    diesel::sql_query("COMMIT").execute(&mut blocker).await.unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "every event written once the sink is free",
+        || async { (count(&config, "SELECT count(*) AS n FROM events").await == 600).then_some(()) },
+    )
+    .await;
+    eventually(Duration::from_secs(30), "every partition resumed", || async {
+        metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with(paused))
+            .all(|l| l.ends_with(" 0"))
+            .then_some(())
+    })
+    .await;
+    for c in consumers {
+        c.shutdown(Duration::from_secs(10)).await;
+    }
+}

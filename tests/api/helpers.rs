@@ -290,7 +290,15 @@ pub fn start_consumers(
     config: &Config,
     roles: &[gamemetrics::actors::Role],
 ) -> Vec<gamemetrics::actors::RoleConsumerHandle> {
-    let metrics = Metrics::new().expect("metrics");
+    start_consumers_with(config, roles, &Metrics::new().expect("metrics"))
+}
+
+/// Starts consumers that record into `metrics`, for tests that read them.
+pub fn start_consumers_with(
+    config: &Config,
+    roles: &[gamemetrics::actors::Role],
+    metrics: &Metrics,
+) -> Vec<gamemetrics::actors::RoleConsumerHandle> {
     roles
         .iter()
         .map(|&r| {

@@ -9,3 +9,4 @@ mod ingest;
 mod migrations;
 mod model;
 mod ops;
+mod shutdown;
