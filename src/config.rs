@@ -200,6 +200,11 @@ pub struct ConsumerConfig {
     #[arg(long, env = "LEADERBOARD_FLUSH_INTERVAL_MS", default_value_t = 5_000)]
     pub leaderboard_flush_interval_ms: u64,
 
+    /// Shortest time between two top-N writes of one partition's boards, in ms, however fast
+    /// scoring events arrive.
+    #[arg(long, env = "LEADERBOARD_MIN_FLUSH_GAP_MS", default_value_t = 100)]
+    pub leaderboard_min_flush_gap_ms: u64,
+
     /// How many ranks of each board the leaderboards table holds.
     #[arg(long, env = "LEADERBOARD_TOP_N", default_value_t = 100)]
     pub leaderboard_top_n: usize,

@@ -13,6 +13,9 @@ use std::time::Duration;
 /// Real-time gaming analytics: HTTP events -> Kafka -> PostgreSQL and Redis.
 ///
 /// Every option can also be set through the environment variable shown next to it.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "gamemetrics", version)]
 struct Cli {

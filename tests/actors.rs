@@ -292,6 +292,44 @@ async fn leaderboard_writes_the_boards_every_50_scoring_events() {
 }
 
 #[actix_web::test]
+async fn back_to_back_batches_of_50_are_written_no_closer_than_the_gap() {
+    tokio::time::pause();
+    let sinks = FakeSinks::default();
+    let boards = sinks.boards.clone();
+    let sinks = sinks.start();
+    let source = Source(Log::default()).start();
+    let lb = Leaderboard::new(
+        position("leaderboard-manager"),
+        settings(Role::Leaderboard),
+        sinks.clone().recipient(),
+        sinks.clone().recipient(),
+        sinks.recipient(),
+        source.recipient(),
+    )
+    .start();
+    for o in 0..50 {
+        lb.send(event(o, "player_score", "g1", json!({"score": 1})))
+            .await
+            .unwrap();
+    }
+    settle(Duration::from_millis(20)).await;
+    assert_eq!(boards.all().len(), 1, "the first 50 are written at once");
+    for o in 50..100 {
+        lb.send(event(o, "player_score", "g2", json!({"score": 1})))
+            .await
+            .unwrap();
+    }
+    settle(Duration::from_millis(40)).await;
+    assert_eq!(
+        boards.all().len(),
+        1,
+        "the next 50 wait for LEADERBOARD_MIN_FLUSH_GAP_MS (100 ms)"
+    );
+    settle(Duration::from_millis(100)).await;
+    assert_eq!(boards.all(), vec![vec!["g1".to_owned()], vec!["g2".to_owned()]]);
+}
+
+#[actix_web::test]
 async fn a_quiet_game_gets_its_boards_written_by_the_timer() {
     tokio::time::pause();
     let sinks = FakeSinks::default();

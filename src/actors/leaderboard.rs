@@ -49,6 +49,8 @@ pub struct Leaderboard {
     scored_since_flush: usize,
     live_timer: Option<SpawnHandle>,
     board_timer: Option<SpawnHandle>,
+    /// When the last board write started, for LEADERBOARD_MIN_FLUSH_GAP_MS.
+    last_board_flush: Option<Instant>,
     draining: bool,
 }
 
@@ -75,6 +77,7 @@ impl Leaderboard {
             scored_since_flush: 0,
             live_timer: None,
             board_timer: None,
+            last_board_flush: None,
             draining: false,
         }
     }
@@ -113,15 +116,36 @@ impl Leaderboard {
     }
 
     fn after_board_work(&mut self, ctx: &mut Context<Self>) {
-        if self.draining || self.scored_since_flush >= self.settings.config.leaderboard_flush_events {
-            self.flush_boards(ctx);
+        let config = &self.settings.config;
+        let gap = Duration::from_millis(config.leaderboard_min_flush_gap_ms);
+        let since_last = self.last_board_flush.map_or(gap, |t| t.elapsed());
+        let due_now = self.draining || self.scored_since_flush >= config.leaderboard_flush_events;
+        if due_now {
+            // Every 50 scoring events, but not more often than the gap allows: under load a
+            // flush per 50 events would rewrite thousands of top-N rows per second.
+            let wait = if self.draining {
+                Duration::ZERO
+            } else {
+                gap.saturating_sub(since_last)
+            };
+            if wait.is_zero() {
+                self.flush_boards(ctx);
+                return;
+            }
+            if let Some(t) = self.board_timer.take() {
+                ctx.cancel_future(t);
+            }
+            self.arm_board_timer(wait, ctx);
         } else if self.board_timer.is_none() && self.boards.pending_len() > 0 {
-            let every = Duration::from_millis(self.settings.config.leaderboard_flush_interval_ms);
-            self.board_timer = Some(ctx.run_later(every, |act, ctx| {
-                act.board_timer = None;
-                act.flush_boards(ctx);
-            }));
+            self.arm_board_timer(Duration::from_millis(config.leaderboard_flush_interval_ms), ctx);
         }
+    }
+
+    fn arm_board_timer(&mut self, wait: Duration, ctx: &mut Context<Self>) {
+        self.board_timer = Some(ctx.run_later(wait, |act, ctx| {
+            act.board_timer = None;
+            act.flush_boards(ctx);
+        }));
     }
 
     fn flush_boards(&mut self, ctx: &mut Context<Self>) {
@@ -130,6 +154,7 @@ impl Leaderboard {
         }
         let Some(work) = self.boards.take() else { return };
         self.scored_since_flush = 0;
+        self.last_board_flush = Some(Instant::now());
         let mut games = BTreeSet::new();
         let mut dlq = Vec::new();
         for w in work.iter() {

@@ -294,10 +294,17 @@ pub fn parse(payload: Option<&[u8]>) -> Payload {
             reason: "message has no value".into(),
         };
     };
+    // PostgreSQL can't store U+0000 even inside JSONB strings; JSON can only carry it escaped.
+    let has_nul = bytes.windows(6).any(|w| w == b"\\u0000");
+    if !has_nul {
+        // The common case in one pass: straight into the event, no intermediate JSON tree.
+        if let Ok(event) = serde_json::from_slice::<GameEvent>(bytes) {
+            return Payload::Event(event);
+        }
+    }
     let value: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => {
-            // PostgreSQL can't store NUL even inside JSONB strings.
             let raw = String::from_utf8_lossy(bytes).replace('\0', "\u{fffd}");
             return Payload::Poison {
                 original: json!({ "raw": raw }),
@@ -305,7 +312,7 @@ pub fn parse(payload: Option<&[u8]>) -> Payload {
             };
         }
     };
-    if bytes.windows(6).any(|w| w == b"\\u0000") {
+    if has_nul {
         let cleaned = value.to_string().replace("\\u0000", "\\ufffd");
         let original = serde_json::from_str(&cleaned).unwrap_or_else(|_| json!({ "raw": cleaned }));
         return Payload::Poison {
@@ -313,6 +320,7 @@ pub fn parse(payload: Option<&[u8]>) -> Payload {
             reason: "value contains \\u0000, which PostgreSQL cannot store".into(),
         };
     }
+    // Parse again from the tree only to get serde's precise message for the poison record.
     match serde_json::from_value::<GameEvent>(value.clone()) {
         Ok(event) => Payload::Event(event),
         Err(e) => Payload::Poison {
