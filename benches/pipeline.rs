@@ -159,9 +159,26 @@ struct Quantiles {
     max: f64,
 }
 
+/// This process's resident memory in MiB, from /proc.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// What one fixed-rate run measured.
+struct LatencyRun {
+    q: Quantiles,
+    achieved: f64,
+    /// Resident memory after the first second and at the end of producing, in MiB.
+    rss: (f64, f64),
+}
+
 /// Produces at `rate` events/s for `secs` with all three roles running; answers p50/p99/max of
 /// `created_at - ingested_at` in `events`, i.e. from acceptance to queryable in PostgreSQL.
-async fn latency(c: &Config, rate: u64, secs: u64) -> (Quantiles, f64) {
+async fn latency(c: &Config, rate: u64, secs: u64) -> LatencyRun {
     let metrics = Metrics::new().expect("metrics");
     let handles: Vec<RoleConsumerHandle> = Role::ALL
         .iter()
@@ -181,6 +198,7 @@ async fn latency(c: &Config, rate: u64, secs: u64) -> (Quantiles, f64) {
     let mut sent = 0;
     let mut next = Instant::now();
     let mut pending = Vec::new();
+    let mut rss_start = None;
     // Enqueue each tick's events without waiting for their acks, so the rate is the producer's
     // schedule and not its round trips; the acks are collected at the end.
     while started.elapsed() < Duration::from_secs(secs) {
@@ -198,6 +216,9 @@ async fn latency(c: &Config, rate: u64, secs: u64) -> (Quantiles, f64) {
             }
         }
         sent += per_tick;
+        if rss_start.is_none() && started.elapsed() >= Duration::from_secs(1) {
+            rss_start = Some(rss_mib());
+        }
         next += tick;
         tokio::time::sleep_until(next.into()).await;
     }
@@ -205,6 +226,7 @@ async fn latency(c: &Config, rate: u64, secs: u64) -> (Quantiles, f64) {
         f.expect("delivery").map_err(|(e, _)| e).expect("produce");
     }
     let achieved = sent as f64 / started.elapsed().as_secs_f64();
+    let rss = (rss_start.unwrap_or(f64::NAN), rss_mib());
     for h in &handles {
         h.flush_and_wait(Duration::from_secs(60)).await;
     }
@@ -222,7 +244,7 @@ async fn latency(c: &Config, rate: u64, secs: u64) -> (Quantiles, f64) {
     for h in handles {
         h.shutdown(Duration::from_secs(20)).await;
     }
-    (q, achieved)
+    LatencyRun { q, achieved, rss }
 }
 
 /// `redis-benchmark` running the same commands the sinks run, pipelined.
@@ -351,12 +373,14 @@ async fn main() {
     );
     println!("producing at a fixed rate for {secs} s:");
     println!();
-    println!("| rate asked | achieved | p50 | p99 | max |");
-    println!("|---:|---:|---:|---:|---:|");
-    for (rate, (q, achieved)) in &latencies {
+    println!("| rate asked | achieved | p50 | p99 | max | RSS after 1 s → at the end |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (rate, r) in &latencies {
         println!(
-            "| {rate}/s | {achieved:.0}/s | {:.1} ms | {:.1} ms | {:.1} ms |",
-            q.p50, q.p99, q.max
+            "| {rate}/s | {:.0}/s | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} → {:.0} MiB |",
+            r.achieved, r.q.p50, r.q.p99, r.q.max, r.rss.0, r.rss.1
         );
     }
+    println!();
+    println!("RSS is the whole bench process: the three consumers, their pools and this producer.");
 }
