@@ -47,7 +47,8 @@ pub struct HttpConfig {
     pub max_data_bytes: usize,
 
     /// How far in the future an event `timestamp` may be, in seconds, to allow for client clock skew.
-    #[arg(long, env = "MAX_FUTURE_SKEW_SECS", default_value_t = 300)]
+    #[arg(long, env = "MAX_FUTURE_SKEW_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(0..=366 * 86_400))]
     pub max_future_skew_secs: u64,
 
     /// Ingest requests per second this instance accepts (token bucket refill rate).
@@ -206,7 +207,8 @@ pub struct ConsumerConfig {
     pub leaderboard_min_flush_gap_ms: u64,
 
     /// How many ranks of each board the leaderboards table holds.
-    #[arg(long, env = "LEADERBOARD_TOP_N", default_value_t = 100)]
+    #[arg(long, env = "LEADERBOARD_TOP_N", default_value_t = 100,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     pub leaderboard_top_n: usize,
 
     /// How long past daily and weekly boards stay readable in Redis, in days.

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// Pending records for one sink and the batch currently being written.
 pub struct Lane<T> {
@@ -14,6 +15,8 @@ pub struct Lane<T> {
     in_flight: Option<(Arc<Vec<T>>, i64)>,
     sending: bool,
     failures: u32,
+    /// After a failure, no resend before this instant, whatever triggers a flush meanwhile.
+    retry_at: Option<Instant>,
 }
 
 impl<T> Default for Lane<T> {
@@ -24,6 +27,7 @@ impl<T> Default for Lane<T> {
             in_flight: None,
             sending: false,
             failures: 0,
+            retry_at: None,
         }
     }
 }
@@ -42,10 +46,10 @@ impl<T> Lane<T> {
         self.pending.len()
     }
 
-    /// The batch to send now: the failed one again, or the pending records; `None` while a
-    /// batch is being sent or when there is nothing to send.
+    /// The batch to send now: the failed one again (once its backoff has passed), or the
+    /// pending records; `None` while a batch is being sent or when there is nothing to send.
     pub fn take(&mut self) -> Option<Arc<Vec<T>>> {
-        if self.sending {
+        if self.sending || self.retry_at.is_some_and(|t| Instant::now() < t) {
             return None;
         }
         if self.in_flight.is_none() {
@@ -61,6 +65,7 @@ impl<T> Lane<T> {
         self.in_flight = None;
         self.sending = false;
         self.failures = 0;
+        self.retry_at = None;
     }
 
     /// The in-flight batch failed; it stays to be retried. Returns the backoff before retrying.
@@ -68,15 +73,20 @@ impl<T> Lane<T> {
         self.sending = false;
         self.failures = self.failures.saturating_add(1);
         let exp = 50u64.saturating_mul(1u64 << self.failures.min(16));
-        Duration::from_millis(exp).min(max_backoff)
+        let wait = Duration::from_millis(exp).min(max_backoff);
+        self.retry_at = Some(Instant::now() + wait);
+        wait
     }
 
-    /// The lowest offset this lane has not yet made durable, if any.
+    /// The lowest offset this lane has not yet made durable, if any. Both the in-flight batch
+    /// and the pending records count: a lane fed out of offset order can hold lower offsets in
+    /// `pending` than in flight.
     pub fn lowest_unapplied(&self) -> Option<i64> {
-        self.in_flight
-            .as_ref()
-            .map(|(_, from)| *from)
-            .or(self.pending_from)
+        let in_flight = self.in_flight.as_ref().map(|(_, from)| *from);
+        match (in_flight, self.pending_from) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// True while a batch is being written.
@@ -107,16 +117,18 @@ impl Watermarks {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_failed_batch_is_resent_unchanged_and_new_records_wait_behind_it() {
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_batch_is_resent_unchanged_after_its_backoff_and_new_records_wait_behind_it() {
         let mut lane = Lane::default();
         lane.push(10, "a");
         lane.push(11, "b");
         let first = lane.take().unwrap();
         assert!(lane.take().is_none(), "one batch in flight");
         lane.push(12, "c");
-        lane.failed(Duration::from_secs(1));
+        let wait = lane.failed(Duration::from_secs(1));
         assert_eq!(lane.lowest_unapplied(), Some(10));
+        assert!(lane.take().is_none(), "no resend before the backoff");
+        tokio::time::advance(wait).await;
         let retry = lane.take().unwrap();
         assert!(Arc::ptr_eq(&first, &retry));
         lane.succeeded();
@@ -124,6 +136,15 @@ mod tests {
         assert_eq!(*lane.take().unwrap(), vec!["c"]);
         lane.succeeded();
         assert_eq!(lane.lowest_unapplied(), None);
+    }
+
+    #[test]
+    fn pending_records_below_the_in_flight_batch_count_as_unapplied() {
+        let mut lane = Lane::default();
+        lane.push(25, "dead letter");
+        lane.take().unwrap();
+        lane.push(10, "board touched by offset 10");
+        assert_eq!(lane.lowest_unapplied(), Some(10));
     }
 
     #[test]
@@ -137,17 +158,19 @@ mod tests {
         assert_eq!(w.advance([None, None]), Some(20));
     }
 
-    #[test]
-    fn backoff_grows_and_is_capped() {
+    #[tokio::test(start_paused = true)]
+    async fn backoff_grows_and_is_capped() {
         let mut lane: Lane<()> = Lane::default();
         lane.push(0, ());
         lane.take();
         let a = lane.failed(Duration::from_secs(5));
+        tokio::time::advance(a).await;
         lane.take();
         let b = lane.failed(Duration::from_secs(5));
         assert!(b > a);
         for _ in 0..20 {
-            lane.take();
+            tokio::time::advance(Duration::from_secs(5)).await;
+            assert!(lane.take().is_some());
             assert!(lane.failed(Duration::from_secs(5)) <= Duration::from_secs(5));
         }
     }

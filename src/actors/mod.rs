@@ -380,7 +380,10 @@ impl RoleConsumerHandle {
         for a in self.addrs() {
             a.do_send(source::StopPartition);
         }
+        // Leave the group now rather than when the last handle is dropped, which may be after
+        // the process has exited: the partitions move to the other members at once instead of
+        // after the session timeout.
+        self.consumer.unsubscribe();
         self.arbiter.stop();
-        // Dropping the last handle closes the consumer, which leaves the group.
     }
 }

@@ -68,8 +68,18 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            // librdkafka keeps a partition paused across revoke and re-assign (librdkafka
+            // #1849); a paused partition delivers nothing, so no new source would ever be
+            // created to resume it. Everything we give up leaves unpaused.
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::warn!(error = %e, "resuming revoked partitions failed");
+            }
+            for e in tpl.elements() {
+                let label = [self.service, &e.partition().to_string()];
+                self.metrics.consumer_paused.with_label_values(&label).set(0);
+            }
             let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
             revoked.extend(tpl.elements().iter().map(|e| e.partition()));
         }

@@ -3,6 +3,7 @@
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::IngestRequest;
+use crate::kafka::ProduceError;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
@@ -23,14 +24,16 @@ pub async fn ingest_event(
     let event = IngestRequest::parse(&body, &state.limits, chrono::Utc::now())?;
     tracing::Span::current().record("event_id", tracing::field::display(event.event_id));
 
-    state
-        .producer
-        .send(&event)
-        .await
-        .map_err(|e| ApiError::KafkaUnavailable {
+    state.producer.send(&event).await.map_err(|e| match e {
+        // Retrying can't help an event the broker will never take: tell the client so.
+        ProduceError::TooLarge => ApiError::PayloadTooLarge {
+            limit: state.max_body_bytes,
+        },
+        e => ApiError::KafkaUnavailable {
             reason: e.to_string(),
             event_id: event.event_id,
-        })?;
+        },
+    })?;
     Ok(HttpResponse::Ok().json(json!({"status": "success", "event_id": event.event_id})))
 }
 

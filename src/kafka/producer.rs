@@ -18,14 +18,16 @@ pub struct Delivery {
     pub offset: i64,
 }
 
-/// Why a produce did not succeed. Every variant is the broker's trouble, not the client's: the
-/// HTTP layer answers all of them with 503 and `Retry-After`.
+/// Why a produce did not succeed. All but `TooLarge` are the broker's trouble, not the client's:
+/// the HTTP layer answers them with 503 and `Retry-After`; `TooLarge` is a 413.
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
     #[error("Kafka did not acknowledge the event within {0:?}")]
     Timeout(Duration),
     #[error("the producer queue is full; Kafka is not keeping up")]
     QueueFull,
+    #[error("the event is larger than the broker accepts")]
+    TooLarge,
     #[error("Kafka refused the event: {0}")]
     Kafka(#[source] KafkaError),
 }
@@ -36,6 +38,7 @@ impl ProduceError {
         match self {
             ProduceError::Timeout(_) => "timeout",
             ProduceError::QueueFull => "queue_full",
+            ProduceError::TooLarge => "too_large",
             ProduceError::Kafka(_) => "kafka",
         }
     }
@@ -166,6 +169,7 @@ fn classify(err: KafkaError, timeout: Duration) -> ProduceError {
     match err.rdkafka_error_code() {
         Some(RDKafkaErrorCode::MessageTimedOut) => ProduceError::Timeout(timeout),
         Some(RDKafkaErrorCode::QueueFull) => ProduceError::QueueFull,
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => ProduceError::TooLarge,
         _ => ProduceError::Kafka(err),
     }
 }

@@ -2,8 +2,9 @@
 //! `Supervisor`: a sink that stops (after repeated failures) is restarted with fresh state,
 //! and the role actor that was waiting re-sends its batch.
 //!
-//! Every write is idempotent: it carries the Kafka offsets of its records and applies, in one
-//! transaction or one Lua script, only the records at or above the offset stored beside the data.
+//! Every write is idempotent: the event, stats and score writes carry the Kafka offsets of their
+//! records and apply, in one transaction or one Lua script, only the records at or above the
+//! offset stored beside the data; the top-N write is a snapshot of Redis, harmless to repeat.
 
 pub mod postgres;
 pub mod redis;
@@ -25,7 +26,14 @@ pub enum SinkError {
     Redis(String),
     #[error("sink unavailable: {0}")]
     Mailbox(#[from] actix::MailboxError),
+    #[error("{store} write took longer than {WRITE_TIMEOUT:?}")]
+    Timeout { store: &'static str },
 }
+
+/// The longest one sink write may take before it counts as failed and is retried. Without it a
+/// half-open connection during an outage would hold a partition's lane forever; the offset
+/// guards make a write that still lands afterwards harmless.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a sink waits for a pooled connection before reporting a transient failure.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,6 +56,12 @@ where
     A: Tracked,
     T: 'static,
 {
+    let write = async move {
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(res) => res,
+            Err(_) => Err(SinkError::Timeout { store: A::STORE }),
+        }
+    };
     Box::pin(write.into_actor(sink).map(|res, sink, ctx| {
         match &res {
             Ok(_) => *sink.failures() = 0,
