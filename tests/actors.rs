@@ -142,8 +142,7 @@ impl Handler<ReadTop> for FakeSinks {
 impl Handler<WriteBoards> for FakeSinks {
     type Result = Result<(), SinkError>;
     fn handle(&mut self, m: WriteBoards, _: &mut Context<Self>) -> Self::Result {
-        self.boards
-            .push(m.boards.iter().map(|b| b.game_id.clone()).collect());
+        self.boards.push(m.game_ids.clone());
         Ok(())
     }
 }

@@ -170,19 +170,11 @@ impl Leaderboard {
         let started = Instant::now();
         let size = work.len();
         let write = async move {
-            let boards = if games.is_empty() {
-                Vec::new()
-            } else {
-                redis
-                    .send(ReadTop {
-                        game_ids: games.into_iter().collect(),
-                        n,
-                    })
-                    .await??
-            };
             pg.send(WriteBoards {
                 position,
-                boards,
+                game_ids: games.into_iter().collect(),
+                n,
+                reader: redis,
                 dlq,
             })
             .await?

@@ -9,6 +9,7 @@ use diesel_async::RunQueryDsl;
 use gamemetrics::actors::Role;
 use gamemetrics::config::Config;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(QueryableByName, Debug)]
@@ -283,4 +284,70 @@ async fn a_stalled_sink_pauses_the_partition_and_it_resumes_after() {
     for c in consumers {
         c.shutdown(Duration::from_secs(10)).await;
     }
+}
+
+#[actix_web::test]
+async fn the_current_daily_board_follows_event_days_but_not_past_the_server_clock() {
+    use actix::Actor;
+    use gamemetrics::actors::messages::Position;
+    use gamemetrics::actors::sinks::redis::{ApplyScores, RedisSink, ScoreDelta};
+    use redis::AsyncCommands;
+    let config = test_config();
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let sink = RedisSink::new(
+        gamemetrics::db::redis_pool(&config.redis, 0).unwrap(),
+        gamemetrics::db::redis_pool(&config.redis, 1).unwrap(),
+        &prefix,
+    )
+    .start();
+    let far = chrono::Utc::now().timestamp() + 86_400;
+    let delta = |offset: i64, player: &str, day: &str| ScoreDelta {
+        offset,
+        game_id: "g".into(),
+        player_id: player.into(),
+        score: 10,
+        day: day.into(),
+        day_expires_at: far,
+        week: "2024-W03".into(),
+        week_expires_at: far,
+    };
+    let position = Position {
+        service: "leaderboard-manager",
+        topic: "t".into(),
+        partition: 0,
+    };
+    let mut r = redis_conn(&config, 1).await;
+    let current = format!("{prefix}leaderboard:g:daily");
+    let apply = |d: ScoreDelta| {
+        sink.send(ApplyScores {
+            position: position.clone(),
+            deltas: Arc::new(vec![d]),
+        })
+    };
+
+    apply(delta(0, "a", "2024-01-15")).await.unwrap().unwrap();
+    // Ahead of the server's clock (a client clock running fast): counted on its own dated board
+    // but it must not end the current day.
+    apply(delta(1, "early", "2999-01-01")).await.unwrap().unwrap();
+    let got: Vec<(String, i64)> = r.zrevrange_withscores(&current, 0, -1).await.unwrap();
+    assert_eq!(got, [("a".to_owned(), 10)]);
+    let future: Vec<(String, i64)> = r
+        .zrevrange_withscores(format!("{current}:2999-01-01"), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(future, [("early".to_owned(), 10)]);
+    // A newer day that has begun: the current board starts over with that day's scores.
+    apply(delta(2, "b", "2024-01-16")).await.unwrap().unwrap();
+    apply(delta(3, "a", "2024-01-15")).await.unwrap().unwrap(); // late, for the previous day
+    let got: Vec<(String, i64)> = r.zrevrange_withscores(&current, 0, -1).await.unwrap();
+    assert_eq!(got, [("b".to_owned(), 10)]);
+    let day15: Vec<(String, i64)> = r
+        .zrevrange_withscores(format!("{current}:2024-01-15"), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(day15, [("a".to_owned(), 20)]);
+    // Redelivery of the same offsets changes nothing.
+    apply(delta(2, "b", "2024-01-16")).await.unwrap().unwrap();
+    let got: Vec<(String, i64)> = r.zrevrange_withscores(&current, 0, -1).await.unwrap();
+    assert_eq!(got, [("b".to_owned(), 10)]);
 }

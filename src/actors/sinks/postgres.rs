@@ -1,5 +1,6 @@
 //! `PgSink`: batched, idempotent writes to PostgreSQL.
 
+use super::redis::{ReadTop, PERIODS};
 use super::{tracked, SinkError, Tracked};
 use crate::actors::messages::{DlqEntry, Payload, Position, Record};
 use crate::db::PgPool;
@@ -80,12 +81,17 @@ pub struct BoardTop {
     pub entries: Vec<(String, i64)>,
 }
 
-/// Leaderboard manager: replace the stored top N of some boards, and write dead letters.
+/// Leaderboard manager: replace the stored top N of every period of some games with what Redis
+/// holds, and write dead letters.
 #[derive(Message)]
 #[rtype(result = "Result<(), SinkError>")]
 pub struct WriteBoards {
     pub position: Position,
-    pub boards: Vec<BoardTop>,
+    pub game_ids: Vec<String>,
+    pub n: usize,
+    /// Where the snapshot is read from, inside the transaction, after the boards are locked:
+    /// two writers of one board then always write in the order they read.
+    pub reader: Recipient<ReadTop>,
     pub dlq: Vec<DlqEntry>,
 }
 
@@ -317,22 +323,59 @@ impl Handler<WriteBoards> for PgSink {
             let mut conn = pool.get().await.map_err(pg_err)?;
             let WriteBoards {
                 position,
-                boards,
+                game_ids,
+                n,
+                reader,
                 dlq,
             } = msg;
-            conn.transaction(async |conn| {
-                write_boards(conn, &boards).await?;
-                insert_dlq(conn, &position, &dlq.iter().collect::<Vec<_>>()).await
+            conn.transaction::<_, SinkError, _>(async |conn| {
+                if !game_ids.is_empty() {
+                    lock_boards(conn, &game_ids).await?;
+                    let boards = reader
+                        .send(ReadTop {
+                            game_ids: game_ids.clone(),
+                            n,
+                        })
+                        .await??;
+                    write_boards(conn, &boards).await?;
+                }
+                insert_dlq(conn, &position, &dlq.iter().collect::<Vec<_>>()).await?;
+                Ok(())
             })
             .await
-            .map_err(pg_err)
         })
     }
 }
 
-/// Makes the table hold exactly these top N for every board given, in three statements however
-/// many boards there are. The snapshots come from Redis, so writing one twice is harmless; the
-/// advisory locks, taken in a fixed order, keep two writers of one board from interleaving.
+impl From<diesel::result::Error> for SinkError {
+    fn from(e: diesel::result::Error) -> Self {
+        pg_err(e)
+    }
+}
+
+/// Takes the transaction-scoped advisory lock of every period's board of these games, in one
+/// fixed order so two writers can't deadlock.
+async fn lock_boards(conn: &mut AsyncPgConnection, game_ids: &[String]) -> diesel::QueryResult<()> {
+    let (mut games, mut periods) = (Vec::new(), Vec::new());
+    for g in game_ids {
+        for p in PERIODS {
+            games.push(g.as_str());
+            periods.push(p);
+        }
+    }
+    diesel::sql_query(
+        "SELECT pg_advisory_xact_lock(h) FROM \
+         (SELECT DISTINCT hashtext(g || '/' || p) AS h FROM unnest($1::text[], $2::text[]) AS t(g, p) ORDER BY h) AS s",
+    )
+    .bind::<Array<Text>, _>(&games)
+    .bind::<Array<Text>, _>(&periods)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Makes the table hold exactly these top N for every board given, in two statements however
+/// many boards there are. Callers hold the boards' advisory locks (`lock_boards`).
 async fn write_boards(conn: &mut AsyncPgConnection, boards: &[BoardTop]) -> diesel::QueryResult<()> {
     if boards.is_empty() {
         return Ok(());
@@ -350,14 +393,6 @@ async fn write_boards(conn: &mut AsyncPgConnection, boards: &[BoardTop]) -> dies
             scores.push(*score);
         }
     }
-    diesel::sql_query(
-        "SELECT pg_advisory_xact_lock(h) FROM \
-         (SELECT DISTINCT hashtext(g || '/' || p) AS h FROM unnest($1::text[], $2::text[]) AS t(g, p) ORDER BY h) AS s",
-    )
-    .bind::<Array<Text>, _>(&board_games)
-    .bind::<Array<Text>, _>(&board_periods)
-    .execute(conn)
-    .await?;
     diesel::sql_query(
         "DELETE FROM leaderboards l \
          WHERE (l.game_id, l.period) IN (SELECT g, p FROM unnest($1::varchar[], $2::varchar[]) AS b(g, p)) \

@@ -165,7 +165,9 @@ impl Handler<ApplyScores> for RedisSink {
 
     fn handle(&mut self, msg: ApplyScores, _: &mut Context<Self>) -> Self::Result {
         let (pool, script) = (self.boards.clone(), self.scores_script.clone());
+        let (today, _, this_week, _) = crate::actors::leaderboard::periods_of(chrono::Utc::now(), 0);
         self.apply_guarded(pool, script, &msg.position, move |inv| {
+            inv.arg(today).arg(this_week);
             for d in msg.deltas.iter() {
                 inv.arg(d.offset)
                     .arg(&d.game_id)
@@ -240,14 +242,19 @@ if nxt > applied then redis.call('SET', KEYS[1], nxt) end
 return n
 "#;
 
-/// ARGV: prefix, then per event: offset, game, player, score, day, week, day expiry, week expiry.
-/// The dated boards (`…:daily:2024-01-15`) keep past periods until their retention ends;
-/// `…:daily` is the newest day's board, started afresh when an event of a newer day arrives.
+/// ARGV: prefix, the server's current day and ISO week, then per event: offset, game, player,
+/// score, day, week, day expiry, week expiry. The dated boards (`…:daily:2024-01-15`) keep past
+/// periods until their retention ends; `…:daily` is the board of the newest day seen that is not
+/// ahead of the server's clock (a client clock running fast must not end today early). When it
+/// moves to a newer day it starts as that day's dated board, which already holds this event and
+/// any that arrived early; a dated board already past retention is gone, so then it starts with
+/// this event alone.
 const SCORES_LUA: &str = r#"
 local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
 local prefix = ARGV[1]
+local server = { daily = ARGV[2], weekly = ARGV[3] }
 local nxt, n = applied, 0
-for i = 2, #ARGV, 8 do
+for i = 4, #ARGV, 8 do
   local off = tonumber(ARGV[i])
   if off >= applied then
     local base = prefix .. 'leaderboard:' .. ARGV[i + 1]
@@ -261,11 +268,14 @@ for i = 2, #ARGV, 8 do
       redis.call('EXPIREAT', dated, expires)
       local marker = current .. ':current'
       local cur = redis.call('GET', marker)
-      if (not cur) or stamp > cur then
-        -- The first event of a newer period: the current board starts over with it alone.
+      if stamp <= server[p[1]] and ((not cur) or stamp > cur) then
         redis.call('SET', marker, stamp)
-        redis.call('DEL', current)
-        redis.call('ZINCRBY', current, score, player)
+        if redis.call('EXISTS', dated) == 1 then
+          redis.call('ZUNIONSTORE', current, 1, dated)
+        else
+          redis.call('DEL', current)
+          redis.call('ZINCRBY', current, score, player)
+        end
       elseif stamp == cur then
         redis.call('ZINCRBY', current, score, player)
       end
