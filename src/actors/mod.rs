@@ -1,16 +1,17 @@
 //! The consumer tier as an actix actor tree.
 //!
 //! ```text
-//!   poll loop (one StreamConsumer per role, consumer group per role)
+//!   poll loop (one StreamConsumer per role, consumer group per role, on the role's own arbiter)
 //!     └─ PartitionSource  (one per assigned partition; parses, stores offsets, pauses)
 //!          └─ Logger | StatsBuffer | Leaderboard   (batching state lives here)
 //!               ├─ PgSink     (supervised; PostgreSQL through a diesel-async bb8 pool)
 //!               └─ RedisSink  (supervised; Redis DB 0 stats, DB 1 leaderboards, bb8-redis)
 //! ```
 //!
-//! Exactly-once effects from at-least-once delivery: every sink write carries its records'
-//! offsets and, in the same PostgreSQL transaction or Redis Lua script, skips those below the
-//! partition's stored offset and moves that offset forward. A role actor reports a record as
+//! Exactly-once effects from at-least-once delivery: every event, stats and score write carries
+//! its records' offsets and, in the same PostgreSQL transaction or Redis Lua script, skips those
+//! below the partition's stored offset and moves that offset forward (the top-N write is a
+//! snapshot of Redis and needs no guard). A role actor reports a record as
 //! applied only when every effect of it is durable; only then is its offset stored for commit.
 //! A crash at any moment therefore re-delivers records whose effects are either all there
 //! (skipped) or not there at all (applied once).
