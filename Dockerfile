@@ -1,0 +1,26 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build of the gamemetrics binary into a small non-root runtime image.
+
+FROM rust:1.89-slim-bookworm AS build
+# librdkafka is built from source by rdkafka-sys (C toolchain, make); OpenSSL for TLS/SASL.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential pkg-config libssl-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY migrations ./migrations
+COPY benches ./benches
+RUN cargo build --release --locked --bin gamemetrics \
+ && strip target/release/gamemetrics
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gamemetrics
+COPY --from=build /src/target/release/gamemetrics /usr/local/bin/gamemetrics
+USER 10001:10001
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/gamemetrics"]
+CMD ["serve"]
