@@ -52,10 +52,12 @@ if topic:
     need(s["partitions"] == 3 and s["replicas"] == 3, "topic 3 partitions, 3 replicas")
     need(s["config"].get("retention.ms") == 7 * 24 * 3600 * 1000, "topic retention 7 days")
     need(s["config"].get("min.insync.replicas") == 2, "topic min.insync.replicas 2")
+# Consumer groups a user may Read (join): exactly the seed's three, one per consumer user.
 groups = {
     acl["resource"]["name"]
     for u in docs if u["kind"] == "KafkaUser"
-    for acl in u["spec"]["authorization"]["acls"] if acl["resource"]["type"] == "group"
+    for acl in u["spec"]["authorization"]["acls"]
+    if acl["resource"]["type"] == "group" and "Read" in acl["operations"]
 }
 need(groups == {"event-logger-group", "stats-aggregator-group", "leaderboard-manager-group"}, f"consumer groups in ACLs: {groups}")
 
