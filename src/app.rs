@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::domain::EventLimits;
-use crate::http::{self, rate_limit::RateLimiter, AppState};
+use crate::http::{self, query::QueryState, rate_limit::RateLimiter, AppState};
 use crate::kafka::EventProducer;
 use crate::metrics::Metrics;
 use actix_web::dev::{Server, ServerHandle};
@@ -36,10 +36,19 @@ impl Application {
             metrics: metrics.clone(),
         });
         let metrics = web::Data::new(metrics);
+        // Pools connect lazily: an ingestion-only deployment never opens a connection.
+        let redis_pool = |db| crate::db::redis_pool(&config.redis, db).map_err(std::io::Error::other);
+        let queries = web::Data::new(QueryState {
+            pg: crate::db::pg_pool(&config.database),
+            stats: redis_pool(0)?,
+            boards: redis_pool(1)?,
+            prefix: config.redis.redis_key_prefix.clone(),
+        });
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(metrics.clone())
+                .app_data(queries.clone())
                 .wrap(from_fn(http::observe))
                 .configure(http::routes)
                 .default_service(web::to(http::not_found))

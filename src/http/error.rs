@@ -28,8 +28,12 @@ pub enum ApiError {
     KafkaUnavailable { reason: String, event_id: Uuid },
     #[error("Kafka is not reachable: {0}")]
     NotReady(String),
-    #[error("no route for {0}")]
+    #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    BadQuery(String),
+    #[error("a store is unavailable ({0}); retry shortly")]
+    StoreUnavailable(String),
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
 }
@@ -45,6 +49,8 @@ impl ApiError {
             ApiError::KafkaUnavailable { .. } => "kafka_unavailable",
             ApiError::NotReady(_) => "not_ready",
             ApiError::NotFound(_) => "not_found",
+            ApiError::BadQuery(_) => "invalid_query",
+            ApiError::StoreUnavailable(_) => "store_unavailable",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
         }
     }
@@ -55,11 +61,13 @@ impl ResponseError for ApiError {
         match self {
             // An oversized `data` object is a size problem too, whatever layer found it.
             ApiError::Validation(v) if v.code == "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Validation(_) | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::Validation(_) | ApiError::BadBody(_) | ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::KafkaUnavailable { .. } | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::KafkaUnavailable { .. } | ApiError::NotReady(_) | ApiError::StoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -78,7 +86,7 @@ impl ResponseError for ApiError {
             ApiError::RateLimited { retry_after } => {
                 res.insert_header((header::RETRY_AFTER, retry_after.as_secs().max(1).to_string()));
             }
-            ApiError::KafkaUnavailable { .. } | ApiError::NotReady(_) => {
+            ApiError::KafkaUnavailable { .. } | ApiError::NotReady(_) | ApiError::StoreUnavailable(_) => {
                 res.insert_header((header::RETRY_AFTER, "1"));
             }
             _ => {}

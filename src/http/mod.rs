@@ -7,10 +7,14 @@
 //! | `GET /healthz`           | [`health::healthz`]   |
 //! | `GET /readyz`            | [`health::readyz`]    |
 //! | `GET /metrics`           | [`health::metrics`]   |
+//! | `GET /player/{id}/stats` | [`query::player_stats`] |
+//! | `GET /games/{id}/leaderboard` | [`query::leaderboard`] |
+//! | `GET /events/{id}`       | [`query::event`]      |
 
 pub mod error;
 pub mod health;
 pub mod ingest;
+pub mod query;
 pub mod rate_limit;
 
 use crate::domain::EventLimits;
@@ -43,7 +47,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
-    .route("/metrics", web::get().to(health::metrics));
+    .route("/metrics", web::get().to(health::metrics))
+    .route("/player/{player_id}/stats", web::get().to(query::player_stats))
+    .route("/games/{game_id}/leaderboard", web::get().to(query::leaderboard))
+    .route("/events/{event_id}", web::get().to(query::event));
 }
 
 /// The routes of a consumer process: liveness (also used as readiness) and metrics.
@@ -55,7 +62,11 @@ pub fn probe_routes(cfg: &mut web::ServiceConfig) {
 
 /// Anything no route matched: a JSON 404 rather than actix's empty body.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!("{} {}", req.method(), req.path())))
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -9,4 +9,5 @@ mod ingest;
 mod migrations;
 mod model;
 mod ops;
+mod queries;
 mod shutdown;

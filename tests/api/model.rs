@@ -23,13 +23,13 @@ const OTHER: [&str; 2] = ["player_level_up", "session_start"];
 /// What PostgreSQL and Redis must hold after a set of events, computed without gamemetrics.
 #[derive(Default)]
 pub struct Model {
-    event_ids: Vec<String>,
+    pub event_ids: Vec<String>,
     /// player -> (total, type -> count, newest timestamp)
-    stats: BTreeMap<String, (i64, BTreeMap<String, i64>, String)>,
+    pub stats: BTreeMap<String, (i64, BTreeMap<String, i64>, String)>,
     /// (game, board) -> player -> score; board is "alltime", "daily:<day>", "weekly:<week>"
-    boards: BTreeMap<(String, String), BTreeMap<String, i64>>,
-    newest_day: HashMap<String, String>,
-    newest_week: HashMap<String, String>,
+    pub boards: BTreeMap<(String, String), BTreeMap<String, i64>>,
+    pub newest_day: HashMap<String, String>,
+    pub newest_week: HashMap<String, String>,
 }
 
 impl Model {
@@ -85,7 +85,7 @@ impl Model {
     }
 
     /// A board in Redis's ZREVRANGE order: score descending, ties by player id descending.
-    fn ranked(&self, game: &str, board: &str) -> Vec<(String, i64)> {
+    pub fn ranked(&self, game: &str, board: &str) -> Vec<(String, i64)> {
         let mut v: Vec<(String, i64)> = self
             .boards
             .get(&(game.to_owned(), board.to_owned()))
@@ -98,7 +98,7 @@ impl Model {
     }
 
     /// The current board behind `leaderboard:{game}:{period}`.
-    fn current(&self, game: &str, period: &str) -> Vec<(String, i64)> {
+    pub fn current(&self, game: &str, period: &str) -> Vec<(String, i64)> {
         match period {
             "daily" => self.ranked(game, &format!("daily:{}", self.newest_day[game])),
             "weekly" => self.ranked(game, &format!("weekly:{}", self.newest_week[game])),

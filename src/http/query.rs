@@ -1,0 +1,208 @@
+//! Read endpoints: player stats and leaderboards from Redis (PostgreSQL when Redis lacks them),
+//! single events from PostgreSQL.
+
+use super::error::ApiError;
+use crate::actors::sinks::redis::board_key;
+use crate::db::{PgPool, RedisPool};
+use crate::domain::{GameId, PlayerId};
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Integer, Jsonb, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+/// The stores the read endpoints use.
+pub struct QueryState {
+    pub pg: PgPool,
+    pub stats: RedisPool,
+    pub boards: RedisPool,
+    pub prefix: String,
+}
+
+fn unavailable(store: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::StoreUnavailable(format!("{store}: {e}"))
+}
+
+/// `GET /player/{player_id}/stats`: live counts from Redis DB 0, or the last flushed row of
+/// `player_statistics` (`"source": "postgres"`) when Redis has nothing for the player.
+pub async fn player_stats(
+    path: web::Path<String>,
+    q: web::Data<QueryState>,
+) -> Result<HttpResponse, ApiError> {
+    let player = PlayerId::parse(path.into_inner())?;
+    let mut conn = q.stats.get().await.map_err(|e| unavailable("Redis", e))?;
+    let key = format!("{}player_stats:{}", q.prefix, player);
+    let hash: HashMap<String, String> = redis::AsyncCommands::hgetall(&mut *conn, &key)
+        .await
+        .map_err(|e| unavailable("Redis", e))?;
+    if !hash.is_empty() {
+        let mut breakdown = Map::new();
+        for (field, value) in &hash {
+            if let Some(ty) = field.strip_prefix("event_") {
+                breakdown.insert(ty.to_owned(), json!(value.parse::<i64>().unwrap_or(0)));
+            }
+        }
+        return Ok(HttpResponse::Ok().json(json!({
+            "player_id": player,
+            "total_events": hash.get("total_events").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0),
+            "last_event": hash.get("last_event"),
+            "event_breakdown": breakdown,
+            "source": "redis",
+        })));
+    }
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Integer)]
+        total_events: i32,
+        #[diesel(sql_type = Jsonb)]
+        event_breakdown: Value,
+        #[diesel(sql_type = Timestamptz)]
+        updated_at: DateTime<Utc>,
+    }
+    let mut pg = q.pg.get().await.map_err(|e| unavailable("PostgreSQL", e))?;
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT total_events, event_breakdown, updated_at FROM player_statistics WHERE player_id = $1",
+    )
+    .bind::<Text, _>(player.as_str())
+    .load(&mut pg)
+    .await
+    .map_err(|e| unavailable("PostgreSQL", e))?;
+    let Some(row) = rows.into_iter().next() else {
+        return Err(ApiError::NotFound(format!("no stats for player {player}")));
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "player_id": player,
+        "total_events": row.total_events,
+        // player_statistics keeps counts, not the newest event time; this is when they were flushed.
+        "last_event": null,
+        "updated_at": row.updated_at,
+        "event_breakdown": row.event_breakdown,
+        "source": "postgres",
+    })))
+}
+
+/// `GET /games/{game_id}/leaderboard?period=daily|weekly|alltime&limit=&offset=&date=&week=`
+pub async fn leaderboard(
+    req: HttpRequest,
+    path: web::Path<String>,
+    q: web::Data<QueryState>,
+) -> Result<HttpResponse, ApiError> {
+    let game = GameId::parse(path.into_inner())?;
+    let params = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadQuery(format!("query string: {e}")))?
+        .into_inner();
+    let period = params.get("period").map(String::as_str).unwrap_or("alltime");
+    let board = match (period, params.get("date"), params.get("week")) {
+        ("alltime", None, None) | ("daily", None, None) | ("weekly", None, None) => period.to_owned(),
+        ("daily", Some(d), None) => {
+            chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                .map_err(|_| ApiError::BadQuery(format!("date must be YYYY-MM-DD, got {d}")))?;
+            format!("daily:{d}")
+        }
+        ("weekly", None, Some(w)) => {
+            let ok = w.len() == 8 && w.as_bytes()[4] == b'-' && w.as_bytes()[5] == b'W';
+            if !ok {
+                return Err(ApiError::BadQuery(format!("week must be YYYY-Www, got {w}")));
+            }
+            format!("weekly:{w}")
+        }
+        ("daily" | "weekly" | "alltime", _, _) => {
+            return Err(ApiError::BadQuery(
+                "date goes with period=daily, week with period=weekly".into(),
+            ))
+        }
+        (other, _, _) => {
+            return Err(ApiError::BadQuery(format!(
+                "period must be daily, weekly or alltime, got {other}"
+            )))
+        }
+    };
+    let number = |name: &str, default: usize, max: usize| -> Result<usize, ApiError> {
+        match params.get(name) {
+            None => Ok(default),
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if n <= max => Ok(n),
+                _ => Err(ApiError::BadQuery(format!(
+                    "{name} must be an integer from 0 to {max}, got {v}"
+                ))),
+            },
+        }
+    };
+    let limit = number("limit", 10, 1000)?;
+    if limit == 0 {
+        return Err(ApiError::BadQuery("limit must be from 1 to 1000".into()));
+    }
+    let offset = number("offset", 0, 1_000_000)?;
+    let mut conn = q.boards.get().await.map_err(|e| unavailable("Redis", e))?;
+    let start = isize::try_from(offset).unwrap_or(isize::MAX);
+    let stop = start.saturating_add(isize::try_from(limit).unwrap_or(1000) - 1);
+    let entries: Vec<(String, f64)> = redis::AsyncCommands::zrevrange_withscores(
+        &mut *conn,
+        board_key(&q.prefix, game.as_str(), &board),
+        start,
+        stop,
+    )
+    .await
+    .map_err(|e| unavailable("Redis", e))?;
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, (player, score))| json!({"rank": offset + i + 1, "player_id": player, "score": score as i64}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "game_id": game,
+        "period": period,
+        "board": board,
+        "offset": offset,
+        "limit": limit,
+        "entries": entries,
+    })))
+}
+
+/// `GET /events/{event_id}`: the stored row.
+pub async fn event(path: web::Path<String>, q: web::Data<QueryState>) -> Result<HttpResponse, ApiError> {
+    let raw = path.into_inner();
+    let id = uuid::Uuid::parse_str(&raw)
+        .map_err(|e| ApiError::BadQuery(format!("event_id must be a UUID: {e}")))?;
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        event_type: String,
+        #[diesel(sql_type = Text)]
+        player_id: String,
+        #[diesel(sql_type = Text)]
+        game_id: String,
+        #[diesel(sql_type = Timestamptz)]
+        event_timestamp: DateTime<Utc>,
+        #[diesel(sql_type = Timestamptz)]
+        ingested_at: DateTime<Utc>,
+        #[diesel(sql_type = Timestamptz)]
+        created_at: DateTime<Utc>,
+        #[diesel(sql_type = Jsonb)]
+        data: Value,
+    }
+    let mut pg = q.pg.get().await.map_err(|e| unavailable("PostgreSQL", e))?;
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT event_type::text, player_id::text, game_id::text, event_timestamp, ingested_at, created_at, data \
+         FROM events WHERE event_id = $1",
+    )
+    .bind::<SqlUuid, _>(id)
+    .load(&mut pg)
+    .await
+    .map_err(|e| unavailable("PostgreSQL", e))?;
+    let Some(r) = rows.into_iter().next() else {
+        return Err(ApiError::NotFound(format!("no event {id}")));
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "event_id": id,
+        "event_type": r.event_type,
+        "player_id": r.player_id,
+        "game_id": r.game_id,
+        "timestamp": r.event_timestamp,
+        "ingested_at": r.ingested_at,
+        "created_at": r.created_at,
+        "data": r.data,
+    })))
+}

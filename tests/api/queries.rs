@@ -1,0 +1,144 @@
+//! The read API on the real stack: after events flow through the consumers, what the endpoints
+//! answer equals what the independently computed model says.
+
+use crate::helpers::*;
+use crate::model::*;
+use gamemetrics::actors::Role;
+use redis::AsyncCommands;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
+    let res = app.get(path).await;
+    let status = res.status().as_u16();
+    (status, res.json().await.expect("JSON body"))
+}
+
+#[actix_web::test]
+async fn stats_leaderboards_and_events_read_back_what_the_model_says() {
+    let p = spawn_pipeline(&Role::ALL, |c| c.consumer.leaderboard_retention_days = 36_500).await;
+    let (app, config) = (&p.app, p.app.config.clone());
+    let mut model = Model::default();
+    for ev in events(120, 11) {
+        let body: Value = app.post_event(&ev).await.json().await.unwrap();
+        model.add(&ev, body["event_id"].as_str().unwrap());
+    }
+    assert_state(&config, &model).await;
+
+    for (player, (total, breakdown, last)) in &model.stats {
+        let (status, body) = get_json(app, &format!("/player/{player}/stats")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["source"], "redis");
+        assert_eq!(body["total_events"], *total);
+        assert_eq!(body["last_event"], last.as_str());
+        assert_eq!(body["event_breakdown"], json!(breakdown));
+    }
+
+    for game in model.newest_day.keys() {
+        let want = model.ranked(game, "alltime");
+        let (status, body) =
+            get_json(app, &format!("/games/{game}/leaderboard?period=alltime&limit=3")).await;
+        assert_eq!(status, 200);
+        let got: Vec<(u64, String, i64)> = body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["rank"].as_u64().unwrap(),
+                    e["player_id"].as_str().unwrap().to_owned(),
+                    e["score"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        let expected: Vec<(u64, String, i64)> = want
+            .iter()
+            .take(3)
+            .enumerate()
+            .map(|(i, (p, s))| (i as u64 + 1, p.clone(), *s))
+            .collect();
+        assert_eq!(got, expected, "{game} alltime top 3");
+        let (_, page) = get_json(app, &format!("/games/{game}/leaderboard?limit=2&offset=2")).await;
+        let ranks: Vec<u64> = page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["rank"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            ranks,
+            [3, 4]
+                .into_iter()
+                .take(want.len().saturating_sub(2))
+                .collect::<Vec<_>>()
+        );
+        let (_, past) = get_json(
+            app,
+            &format!("/games/{game}/leaderboard?period=daily&date=2024-01-14&limit=1000"),
+        )
+        .await;
+        let past: Vec<(String, i64)> = past["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["player_id"].as_str().unwrap().to_owned(),
+                    e["score"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            past,
+            model.ranked(game, "daily:2024-01-14"),
+            "{game} on 2024-01-14"
+        );
+    }
+
+    let id = &model.event_ids[0];
+    let (status, body) = get_json(app, &format!("/events/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["event_id"], id.as_str());
+
+    // Redis lost a player's hash (flushed, restarted): the answer comes from PostgreSQL.
+    let (player, (total, breakdown, _)) = model.stats.iter().next().unwrap();
+    let mut r = redis_conn(&config, 0).await;
+    let _: () = r
+        .del(format!("{}player_stats:{player}", config.redis.redis_key_prefix))
+        .await
+        .unwrap();
+    let (status, body) = get_json(app, &format!("/player/{player}/stats")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["source"], "postgres");
+    assert_eq!(body["total_events"], *total);
+    assert_eq!(body["event_breakdown"], json!(breakdown));
+
+    for (path, status, code) in [
+        ("/events/not-a-uuid", 400, "invalid_query"),
+        ("/events/00000000-0000-4000-8000-000000000000", 404, "not_found"),
+        ("/player/nobody/stats", 404, "not_found"),
+        ("/games/g/leaderboard?period=monthly", 400, "invalid_query"),
+        ("/games/g/leaderboard?limit=0", 400, "invalid_query"),
+        ("/games/g/leaderboard?limit=5000", 400, "invalid_query"),
+        (
+            "/games/g/leaderboard?period=daily&date=15-01-2024",
+            400,
+            "invalid_query",
+        ),
+        (
+            "/games/g/leaderboard?period=alltime&week=2024-W03",
+            400,
+            "invalid_query",
+        ),
+    ] {
+        let (got, body) = get_json(app, path).await;
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {body}"
+        );
+    }
+    for c in p.consumers {
+        c.shutdown(Duration::from_secs(10)).await;
+    }
+}
