@@ -50,6 +50,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/metrics", web::get().to(health::metrics))
     .route("/player/{player_id}/stats", web::get().to(query::player_stats))
     .route("/games/{game_id}/leaderboard", web::get().to(query::leaderboard))
+    .route(
+        "/games/{game_id}/leaderboard/players/{player_id}",
+        web::get().to(query::player_rank),
+    )
     .route("/events/{event_id}", web::get().to(query::event));
 }
 

@@ -90,51 +90,10 @@ pub async fn leaderboard(
     q: web::Data<QueryState>,
 ) -> Result<HttpResponse, ApiError> {
     let game = GameId::parse(path.into_inner())?;
-    let params = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map_err(|e| ApiError::BadQuery(format!("query string: {e}")))?
-        .into_inner();
-    let period = params.get("period").map(String::as_str).unwrap_or("alltime");
-    let board = match (period, params.get("date"), params.get("week")) {
-        ("alltime", None, None) | ("daily", None, None) | ("weekly", None, None) => period.to_owned(),
-        ("daily", Some(d), None) => {
-            chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
-                .map_err(|_| ApiError::BadQuery(format!("date must be YYYY-MM-DD, got {d}")))?;
-            format!("daily:{d}")
-        }
-        ("weekly", None, Some(w)) => {
-            let ok = w.len() == 8 && w.as_bytes()[4] == b'-' && w.as_bytes()[5] == b'W';
-            if !ok {
-                return Err(ApiError::BadQuery(format!("week must be YYYY-Www, got {w}")));
-            }
-            format!("weekly:{w}")
-        }
-        ("daily" | "weekly" | "alltime", _, _) => {
-            return Err(ApiError::BadQuery(
-                "date goes with period=daily, week with period=weekly".into(),
-            ))
-        }
-        (other, _, _) => {
-            return Err(ApiError::BadQuery(format!(
-                "period must be daily, weekly or alltime, got {other}"
-            )))
-        }
-    };
-    let number = |name: &str, default: usize, max: usize| -> Result<usize, ApiError> {
-        match params.get(name) {
-            None => Ok(default),
-            Some(v) => match v.parse::<usize>() {
-                Ok(n) if n <= max => Ok(n),
-                _ => Err(ApiError::BadQuery(format!(
-                    "{name} must be an integer from 0 to {max}, got {v}"
-                ))),
-            },
-        }
-    };
-    let limit = number("limit", 10, 1000)?;
-    if limit == 0 {
-        return Err(ApiError::BadQuery("limit must be from 1 to 1000".into()));
-    }
-    let offset = number("offset", 0, 1_000_000)?;
+    let params = query_params(&req)?;
+    let (period, board) = board_of(&params)?;
+    let limit = number(&params, "limit", 10, 1, 1000)?;
+    let offset = number(&params, "offset", 0, 0, 1_000_000)?;
     let mut conn = q.boards.get().await.map_err(|e| unavailable("Redis", e))?;
     let start = isize::try_from(offset).unwrap_or(isize::MAX);
     let stop = start.saturating_add(isize::try_from(limit).unwrap_or(1000) - 1);
@@ -204,5 +163,119 @@ pub async fn event(path: web::Path<String>, q: web::Data<QueryState>) -> Result<
         "ingested_at": r.ingested_at,
         "created_at": r.created_at,
         "data": r.data,
+    })))
+}
+
+/// The board a leaderboard request names: `period` (default alltime) with `date` or `week` for a
+/// past daily or weekly board.
+fn board_of(params: &HashMap<String, String>) -> Result<(String, String), ApiError> {
+    let period = params.get("period").map(String::as_str).unwrap_or("alltime");
+    let board = match (period, params.get("date"), params.get("week")) {
+        ("alltime" | "daily" | "weekly", None, None) => period.to_owned(),
+        ("daily", Some(d), None) => {
+            chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                .map_err(|_| ApiError::BadQuery(format!("date must be YYYY-MM-DD, got {d}")))?;
+            format!("daily:{d}")
+        }
+        ("weekly", None, Some(w)) => {
+            let b = w.as_bytes();
+            let ok = b.len() == 8
+                && b[4] == b'-'
+                && b[5] == b'W'
+                && w[..4].parse::<u16>().is_ok()
+                && w[6..].parse::<u8>().is_ok();
+            if !ok {
+                return Err(ApiError::BadQuery(format!("week must be YYYY-Www, got {w}")));
+            }
+            format!("weekly:{w}")
+        }
+        ("daily" | "weekly" | "alltime", _, _) => {
+            return Err(ApiError::BadQuery(
+                "date goes with period=daily, week with period=weekly".into(),
+            ))
+        }
+        (other, _, _) => {
+            return Err(ApiError::BadQuery(format!(
+                "period must be daily, weekly or alltime, got {other}"
+            )))
+        }
+    };
+    Ok((period.to_owned(), board))
+}
+
+fn query_params(req: &HttpRequest) -> Result<HashMap<String, String>, ApiError> {
+    Ok(
+        web::Query::<HashMap<String, String>>::from_query(req.query_string())
+            .map_err(|e| ApiError::BadQuery(format!("query string: {e}")))?
+            .into_inner(),
+    )
+}
+
+fn number(
+    params: &HashMap<String, String>,
+    name: &str,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::BadQuery(format!(
+                "{name} must be an integer from {min} to {max}, got {v}"
+            ))),
+        },
+    }
+}
+
+/// `GET /games/{game_id}/leaderboard/players/{player_id}?period=…&around=N`: the player's rank
+/// and score, and the N players above and below.
+pub async fn player_rank(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    q: web::Data<QueryState>,
+) -> Result<HttpResponse, ApiError> {
+    let (game, player) = path.into_inner();
+    let (game, player) = (GameId::parse(game)?, PlayerId::parse(player)?);
+    let params = query_params(&req)?;
+    let (period, board) = board_of(&params)?;
+    let around = number(&params, "around", 5, 0, 100)?;
+    let key = board_key(&q.prefix, game.as_str(), &board);
+    let mut conn = q.boards.get().await.map_err(|e| unavailable("Redis", e))?;
+    let rank: Option<usize> = redis::AsyncCommands::zrevrank(&mut *conn, &key, player.as_str())
+        .await
+        .map_err(|e| unavailable("Redis", e))?;
+    let Some(rank) = rank else {
+        return Err(ApiError::NotFound(format!(
+            "player {player} is not on the {board} board of {game}"
+        )));
+    };
+    let start = rank.saturating_sub(around);
+    let entries: Vec<(String, f64)> = redis::AsyncCommands::zrevrange_withscores(
+        &mut *conn,
+        &key,
+        isize::try_from(start).unwrap_or(isize::MAX),
+        isize::try_from(rank + around).unwrap_or(isize::MAX),
+    )
+    .await
+    .map_err(|e| unavailable("Redis", e))?;
+    let score = entries
+        .iter()
+        .find(|(p, _)| p == player.as_str())
+        .map(|(_, s)| *s as i64);
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, (p, s))| json!({"rank": start + i + 1, "player_id": p, "score": s as i64}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "game_id": game,
+        "period": period,
+        "board": board,
+        "player_id": player,
+        "rank": rank + 1,
+        "score": score,
+        "entries": entries,
     })))
 }

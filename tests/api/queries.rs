@@ -93,6 +93,33 @@ async fn stats_leaderboards_and_events_read_back_what_the_model_says() {
             model.ranked(game, "daily:2024-01-14"),
             "{game} on 2024-01-14"
         );
+
+        if want.len() >= 4 {
+            let (player, score) = &want[2];
+            let (status, body) = get_json(
+                app,
+                &format!("/games/{game}/leaderboard/players/{player}?around=1"),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(
+                (body["rank"].as_u64(), body["score"].as_i64()),
+                (Some(3), Some(*score))
+            );
+            let around: Vec<(u64, String)> = body["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["rank"].as_u64().unwrap(),
+                        e["player_id"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            let expected: Vec<(u64, String)> = (1..4).map(|i| (i as u64 + 1, want[i].0.clone())).collect();
+            assert_eq!(around, expected, "{game}: the player and one above and below");
+        }
     }
 
     let id = &model.event_ids[0];
@@ -130,6 +157,8 @@ async fn stats_leaderboards_and_events_read_back_what_the_model_says() {
             400,
             "invalid_query",
         ),
+        ("/games/g/leaderboard/players/nobody", 404, "not_found"),
+        ("/games/g/leaderboard/players/p?around=500", 400, "invalid_query"),
     ] {
         let (got, body) = get_json(app, path).await;
         assert_eq!(
