@@ -33,6 +33,8 @@ impl Application {
                 ),
             },
             max_body_bytes: http.max_body_bytes,
+            batch_max_body_bytes: http.batch_max_body_bytes,
+            batch_max_events: http.batch_max_events,
             metrics: metrics.clone(),
         });
         let metrics = web::Data::new(metrics);

@@ -38,9 +38,17 @@ pub struct HttpConfig {
     #[arg(long, env = "HTTP_WORKERS", default_value_t = 0)]
     pub http_workers: usize,
 
-    /// Largest accepted request body, in bytes; larger bodies get 413.
+    /// Largest accepted request body (after gzip decompression), in bytes; larger bodies get 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Largest accepted batch body (after gzip decompression), in bytes; larger bodies get 413.
+    #[arg(long, env = "BATCH_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub batch_max_body_bytes: usize,
+
+    /// Most events accepted in one `POST /api/v1/events/batch`.
+    #[arg(long, env = "BATCH_MAX_EVENTS", default_value_t = 1000)]
+    pub batch_max_events: usize,
 
     /// Largest accepted `data` object of one event, serialized, in bytes; larger gets 413.
     #[arg(long, env = "MAX_DATA_BYTES", default_value_t = 16 * 1024)]

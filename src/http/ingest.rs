@@ -1,4 +1,6 @@
-//! `POST /api/v1/events`: validate one event, write it to Kafka, answer once it is durable.
+//! `POST /api/v1/events` and `/api/v1/events/batch`: validate, write to Kafka, answer once the
+//! events are durable. Bodies may be gzip-compressed (`Content-Encoding: gzip`); size limits
+//! apply to the decompressed body.
 
 use super::error::ApiError;
 use super::AppState;
@@ -56,8 +58,38 @@ fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
-/// Reads the body, refusing it as soon as it passes `limit` rather than buffering it whole.
-async fn read_body(
+/// Reads the body (inflating gzip), refusing it as soon as it passes `limit`.
+async fn read_body(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let raw = read_raw(req, payload, limit).await?;
+    let encoding = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    match encoding.map(|e| e.trim().to_ascii_lowercase()) {
+        None => Ok(raw.to_vec()),
+        Some(e) if e == "identity" => Ok(raw.to_vec()),
+        Some(e) if e == "gzip" => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            // One byte past the limit is enough to know it is too large, without inflating a
+            // bomb whole.
+            flate2::read::GzDecoder::new(&raw[..])
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| ApiError::BadBody(format!("gzip body could not be decompressed: {e}")))?;
+            if out.len() > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            Ok(out)
+        }
+        Some(other) => Err(ApiError::BadBody(format!(
+            "Content-Encoding {other} is not supported; use gzip"
+        ))),
+    }
+}
+
+/// Reads the raw body, refusing it as soon as it passes `limit` rather than buffering it whole.
+async fn read_raw(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
@@ -79,4 +111,70 @@ async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Accepts up to BATCH_MAX_EVENTS events in one JSON array. Each is validated on its own; the
+/// valid ones are written to Kafka together and the answer lists, in order, what became of each:
+/// `accepted` (durable, with its `event_id`), `rejected` (with the error, never retry as is) or
+/// `failed` (Kafka trouble: retry that item with its `event_id`). The status is 200 whenever the
+/// batch itself was readable, because each item carries its own outcome.
+pub async fn ingest_batch(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_json(&req)?;
+    let body = read_body(&req, payload, state.batch_max_body_bytes).await?;
+    let items: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
+        Ok(serde_json::Value::Array(items)) => items,
+        Ok(_) => return Err(ApiError::BadBody("a batch must be a JSON array of events".into())),
+        Err(e) => return Err(ApiError::BadBody(format!("body is not valid JSON: {e}"))),
+    };
+    if items.is_empty() || items.len() > state.batch_max_events {
+        return Err(ApiError::BadBody(format!(
+            "a batch holds 1 to {} events, got {}",
+            state.batch_max_events,
+            items.len()
+        )));
+    }
+    if let Err(retry_after) = state
+        .limiter
+        .try_acquire_n(u32::try_from(items.len()).unwrap_or(u32::MAX))
+    {
+        state.metrics.rate_limited.inc();
+        return Err(ApiError::RateLimited { retry_after });
+    }
+    let now = chrono::Utc::now();
+    let parsed: Vec<_> = items
+        .into_iter()
+        .map(|v| IngestRequest::from_value(v, &state.limits, now))
+        .collect();
+    let producer = &state.producer;
+    let sends = parsed.iter().map(|p| async move {
+        match p {
+            Ok(event) => Some(producer.send(event).await),
+            Err(_) => None,
+        }
+    });
+    let delivered = futures::future::join_all(sends).await;
+    let mut accepted = 0;
+    let results: Vec<serde_json::Value> = parsed
+        .iter()
+        .zip(delivered)
+        .enumerate()
+        .map(|(index, (p, d))| match (p, d) {
+            (Ok(event), Some(Ok(_))) => {
+                accepted += 1;
+                json!({"index": index, "status": "accepted", "event_id": event.event_id})
+            }
+            (Ok(event), Some(Err(e))) => {
+                json!({"index": index, "status": "failed", "event_id": event.event_id,
+                "error": {"code": "kafka_unavailable", "message": e.to_string()}})
+            }
+            (Err(v), _) => json!({"index": index, "status": "rejected",
+                "error": {"code": v.code, "field": v.field, "message": v.message}}),
+            (Ok(event), None) => json!({"index": index, "status": "failed", "event_id": event.event_id}),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"status": "success", "accepted": accepted, "results": results})))
 }

@@ -35,12 +35,19 @@ pub struct AppState {
     pub limiter: RateLimiter,
     pub limits: EventLimits,
     pub max_body_bytes: usize,
+    pub batch_max_body_bytes: usize,
+    pub batch_max_events: usize,
     pub metrics: Metrics,
 }
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
+        web::resource("/api/v1/events/batch")
+            .route(web::post().to(ingest::ingest_batch))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/api/v1/events")
             .route(web::post().to(ingest::ingest_event))
             .default_service(web::to(method_not_allowed)),

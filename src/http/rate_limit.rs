@@ -31,6 +31,13 @@ impl RateLimiter {
 
     /// Takes a token, or says how long until one is available.
     pub fn try_acquire(&self) -> Result<(), Duration> {
+        self.try_acquire_n(1)
+    }
+
+    /// Takes `n` tokens at once (a batch of `n` events), or says how long until they are there.
+    pub fn try_acquire_n(&self, n: u32) -> Result<(), Duration> {
+        // A batch larger than the bucket could never pass: it takes the whole bucket instead.
+        let n = f64::from(n.max(1)).min(self.burst);
         if self.rate <= 0.0 {
             return Ok(());
         }
@@ -41,11 +48,11 @@ impl RateLimiter {
         let elapsed = now.duration_since(b.refilled_at).as_secs_f64();
         b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
         b.refilled_at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        if b.tokens >= n {
+            b.tokens -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / self.rate))
+            Err(Duration::from_secs_f64((n - b.tokens) / self.rate))
         }
     }
 }

@@ -212,3 +212,127 @@ async fn a_burst_past_the_rate_limit_gets_429_and_nothing_is_produced_for_it() {
         "429s produced nothing"
     );
 }
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_answers_item_by_item_and_produces_only_the_valid_ones() {
+    let app = spawn_app_with(|c| c.http.batch_max_events = 5).await;
+    let mut bad_type = event("p3");
+    bad_type["event_type"] = json!(7);
+    let mut unknown = event("p4");
+    unknown["colour"] = json!("red");
+    let batch = json!([event("p0"), event("p1"), bad_type, unknown, event("p2")]);
+    let res = app
+        .client
+        .post(format!("{}/api/v1/events/batch", app.address))
+        .header("Content-Type", "application/json")
+        .body(batch.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["accepted"], 3);
+    let statuses: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["accepted", "accepted", "rejected", "rejected", "accepted"]
+    );
+    assert_eq!(body["results"][2]["error"]["field"], "event_type");
+    assert_eq!(body["results"][3]["error"]["code"], "unknown_field");
+    let ids: std::collections::HashSet<String> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["event_id"].as_str().map(str::to_owned))
+        .collect();
+    let msgs = app.read_topic(3, Duration::from_secs(30));
+    let on_topic: std::collections::HashSet<String> = msgs
+        .iter()
+        .map(|m| m.value["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(on_topic, ids);
+    assert_eq!(topic_message_count(&app.config), 3);
+
+    let post = |body: String| {
+        app.client
+            .post(format!("{}/api/v1/events/batch", app.address))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+    };
+    let six: Vec<Value> = (0..6).map(|i| event(&format!("q{i}"))).collect();
+    assert_error(
+        post(json!(six).to_string()).await.unwrap(),
+        400,
+        "invalid_body",
+        None,
+    )
+    .await;
+    assert_error(
+        post(event("x").to_string()).await.unwrap(),
+        400,
+        "invalid_body",
+        None,
+    )
+    .await;
+    assert_error(post("[]".into()).await.unwrap(), 400, "invalid_body", None).await;
+}
+
+#[tokio::test]
+async fn gzip_bodies_are_accepted_and_limited_after_decompression() {
+    let app = spawn_app_with(|c| c.http.max_body_bytes = 4096).await;
+    let send = |body: Vec<u8>, encoding: &'static str| {
+        app.client
+            .post(format!("{}/api/v1/events", app.address))
+            .header("Content-Type", "application/json")
+            .header("Content-Encoding", encoding)
+            .body(body)
+            .send()
+    };
+    let res = send(gzip(event("zipped").to_string().as_bytes()), "gzip")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let msgs = app.read_topic(1, Duration::from_secs(30));
+    assert_eq!(msgs[0].value["player_id"], "zipped");
+
+    // Small on the wire, far past the limit once inflated.
+    let mut bomb = event("bomb");
+    bomb["data"] = json!({"pad": " ".repeat(100_000)});
+    let squeezed = gzip(bomb.to_string().as_bytes());
+    assert!(squeezed.len() < 4096);
+    assert_error(
+        send(squeezed, "gzip").await.unwrap(),
+        413,
+        "payload_too_large",
+        None,
+    )
+    .await;
+    assert_error(
+        send(b"not gzip at all".to_vec(), "gzip").await.unwrap(),
+        400,
+        "invalid_body",
+        None,
+    )
+    .await;
+    assert_error(
+        send(event("b").to_string().into_bytes(), "br").await.unwrap(),
+        400,
+        "invalid_body",
+        None,
+    )
+    .await;
+    assert_eq!(topic_message_count(&app.config), 1);
+}
