@@ -56,6 +56,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/readyz", web::get().to(health::readyz))
     .route("/metrics", web::get().to(health::metrics))
     .route("/player/{player_id}/stats", web::get().to(query::player_stats))
+    .route("/player/{player_id}/events", web::get().to(query::player_events))
     .route("/games/{game_id}/leaderboard", web::get().to(query::leaderboard))
     .route(
         "/games/{game_id}/leaderboard/players/{player_id}",

@@ -279,3 +279,73 @@ pub async fn player_rank(
         "entries": entries,
     })))
 }
+
+/// `GET /player/{player_id}/events?limit=&before=`: the player's events, newest first. Each page
+/// answers a `next_cursor` to pass as `before` for the next one (absent on the last page).
+pub async fn player_events(
+    req: HttpRequest,
+    path: web::Path<String>,
+    q: web::Data<QueryState>,
+) -> Result<HttpResponse, ApiError> {
+    let player = PlayerId::parse(path.into_inner())?;
+    let params = query_params(&req)?;
+    let limit = number(&params, "limit", 20, 1, 100)?;
+    // The cursor is `<event_timestamp in µs since the epoch>_<event_id>` of the last event seen.
+    let before = match params.get("before") {
+        None => None,
+        Some(c) => {
+            let bad = || ApiError::BadQuery(format!("before must be a cursor from a previous page, got {c}"));
+            let (micros, id) = c.split_once('_').ok_or_else(bad)?;
+            let micros: i64 = micros.parse().map_err(|_| bad())?;
+            let ts = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(bad)?;
+            Some((ts, uuid::Uuid::parse_str(id).map_err(|_| bad())?))
+        }
+    };
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = SqlUuid)]
+        event_id: uuid::Uuid,
+        #[diesel(sql_type = Text)]
+        event_type: String,
+        #[diesel(sql_type = Text)]
+        game_id: String,
+        #[diesel(sql_type = Timestamptz)]
+        event_timestamp: DateTime<Utc>,
+        #[diesel(sql_type = Timestamptz)]
+        ingested_at: DateTime<Utc>,
+        #[diesel(sql_type = Jsonb)]
+        data: Value,
+    }
+    // One more than asked tells whether there is a next page.
+    let fetch = i64::try_from(limit + 1).unwrap_or(101);
+    let (ts, id) = before.unwrap_or((DateTime::<Utc>::MAX_UTC, uuid::Uuid::max()));
+    let mut pg = q.pg.get().await.map_err(|e| unavailable("PostgreSQL", e))?;
+    let mut rows: Vec<Row> = diesel::sql_query(
+        "SELECT event_id, event_type::text, game_id::text, event_timestamp, ingested_at, data FROM events \
+         WHERE player_id = $1 AND (event_timestamp, event_id) < ($2, $3) \
+         ORDER BY event_timestamp DESC, event_id DESC LIMIT $4",
+    )
+    .bind::<Text, _>(player.as_str())
+    .bind::<Timestamptz, _>(ts)
+    .bind::<SqlUuid, _>(id)
+    .bind::<diesel::sql_types::BigInt, _>(fetch)
+    .load(&mut pg)
+    .await
+    .map_err(|e| unavailable("PostgreSQL", e))?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next_cursor = if more {
+        rows.last()
+            .map(|r| format!("{}_{}", r.event_timestamp.timestamp_micros(), r.event_id))
+    } else {
+        None
+    };
+    let events: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            json!({"event_id": r.event_id, "event_type": r.event_type, "game_id": r.game_id,
+                   "timestamp": r.event_timestamp, "ingested_at": r.ingested_at, "data": r.data})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"player_id": player, "events": events, "next_cursor": next_cursor})))
+}

@@ -19,9 +19,17 @@ async fn stats_leaderboards_and_events_read_back_what_the_model_says() {
     let p = spawn_pipeline(&Role::ALL, |c| c.consumer.leaderboard_retention_days = 36_500).await;
     let (app, config) = (&p.app, p.app.config.clone());
     let mut model = Model::default();
+    // (player, timestamp, event_id) of every accepted event, for the paging check.
+    let mut accepted: Vec<(String, String, String)> = Vec::new();
     for ev in events(120, 11) {
         let body: Value = app.post_event(&ev).await.json().await.unwrap();
-        model.add(&ev, body["event_id"].as_str().unwrap());
+        let id = body["event_id"].as_str().unwrap();
+        model.add(&ev, id);
+        accepted.push((
+            ev["player_id"].as_str().unwrap().into(),
+            ev["timestamp"].as_str().unwrap().into(),
+            id.into(),
+        ));
     }
     assert_state(&config, &model).await;
 
@@ -126,6 +134,41 @@ async fn stats_leaderboards_and_events_read_back_what_the_model_says() {
     let (status, body) = get_json(app, &format!("/events/{id}")).await;
     assert_eq!(status, 200);
     assert_eq!(body["event_id"], id.as_str());
+
+    // A player's events, newest first (ties by event_id, descending), page by page.
+    let player = accepted[0].0.clone();
+    let mut want: Vec<(String, String)> = accepted
+        .iter()
+        .filter(|a| a.0 == player)
+        .map(|a| (a.1.clone(), a.2.clone()))
+        .collect();
+    want.sort_by(|a, b| b.cmp(a));
+    let want: Vec<String> = want.into_iter().map(|(_, id)| id).collect();
+    let mut got = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..50 {
+        let path = match &cursor {
+            Some(c) => format!("/player/{player}/events?limit=4&before={c}"),
+            None => format!("/player/{player}/events?limit=4"),
+        };
+        let (status, page) = get_json(app, &path).await;
+        assert_eq!(status, 200, "{page}");
+        let ids: Vec<String> = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(ids.len() <= 4);
+        got.extend(ids);
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(got, want, "paging through {player}'s events");
+    let (status, _) = get_json(app, &format!("/player/{player}/events?before=garbage")).await;
+    assert_eq!(status, 400);
 
     // Redis lost a player's hash (flushed, restarted): the answer comes from PostgreSQL.
     let (player, (total, breakdown, _)) = model.stats.iter().next().unwrap();
