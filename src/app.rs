@@ -35,6 +35,10 @@ impl Application {
             max_body_bytes: http.max_body_bytes,
             batch_max_body_bytes: http.batch_max_body_bytes,
             batch_max_events: http.batch_max_events,
+            keys: http
+                .auth_required
+                .unwrap_or(true)
+                .then(|| crate::auth::KeyStore::new(crate::db::pg_pool(&config.database))),
             metrics: metrics.clone(),
         });
         let metrics = web::Data::new(metrics);

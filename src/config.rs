@@ -59,6 +59,11 @@ pub struct HttpConfig {
           value_parser = clap::value_parser!(u64).range(0..=366 * 86_400))]
     pub max_future_skew_secs: u64,
 
+    /// Require `Authorization: Bearer <api key>` on ingestion (keys: `gamemetrics keys create`).
+    /// Default: true for `serve`, false for `dev`.
+    #[arg(long, env = "AUTH_REQUIRED")]
+    pub auth_required: Option<bool>,
+
     /// Ingest requests per second this instance accepts (token bucket refill rate).
     #[arg(long, env = "RATE_LIMIT_RPS", default_value_t = 10_000)]
     pub rate_limit_rps: u32,

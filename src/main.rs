@@ -37,13 +37,49 @@ enum Command {
     },
     /// Apply database migrations and create the Kafka topic; safe to run repeatedly.
     Migrate,
+    /// Manage per-game API keys for ingestion.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Everything in one process, for a demo: migrations, topic, HTTP and all three consumer
     /// roles. Without KAFKA_BROKERS it starts an embedded, in-memory Kafka broker.
     Dev,
 }
 
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key for one game and print it (the only time it is shown).
+    Create {
+        /// The game whose events the key may write.
+        #[arg(long)]
+        game: String,
+        /// This key's own requests/s limit, on top of the instance limit.
+        #[arg(long)]
+        rps: Option<u32>,
+    },
+    /// List keys (ids, games, limits, revocation; never secrets).
+    List,
+    /// Revoke a key by its id (the part after `gmk_`); takes effect within 30 s.
+    Revoke {
+        /// The key id.
+        key_id: String,
+    },
+}
+
 #[actix_web::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    // One line with the cause chain, not a Debug dump with a backtrace, for whoever runs this.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let Cli { command, mut config } = Cli::parse();
     telemetry::init(&config.telemetry);
     match command {
@@ -61,7 +97,10 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => migrate(&config).await,
+        Command::Keys { action } => keys(&config, action).await,
         Command::Dev => {
+            // A local demo accepts events without a key unless told otherwise.
+            config.http.auth_required.get_or_insert(false);
             // Held until the end of main: dropping it stops the embedded broker.
             let _embedded = match config.kafka.kafka_brokers {
                 Some(_) => {
@@ -158,5 +197,33 @@ async fn run_db_migrations(config: &Config) -> anyhow::Result<()> {
         .await
         .context("migrating PostgreSQL")?;
     tracing::info!(applied = ?applied, database = %config.database.database_url, "database migrated");
+    Ok(())
+}
+
+async fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
+    use gamemetrics::auth;
+    let pg = db::pg_pool(&config.database);
+    match action {
+        KeysAction::Create { game, rps } => {
+            let game = gamemetrics::domain::GameId::parse(game).context("--game")?;
+            let key = auth::create_key(&pg, game.as_str(), rps)
+                .await
+                .context("creating the key")?;
+            println!("{key}");
+            eprintln!(
+                "API key for game {game}: shown once, store it now. Use it as `Authorization: Bearer <key>`."
+            );
+        }
+        KeysAction::List => {
+            for k in auth::list_keys(&pg).await.context("listing keys")? {
+                println!("{k}");
+            }
+        }
+        KeysAction::Revoke { key_id } => {
+            let revoked = auth::revoke_key(&pg, &key_id).await.context("revoking the key")?;
+            anyhow::ensure!(revoked, "no live key with id {key_id}");
+            eprintln!("revoked {key_id}");
+        }
+    }
     Ok(())
 }

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub produce_errors: IntCounterVec,
     /// Requests refused with 429 by the instance rate limiter.
     pub rate_limited: IntCounter,
+    /// Ingest requests refused by authentication, by reason (`missing`, `invalid`, `wrong_game`).
+    pub auth_failures: IntCounterVec,
     /// Records read from Kafka, by consumer service.
     pub consumer_records: IntCounterVec,
     /// Records applied by a sink write, by consumer service and sink.
@@ -76,6 +78,11 @@ impl Metrics {
         registry.register(Box::new(produce_latency.clone()))?;
         registry.register(Box::new(produce_errors.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new("auth_failures_total", "Ingest requests refused by authentication"),
+            &["reason"],
+        )?;
+        registry.register(Box::new(auth_failures.clone()))?;
         let by_service =
             |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels);
         let consumer_records = by_service("consumer_records_total", "Records read from Kafka", &["service"])?;
@@ -133,6 +140,7 @@ impl Metrics {
             produce_latency,
             produce_errors,
             rate_limited,
+            auth_failures,
             consumer_records,
             consumer_applied,
             consumer_duplicates,

@@ -1,6 +1,20 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    api_keys (key_id) {
+        #[max_length = 16]
+        key_id -> Varchar,
+        #[max_length = 100]
+        game_id -> Varchar,
+        #[max_length = 64]
+        secret_sha256 -> Varchar,
+        rate_limit_rps -> Nullable<Int4>,
+        created_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     consumer_offsets (consumer_service, topic, kafka_partition) {
         #[max_length = 100]
         consumer_service -> Varchar,
@@ -69,4 +83,11 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(consumer_offsets, dlq, events, leaderboards, player_statistics,);
+diesel::allow_tables_to_appear_in_same_query!(
+    api_keys,
+    consumer_offsets,
+    dlq,
+    events,
+    leaderboards,
+    player_statistics,
+);

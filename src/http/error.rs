@@ -32,6 +32,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadQuery(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("a store is unavailable ({0}); retry shortly")]
     StoreUnavailable(String),
     #[error("method {0} is not allowed here")]
@@ -50,6 +54,8 @@ impl ApiError {
             ApiError::NotReady(_) => "not_ready",
             ApiError::NotFound(_) => "not_found",
             ApiError::BadQuery(_) => "invalid_query",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::StoreUnavailable(_) => "store_unavailable",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
         }
@@ -69,6 +75,8 @@ impl ResponseError for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -83,6 +91,9 @@ impl ResponseError for ApiError {
         }
         let mut res = HttpResponse::build(self.status_code());
         match self {
+            ApiError::Unauthorized(_) => {
+                res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
             ApiError::RateLimited { retry_after } => {
                 res.insert_header((header::RETRY_AFTER, retry_after.as_secs().max(1).to_string()));
             }

@@ -21,10 +21,28 @@ pub async fn ingest_event(
         state.metrics.rate_limited.inc();
         return Err(ApiError::RateLimited { retry_after });
     }
+    let key = authenticate(&req, &state).await?;
     require_json(&req)?;
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let event = IngestRequest::parse(&body, &state.limits, chrono::Utc::now())?;
     tracing::Span::current().record("event_id", tracing::field::display(event.event_id));
+    if let Some(key) = &key {
+        if key.game_id != event.game_id.as_str() {
+            state
+                .metrics
+                .auth_failures
+                .with_label_values(&["wrong_game"])
+                .inc();
+            return Err(ApiError::Forbidden(format!(
+                "this API key may not write events of game {}",
+                event.game_id
+            )));
+        }
+        if let Some(Err(retry_after)) = key.limiter.as_ref().map(|l| l.try_acquire()) {
+            state.metrics.rate_limited.inc();
+            return Err(ApiError::RateLimited { retry_after });
+        }
+    }
 
     state.producer.send(&event).await.map_err(|e| match e {
         // Retrying can't help an event the broker will never take: tell the client so.
@@ -123,6 +141,7 @@ pub async fn ingest_batch(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let key = authenticate(&req, &state).await?;
     require_json(&req)?;
     let body = read_body(&req, payload, state.batch_max_body_bytes).await?;
     let items: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
@@ -137,9 +156,12 @@ pub async fn ingest_batch(
             items.len()
         )));
     }
-    if let Err(retry_after) = state
-        .limiter
-        .try_acquire_n(u32::try_from(items.len()).unwrap_or(u32::MAX))
+    // The key's own limit first, then the instance's: both must have room for every event.
+    let n = u32::try_from(items.len()).unwrap_or(u32::MAX);
+    let key_limiter = key.as_ref().and_then(|k| k.limiter.as_ref());
+    if let Err(retry_after) = key_limiter
+        .map_or(Ok(()), |l| l.try_acquire_n(n))
+        .and_then(|()| state.limiter.try_acquire_n(n))
     {
         state.metrics.rate_limited.inc();
         return Err(ApiError::RateLimited { retry_after });
@@ -147,7 +169,17 @@ pub async fn ingest_batch(
     let now = chrono::Utc::now();
     let parsed: Vec<_> = items
         .into_iter()
-        .map(|v| IngestRequest::from_value(v, &state.limits, now))
+        .map(|v| {
+            let event = IngestRequest::from_value(v, &state.limits, now)?;
+            match &key {
+                Some(k) if k.game_id != event.game_id.as_str() => Err(crate::domain::ValidationError {
+                    field: Some("game_id".into()),
+                    code: "forbidden_game",
+                    message: format!("this API key may not write events of game {}", event.game_id),
+                }),
+                _ => Ok(event),
+            }
+        })
         .collect();
     let producer = &state.producer;
     let sends = parsed.iter().map(|p| async move {
@@ -177,4 +209,29 @@ pub async fn ingest_batch(
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({"status": "success", "accepted": accepted, "results": results})))
+}
+
+/// Checks the API key when the deployment requires one; `None` when it doesn't.
+async fn authenticate(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<Option<crate::auth::Authenticated>, ApiError> {
+    let Some(keys) = &state.keys else { return Ok(None) };
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match keys.authenticate(header).await {
+        Ok(k) => Ok(Some(k)),
+        Err(e @ crate::auth::AuthError::Store(_)) => Err(ApiError::StoreUnavailable(e.to_string())),
+        Err(e) => {
+            let reason = if matches!(e, crate::auth::AuthError::Missing) {
+                "missing"
+            } else {
+                "invalid"
+            };
+            state.metrics.auth_failures.with_label_values(&[reason]).inc();
+            Err(ApiError::Unauthorized(e.to_string()))
+        }
+    }
 }

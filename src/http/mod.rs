@@ -37,6 +37,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub batch_max_body_bytes: usize,
     pub batch_max_events: usize,
+    /// Present when ingestion requires an API key.
+    pub keys: Option<crate::auth::KeyStore>,
     pub metrics: Metrics,
 }
 

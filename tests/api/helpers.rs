@@ -23,6 +23,8 @@ pub fn test_config() -> Config {
     let mut config = TestCli::parse_from(["gamemetrics-test"]).config;
     config.http.http_addr = "127.0.0.1:0".parse().expect("literal address");
     config.http.http_workers = 1;
+    // Ingestion tests post without keys; tests/api/auth.rs turns authentication on.
+    config.http.auth_required = Some(false);
     config.kafka.kafka_topic = format!("test-{}", uuid::Uuid::new_v4());
     config.telemetry.log_filter = "warn".into();
     config

@@ -2,6 +2,7 @@
 //! 127.0.0.1:9092), PostgreSQL (`DATABASE_URL`) and Redis. `scripts/test` starts all three.
 //! Each test gets its own topic and database schema, so they run in parallel.
 
+mod auth;
 mod consumers;
 mod crash;
 mod helpers;

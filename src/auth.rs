@@ -1,0 +1,231 @@
+//! Per-game API keys for ingestion.
+//!
+//! A key reads `gmk_<key_id>_<secret>`. The `key_id` finds the row; only SHA-256 of the secret
+//! is stored and it is compared in constant time. The key itself is printed once, by
+//! `gamemetrics keys create`, and never logged.
+
+use crate::db::PgPool;
+use crate::http::rate_limit::RateLimiter;
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Integer, Nullable, Text, Timestamptz};
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a looked-up key is trusted before it is read again: the most a revocation waits.
+pub const CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Why a request was not authenticated.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing Authorization: Bearer <api key>")]
+    Missing,
+    #[error("the API key is not valid")]
+    Invalid,
+    #[error("the API key store is unavailable: {0}")]
+    Store(String),
+}
+
+/// A key that authenticated: which game it may write, and its own rate limiter.
+#[derive(Clone)]
+pub struct Authenticated {
+    pub key_id: String,
+    pub game_id: String,
+    pub limiter: Option<Arc<RateLimiter>>,
+}
+
+#[derive(Clone)]
+struct CachedKey {
+    game_id: String,
+    secret_sha256: String,
+    revoked: bool,
+    limiter: Option<Arc<RateLimiter>>,
+    fetched: Instant,
+}
+
+/// Looks keys up in PostgreSQL, with a short cache so ingestion doesn't query per request.
+pub struct KeyStore {
+    pg: PgPool,
+    cache: Mutex<HashMap<String, CachedKey>>,
+}
+
+#[derive(QueryableByName)]
+struct KeyRow {
+    #[diesel(sql_type = Text)]
+    key_id: String,
+    #[diesel(sql_type = Text)]
+    game_id: String,
+    #[diesel(sql_type = Text)]
+    secret_sha256: String,
+    #[diesel(sql_type = Nullable<Integer>)]
+    rate_limit_rps: Option<i32>,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl KeyStore {
+    /// A store reading from `pg`.
+    pub fn new(pg: PgPool) -> Self {
+        KeyStore {
+            pg,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks an `Authorization` header value.
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Authenticated, AuthError> {
+        let token = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(AuthError::Missing)?;
+        let (key_id, secret) = split_key(token).ok_or(AuthError::Invalid)?;
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key_id)
+            .cloned();
+        let key = match cached {
+            Some(k) if k.fetched.elapsed() < CACHE_TTL => k,
+            _ => {
+                let fresh = self.fetch(key_id).await?.ok_or(AuthError::Invalid)?;
+                self.cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key_id.to_owned(), fresh.clone());
+                fresh
+            }
+        };
+        if key.revoked || !constant_time_eq(sha256_hex(secret).as_bytes(), key.secret_sha256.as_bytes()) {
+            return Err(AuthError::Invalid);
+        }
+        Ok(Authenticated {
+            key_id: key_id.to_owned(),
+            game_id: key.game_id,
+            limiter: key.limiter,
+        })
+    }
+
+    async fn fetch(&self, key_id: &str) -> Result<Option<CachedKey>, AuthError> {
+        let mut conn = self.pg.get().await.map_err(|e| AuthError::Store(e.to_string()))?;
+        let rows: Vec<KeyRow> = diesel::sql_query(
+            "SELECT key_id::text, game_id::text, secret_sha256::text, rate_limit_rps, created_at, revoked_at \
+             FROM api_keys WHERE key_id = $1",
+        )
+        .bind::<Text, _>(key_id)
+        .load(&mut conn)
+        .await
+        .map_err(|e| AuthError::Store(e.to_string()))?;
+        Ok(rows.into_iter().next().map(|r| CachedKey {
+            game_id: r.game_id,
+            secret_sha256: r.secret_sha256,
+            revoked: r.revoked_at.is_some(),
+            limiter: r
+                .rate_limit_rps
+                .and_then(|n| u32::try_from(n).ok())
+                .map(|n| Arc::new(RateLimiter::new(n, n))),
+            fetched: Instant::now(),
+        }))
+    }
+}
+
+fn split_key(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix("gmk_")?;
+    let (id, secret) = rest.split_once('_')?;
+    (!id.is_empty() && !secret.is_empty()).then_some((id, secret))
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Equality whose time doesn't depend on where the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Creates a key for `game_id`; answers the full key, the only time it exists in clear.
+pub async fn create_key(
+    pg: &PgPool,
+    game_id: &str,
+    rate_limit_rps: Option<u32>,
+) -> Result<String, AuthError> {
+    let key_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    // Two v4 UUIDs: 244 random bits from the OS generator.
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut conn = pg.get().await.map_err(|e| AuthError::Store(e.to_string()))?;
+    diesel::sql_query(
+        "INSERT INTO api_keys (key_id, game_id, secret_sha256, rate_limit_rps) VALUES ($1, $2, $3, $4)",
+    )
+    .bind::<Text, _>(&key_id)
+    .bind::<Text, _>(game_id)
+    .bind::<Text, _>(sha256_hex(&secret))
+    .bind::<Nullable<Integer>, _>(rate_limit_rps.and_then(|n| i32::try_from(n).ok()))
+    .execute(&mut conn)
+    .await
+    .map_err(|e| AuthError::Store(e.to_string()))?;
+    Ok(format!("gmk_{key_id}_{secret}"))
+}
+
+/// Revokes a key by id; answers whether a live key was revoked.
+pub async fn revoke_key(pg: &PgPool, key_id: &str) -> Result<bool, AuthError> {
+    let mut conn = pg.get().await.map_err(|e| AuthError::Store(e.to_string()))?;
+    let n =
+        diesel::sql_query("UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL")
+            .bind::<Text, _>(key_id)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| AuthError::Store(e.to_string()))?;
+    Ok(n > 0)
+}
+
+/// Lists keys (never secrets): id, game, rate limit, created, revoked.
+pub async fn list_keys(pg: &PgPool) -> Result<Vec<serde_json::Value>, AuthError> {
+    let mut conn = pg.get().await.map_err(|e| AuthError::Store(e.to_string()))?;
+    let rows: Vec<KeyRow> = diesel::sql_query(
+        "SELECT key_id::text, game_id::text, secret_sha256::text, rate_limit_rps, created_at, revoked_at \
+         FROM api_keys ORDER BY created_at",
+    )
+    .load(&mut conn)
+    .await
+    .map_err(|e| AuthError::Store(e.to_string()))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({"key_id": r.key_id, "game_id": r.game_id, "rate_limit_rps": r.rate_limit_rps,
+                               "created_at": r.created_at, "revoked_at": r.revoked_at})
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_split_and_compare() {
+        assert_eq!(split_key("gmk_abc_def"), Some(("abc", "def")));
+        assert_eq!(split_key("abc_def"), None);
+        assert_eq!(split_key("gmk__def"), None);
+        assert!(constant_time_eq(b"same", b"same"));
+        assert!(!constant_time_eq(b"same", b"sane"));
+        assert!(!constant_time_eq(b"same", b"samey"));
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! Per-game API keys on ingestion, with keys created and revoked in the real PostgreSQL.
+
+use crate::helpers::*;
+use gamemetrics::auth;
+use serde_json::{json, Value};
+
+async fn post_with(app: &TestApp, key: Option<&str>, body: &Value) -> reqwest::Response {
+    let mut req = app
+        .client
+        .post(format!("{}/api/v1/events", app.address))
+        .header("Content-Type", "application/json")
+        .body(body.to_string());
+    if let Some(k) = key {
+        req = req.header("Authorization", format!("Bearer {k}"));
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn ingestion_requires_a_key_for_the_events_game() {
+    let mut config = test_config();
+    isolated_database(&mut config).await;
+    let pg = gamemetrics::db::pg_pool(&config.database);
+    let key = auth::create_key(&pg, "game-a", None).await.unwrap();
+    let limited = auth::create_key(&pg, "game-a", Some(1)).await.unwrap();
+    let revoked = auth::create_key(&pg, "game-a", None).await.unwrap();
+    let revoked_id = revoked.split('_').nth(1).unwrap().to_owned();
+    assert!(auth::revoke_key(&pg, &revoked_id).await.unwrap());
+    let app = spawn_app_with(|c| {
+        *c = config.clone();
+        c.http.auth_required = Some(true);
+    })
+    .await;
+    let ev = |game: &str| json!({"event_type":"a","player_id":"p","game_id":game});
+
+    let res = post_with(&app, None, &ev("game-a")).await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let wrong_secret = format!("{}x", &key[..key.len() - 1]);
+    assert_eq!(
+        post_with(&app, Some(&wrong_secret), &ev("game-a")).await.status(),
+        401
+    );
+    assert_eq!(
+        post_with(&app, Some("gmk_nosuchkey_abc"), &ev("game-a"))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(post_with(&app, Some(&revoked), &ev("game-a")).await.status(), 401);
+    let res = post_with(&app, Some(&key), &ev("game-b")).await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "forbidden");
+
+    assert_eq!(post_with(&app, Some(&key), &ev("game-a")).await.status(), 200);
+    // A key's own limit (1/s, burst 1) holds even though the instance has room.
+    assert_eq!(post_with(&app, Some(&limited), &ev("game-a")).await.status(), 200);
+    assert_eq!(post_with(&app, Some(&limited), &ev("game-a")).await.status(), 429);
+    assert_eq!(
+        topic_message_count(&app.config),
+        2,
+        "only the two accepted events were produced"
+    );
+
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for reason in ["missing", "invalid", "wrong_game"] {
+        assert!(
+            metrics.contains(&format!(
+                r#"gamemetrics_auth_failures_total{{reason="{reason}"}}"#
+            )),
+            "{reason}"
+        );
+    }
+    assert!(!metrics.contains(&key), "the key never appears in metrics");
+}
