@@ -15,6 +15,8 @@
 //!    supervised PostgreSQL and Redis sinks, with exactly-once effects.
 //! 4. **Storage**: PostgreSQL tables from `migrations/` ([`schema`]), Redis DB 0 for stats and
 //!    DB 1 for leaderboards.
+//! 5. **Reads** ([`http::query`]): player stats (Redis, falling back to PostgreSQL), leaderboards
+//!    and ranks (Redis), events (PostgreSQL). Ingestion can require per-game API keys ([`auth`]).
 //!
 //! # Errors
 //!
