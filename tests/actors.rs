@@ -159,6 +159,31 @@ impl Handler<Applied> for Source {
     }
 }
 
+/// A leaderboard actor wired to the recording sinks and source.
+fn start_leaderboard(sinks: Addr<FakeSinks>, source: Addr<Source>) -> Addr<Leaderboard> {
+    Leaderboard::new(
+        position("leaderboard-manager"),
+        settings(Role::Leaderboard),
+        sinks.clone().recipient(),
+        sinks.clone().recipient(),
+        sinks.recipient(),
+        source.recipient(),
+    )
+    .start()
+}
+
+/// A stats buffer wired to the recording sinks and source.
+fn start_stats(sinks: Addr<FakeSinks>, source: Addr<Source>) -> Addr<StatsBuffer> {
+    StatsBuffer::new(
+        position("stats-aggregator"),
+        settings(Role::Stats),
+        sinks.clone().recipient(),
+        sinks.recipient(),
+        source.recipient(),
+    )
+    .start()
+}
+
 /// Lets timers due by now fire and their sink round trips finish.
 async fn settle(d: Duration) {
     tokio::time::sleep(d).await;
@@ -175,14 +200,7 @@ async fn stats_upserts_player_statistics_at_the_100th_event_not_before() {
     let sinks = sinks.start();
     let applied = Log::default();
     let source = Source(applied.clone()).start();
-    let stats = StatsBuffer::new(
-        position("stats-aggregator"),
-        settings(Role::Stats),
-        sinks.clone().recipient(),
-        sinks.recipient(),
-        source.recipient(),
-    )
-    .start();
+    let stats = start_stats(sinks, source);
     for o in 0..99 {
         stats
             .send(event(o, "session_start", "g", json!({})))
@@ -218,14 +236,7 @@ async fn stats_upserts_after_30_seconds_when_fewer_than_100_arrive() {
     let pg_log = sinks.stats_pg.clone();
     let sinks = sinks.start();
     let source = Source(Log::default()).start();
-    let stats = StatsBuffer::new(
-        position("stats-aggregator"),
-        settings(Role::Stats),
-        sinks.clone().recipient(),
-        sinks.recipient(),
-        source.recipient(),
-    )
-    .start();
+    let stats = start_stats(sinks, source);
     for o in 0..5 {
         stats
             .send(event(o, "session_start", "g", json!({})))
@@ -246,15 +257,7 @@ async fn leaderboard_writes_the_boards_every_50_scoring_events() {
     let sinks = sinks.start();
     let applied = Log::default();
     let source = Source(applied.clone()).start();
-    let lb = Leaderboard::new(
-        position("leaderboard-manager"),
-        settings(Role::Leaderboard),
-        sinks.clone().recipient(),
-        sinks.clone().recipient(),
-        sinks.recipient(),
-        source.recipient(),
-    )
-    .start();
+    let lb = start_leaderboard(sinks, source);
     let mut offset = 0;
     for i in 0..49 {
         lb.send(event(
@@ -297,15 +300,7 @@ async fn back_to_back_batches_of_50_are_written_no_closer_than_the_gap() {
     let boards = sinks.boards.clone();
     let sinks = sinks.start();
     let source = Source(Log::default()).start();
-    let lb = Leaderboard::new(
-        position("leaderboard-manager"),
-        settings(Role::Leaderboard),
-        sinks.clone().recipient(),
-        sinks.clone().recipient(),
-        sinks.recipient(),
-        source.recipient(),
-    )
-    .start();
+    let lb = start_leaderboard(sinks, source);
     for o in 0..50 {
         lb.send(event(o, "player_score", "g1", json!({"score": 1})))
             .await
@@ -335,15 +330,7 @@ async fn a_quiet_game_gets_its_boards_written_by_the_timer() {
     let boards = sinks.boards.clone();
     let sinks = sinks.start();
     let source = Source(Log::default()).start();
-    let lb = Leaderboard::new(
-        position("leaderboard-manager"),
-        settings(Role::Leaderboard),
-        sinks.clone().recipient(),
-        sinks.clone().recipient(),
-        sinks.recipient(),
-        source.recipient(),
-    )
-    .start();
+    let lb = start_leaderboard(sinks, source);
     lb.send(event(0, "boss_defeated", "quiet", json!({"score": 5})))
         .await
         .unwrap();
