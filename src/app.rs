@@ -43,11 +43,11 @@ impl Application {
         });
         let metrics = web::Data::new(metrics);
         // Pools connect lazily: an ingestion-only deployment never opens a connection.
-        let redis_pool = |db| crate::db::redis_pool(&config.redis, db).map_err(std::io::Error::other);
+        let redis_reader = |db| crate::db::redis_reader(&config.redis, db).map_err(std::io::Error::other);
         let queries = web::Data::new(QueryState {
             pg: crate::db::pg_pool(&config.database),
-            stats: redis_pool(0)?,
-            boards: redis_pool(1)?,
+            stats: redis_reader(0)?,
+            boards: redis_reader(1)?,
             prefix: config.redis.redis_key_prefix.clone(),
         });
         let mut server = HttpServer::new(move || {

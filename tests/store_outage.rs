@@ -61,6 +61,14 @@ async fn postgres_and_redis_outages_delay_but_never_lose_or_dead_letter() {
     };
     let mut accepted = post(&evs[..200]).await;
 
+    // The read API holds one Redis connection open; it must survive the restart below.
+    let player = evs[0]["player_id"].as_str().unwrap().to_owned();
+    let stats_path = format!("/player/{player}/stats");
+    eventually(Duration::from_secs(30), "a first read from Redis", || async {
+        (p.app.get(&stats_path).await.status() == 200).then_some(())
+    })
+    .await;
+
     let guard = RestartOnDrop;
     services(&["kill", "redis"]);
     accepted.extend(post(&evs[200..400]).await);
@@ -75,6 +83,19 @@ async fn postgres_and_redis_outages_delay_but_never_lose_or_dead_letter() {
         model.add(ev, id);
     }
     assert_state(&config, &model).await;
+    let body: serde_json::Value = eventually(
+        Duration::from_secs(30),
+        "reads after the Redis restart",
+        || async {
+            let res = p.app.get(&stats_path).await;
+            if res.status() != 200 {
+                return None;
+            }
+            res.json().await.ok()
+        },
+    )
+    .await;
+    assert_eq!(body["source"], "redis", "the read API reconnected to Redis");
     assert_eq!(
         count(&config, "SELECT count(*) AS n FROM dlq").await,
         1,

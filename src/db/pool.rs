@@ -30,3 +30,14 @@ pub fn redis_pool(cfg: &RedisConfig, db: u8) -> Result<RedisPool, redis::RedisEr
         .connection_timeout(Duration::from_secs(5))
         .build_unchecked(manager))
 }
+
+/// A self-reconnecting, multiplexed connection to one Redis logical database, for the read API:
+/// one shared connection serves every request without a pool checkout (bb8 pings on each
+/// checkout, a round trip per read), and it reconnects on its own after Redis restarts.
+pub fn redis_reader(cfg: &RedisConfig, db: u8) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+    let client = redis::Client::open(cfg.db_url(db))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+}

@@ -3,7 +3,7 @@
 
 use super::error::ApiError;
 use crate::actors::sinks::redis::board_key;
-use crate::db::{PgPool, RedisPool};
+use crate::db::PgPool;
 use crate::domain::{GameId, PlayerId};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
@@ -16,8 +16,8 @@ use std::collections::HashMap;
 /// The stores the read endpoints use.
 pub struct QueryState {
     pub pg: PgPool,
-    pub stats: RedisPool,
-    pub boards: RedisPool,
+    pub stats: redis::aio::ConnectionManager,
+    pub boards: redis::aio::ConnectionManager,
     pub prefix: String,
 }
 
@@ -32,9 +32,9 @@ pub async fn player_stats(
     q: web::Data<QueryState>,
 ) -> Result<HttpResponse, ApiError> {
     let player = PlayerId::parse(path.into_inner())?;
-    let mut conn = q.stats.get().await.map_err(|e| unavailable("Redis", e))?;
+    let mut conn = q.stats.clone();
     let key = format!("{}player_stats:{}", q.prefix, player);
-    let hash: HashMap<String, String> = redis::AsyncCommands::hgetall(&mut *conn, &key)
+    let hash: HashMap<String, String> = redis::AsyncCommands::hgetall(&mut conn, &key)
         .await
         .map_err(|e| unavailable("Redis", e))?;
     if !hash.is_empty() {
@@ -94,11 +94,11 @@ pub async fn leaderboard(
     let (period, board) = board_of(&params)?;
     let limit = number(&params, "limit", 10, 1, 1000)?;
     let offset = number(&params, "offset", 0, 0, 1_000_000)?;
-    let mut conn = q.boards.get().await.map_err(|e| unavailable("Redis", e))?;
+    let mut conn = q.boards.clone();
     let start = isize::try_from(offset).unwrap_or(isize::MAX);
     let stop = start.saturating_add(isize::try_from(limit).unwrap_or(1000) - 1);
     let entries: Vec<(String, f64)> = redis::AsyncCommands::zrevrange_withscores(
-        &mut *conn,
+        &mut conn,
         board_key(&q.prefix, game.as_str(), &board),
         start,
         stop,
@@ -242,8 +242,8 @@ pub async fn player_rank(
     let (period, board) = board_of(&params)?;
     let around = number(&params, "around", 5, 0, 100)?;
     let key = board_key(&q.prefix, game.as_str(), &board);
-    let mut conn = q.boards.get().await.map_err(|e| unavailable("Redis", e))?;
-    let rank: Option<usize> = redis::AsyncCommands::zrevrank(&mut *conn, &key, player.as_str())
+    let mut conn = q.boards.clone();
+    let rank: Option<usize> = redis::AsyncCommands::zrevrank(&mut conn, &key, player.as_str())
         .await
         .map_err(|e| unavailable("Redis", e))?;
     let Some(rank) = rank else {
@@ -253,7 +253,7 @@ pub async fn player_rank(
     };
     let start = rank.saturating_sub(around);
     let entries: Vec<(String, f64)> = redis::AsyncCommands::zrevrange_withscores(
-        &mut *conn,
+        &mut conn,
         &key,
         isize::try_from(start).unwrap_or(isize::MAX),
         isize::try_from(rank + around).unwrap_or(isize::MAX),
