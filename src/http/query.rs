@@ -9,6 +9,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Integer, Jsonb, Text, Timestamptz, Uuid as SqlUuid};
 use diesel::QueryableByName;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::AsyncPgConnection;
 use diesel_async::RunQueryDsl;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -21,8 +23,19 @@ pub struct QueryState {
     pub prefix: String,
 }
 
-fn unavailable(store: &str, e: impl std::fmt::Display) -> ApiError {
-    ApiError::StoreUnavailable(format!("{store}: {e}"))
+fn pg_unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::StoreUnavailable(format!("PostgreSQL: {e}"))
+}
+
+fn redis_unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::StoreUnavailable(format!("Redis: {e}"))
+}
+
+/// A pooled PostgreSQL connection, or 503 when none can be had.
+async fn pg_conn(
+    q: &QueryState,
+) -> Result<bb8::PooledConnection<'_, AsyncDieselConnectionManager<AsyncPgConnection>>, ApiError> {
+    q.pg.get().await.map_err(pg_unavailable)
 }
 
 /// `GET /player/{player_id}/stats`: live counts from Redis DB 0, or the last flushed row of
@@ -36,7 +49,7 @@ pub async fn player_stats(
     let key = format!("{}player_stats:{}", q.prefix, player);
     let hash: HashMap<String, String> = redis::AsyncCommands::hgetall(&mut conn, &key)
         .await
-        .map_err(|e| unavailable("Redis", e))?;
+        .map_err(redis_unavailable)?;
     if !hash.is_empty() {
         let mut breakdown = Map::new();
         for (field, value) in &hash {
@@ -61,14 +74,14 @@ pub async fn player_stats(
         #[diesel(sql_type = Timestamptz)]
         updated_at: DateTime<Utc>,
     }
-    let mut pg = q.pg.get().await.map_err(|e| unavailable("PostgreSQL", e))?;
+    let mut pg = pg_conn(&q).await?;
     let rows: Vec<Row> = diesel::sql_query(
         "SELECT total_events, event_breakdown, updated_at FROM player_statistics WHERE player_id = $1",
     )
     .bind::<Text, _>(player.as_str())
     .load(&mut pg)
     .await
-    .map_err(|e| unavailable("PostgreSQL", e))?;
+    .map_err(pg_unavailable)?;
     let Some(row) = rows.into_iter().next() else {
         return Err(ApiError::NotFound(format!("no stats for player {player}")));
     };
@@ -104,7 +117,7 @@ pub async fn leaderboard(
         stop,
     )
     .await
-    .map_err(|e| unavailable("Redis", e))?;
+    .map_err(redis_unavailable)?;
     let entries: Vec<Value> = entries
         .into_iter()
         .enumerate()
@@ -142,7 +155,7 @@ pub async fn event(path: web::Path<String>, q: web::Data<QueryState>) -> Result<
         #[diesel(sql_type = Jsonb)]
         data: Value,
     }
-    let mut pg = q.pg.get().await.map_err(|e| unavailable("PostgreSQL", e))?;
+    let mut pg = pg_conn(&q).await?;
     let rows: Vec<Row> = diesel::sql_query(
         "SELECT event_type::text, player_id::text, game_id::text, event_timestamp, ingested_at, created_at, data \
          FROM events WHERE event_id = $1",
@@ -150,7 +163,7 @@ pub async fn event(path: web::Path<String>, q: web::Data<QueryState>) -> Result<
     .bind::<SqlUuid, _>(id)
     .load(&mut pg)
     .await
-    .map_err(|e| unavailable("PostgreSQL", e))?;
+    .map_err(pg_unavailable)?;
     let Some(r) = rows.into_iter().next() else {
         return Err(ApiError::NotFound(format!("no event {id}")));
     };
@@ -245,7 +258,7 @@ pub async fn player_rank(
     let mut conn = q.boards.clone();
     let rank: Option<usize> = redis::AsyncCommands::zrevrank(&mut conn, &key, player.as_str())
         .await
-        .map_err(|e| unavailable("Redis", e))?;
+        .map_err(redis_unavailable)?;
     let Some(rank) = rank else {
         return Err(ApiError::NotFound(format!(
             "player {player} is not on the {board} board of {game}"
@@ -259,7 +272,7 @@ pub async fn player_rank(
         isize::try_from(rank + around).unwrap_or(isize::MAX),
     )
     .await
-    .map_err(|e| unavailable("Redis", e))?;
+    .map_err(redis_unavailable)?;
     let score = entries
         .iter()
         .find(|(p, _)| p == player.as_str())
@@ -319,7 +332,7 @@ pub async fn player_events(
     // One more than asked tells whether there is a next page.
     let fetch = i64::try_from(limit + 1).unwrap_or(101);
     let (ts, id) = before.unwrap_or((DateTime::<Utc>::MAX_UTC, uuid::Uuid::max()));
-    let mut pg = q.pg.get().await.map_err(|e| unavailable("PostgreSQL", e))?;
+    let mut pg = pg_conn(&q).await?;
     let mut rows: Vec<Row> = diesel::sql_query(
         "SELECT event_id, event_type::text, game_id::text, event_timestamp, ingested_at, data FROM events \
          WHERE player_id = $1 AND (event_timestamp, event_id) < ($2, $3) \
@@ -331,7 +344,7 @@ pub async fn player_events(
     .bind::<diesel::sql_types::BigInt, _>(fetch)
     .load(&mut pg)
     .await
-    .map_err(|e| unavailable("PostgreSQL", e))?;
+    .map_err(pg_unavailable)?;
     let more = rows.len() > limit;
     rows.truncate(limit);
     let next_cursor = if more {
