@@ -8,7 +8,7 @@ use gamemetrics::actors::leaderboard::Leaderboard;
 use gamemetrics::actors::logger::Logger;
 use gamemetrics::actors::messages::*;
 use gamemetrics::actors::sinks::postgres::{BoardTop, UpsertStats, WriteBoards, WriteEvents};
-use gamemetrics::actors::sinks::redis::{ApplyScores, ApplyStats, ReadTop};
+use gamemetrics::actors::sinks::redis::{ApplyScores, ApplyStats, ClaimFirst, ReadTop};
 use gamemetrics::actors::sinks::SinkError;
 use gamemetrics::actors::stats_buffer::StatsBuffer;
 use gamemetrics::actors::{Role, RoleSettings};
@@ -75,6 +75,10 @@ struct FakeSinks {
     stats_redis: Log<Vec<i64>>,
     scores: Log<Vec<i64>>,
     boards: Log<Vec<String>>,
+    /// Offsets the stats upserts were told are retries.
+    stats_pg_retries: Log<Vec<i64>>,
+    /// Event id -> offset it was first claimed at, as the Redis claim script records it.
+    claimed: std::collections::HashMap<uuid::Uuid, i64>,
     fail: Arc<AtomicUsize>,
 }
 
@@ -105,6 +109,8 @@ impl Handler<UpsertStats> for FakeSinks {
     type Result = Result<usize, SinkError>;
     fn handle(&mut self, m: UpsertStats, _: &mut Context<Self>) -> Self::Result {
         self.stats_pg.push(m.rows.iter().map(|r| r.offset).collect());
+        self.stats_pg_retries
+            .push(m.rows.iter().filter(|r| r.retry).map(|r| r.offset).collect());
         Ok(m.rows.len())
     }
 }
@@ -114,6 +120,17 @@ impl Handler<ApplyStats> for FakeSinks {
     fn handle(&mut self, m: ApplyStats, _: &mut Context<Self>) -> Self::Result {
         self.stats_redis.push(m.deltas.iter().map(|d| d.offset).collect());
         Ok(m.deltas.len())
+    }
+}
+
+impl Handler<ClaimFirst> for FakeSinks {
+    type Result = Result<Vec<i64>, SinkError>;
+    fn handle(&mut self, m: ClaimFirst, _: &mut Context<Self>) -> Self::Result {
+        Ok(m.items
+            .into_iter()
+            .filter(|(offset, id)| *self.claimed.entry(*id).or_insert(*offset) != *offset)
+            .map(|(offset, _)| offset)
+            .collect())
     }
 }
 
@@ -178,6 +195,7 @@ fn start_stats(sinks: Addr<FakeSinks>, source: Addr<Source>) -> Addr<StatsBuffer
         position("stats-aggregator"),
         settings(Role::Stats),
         sinks.clone().recipient(),
+        sinks.clone().recipient(),
         sinks.recipient(),
         source.recipient(),
     )
@@ -227,6 +245,51 @@ async fn stats_upserts_player_statistics_at_the_100th_event_not_before() {
     settle(Duration::from_millis(50)).await;
     assert_eq!(pg_log.all(), vec![(0..100).collect::<Vec<_>>()]);
     assert_eq!(applied.all().last(), Some(&100));
+}
+
+#[actix_web::test]
+async fn a_retried_client_event_id_reaches_the_upsert_marked_as_a_retry() {
+    tokio::time::pause();
+    let sinks = FakeSinks::default();
+    let (retries, redis_ids) = (sinks.stats_pg_retries.clone(), sinks.stats_redis.clone());
+    let sinks = sinks.start();
+    let stats = start_stats(sinks, Source(Log::default()).start());
+    let limits = gamemetrics::domain::EventLimits {
+        max_data_bytes: 1 << 16,
+        max_future_skew: chrono::Duration::seconds(300),
+    };
+    let ids = [
+        "0b9a4c52-3a53-4f7e-9d3c-000000000001",
+        "0b9a4c52-3a53-4f7e-9d3c-000000000002",
+    ];
+    // Offsets 0..4: id 1, a server-id event, id 2, a retry of id 1, a retry of id 2.
+    for (offset, id) in [
+        (0, Some(ids[0])),
+        (1, None),
+        (2, Some(ids[1])),
+        (3, Some(ids[0])),
+        (4, Some(ids[1])),
+    ] {
+        let mut body = json!({"event_type": "session_start", "player_id": "p", "game_id": "g"});
+        if let Some(id) = id {
+            body["event_id"] = json!(id);
+        }
+        let e = IngestRequest::from_value(body, &limits, chrono::Utc::now()).expect("valid event");
+        assert_eq!(e.idempotent, id.is_some());
+        let record = Record {
+            offset,
+            payload: Payload::Event(e),
+        };
+        stats.send(Consumed { record }).await.unwrap();
+    }
+    stats.send(FlushAll).await.unwrap();
+    settle(Duration::from_millis(50)).await;
+    assert_eq!(retries.all().concat(), vec![3, 4]);
+    assert_eq!(
+        redis_ids.all().concat(),
+        vec![0, 1, 2, 3, 4],
+        "the live lane's script decides for itself"
+    );
 }
 
 #[actix_web::test]

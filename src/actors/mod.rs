@@ -180,6 +180,7 @@ impl RoleFactory {
                     s,
                     pg.clone().recipient(),
                     redis.clone().recipient(),
+                    redis.clone().recipient(),
                     source,
                 )
                 .start(),
@@ -213,8 +214,10 @@ impl Sinks {
         let stats = crate::db::redis_pool(&config.redis, 0)?;
         let boards = crate::db::redis_pool(&config.redis, 1)?;
         let prefix = config.redis.redis_key_prefix.clone();
+        let window = config.consumer.dedup_window_secs;
         let pg = Supervisor::start_in_arbiter(arbiter, move |_| PgSink::new(pg_pool));
-        let redis = Supervisor::start_in_arbiter(arbiter, move |_| RedisSink::new(stats, boards, &prefix));
+        let redis =
+            Supervisor::start_in_arbiter(arbiter, move |_| RedisSink::new(stats, boards, &prefix, window));
         Ok(Sinks { pg, redis })
     }
 }

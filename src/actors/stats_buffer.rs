@@ -7,7 +7,7 @@
 use super::lane::{Lane, Watermarks};
 use super::messages::*;
 use super::sinks::postgres::{StatRow, UpsertStats};
-use super::sinks::redis::{ApplyStats, StatDelta};
+use super::sinks::redis::{ApplyStats, ClaimFirst, StatDelta};
 use super::sinks::SinkError;
 use super::RoleSettings;
 use actix::prelude::*;
@@ -20,6 +20,7 @@ pub struct StatsBuffer {
     settings: RoleSettings,
     pg: Recipient<UpsertStats>,
     redis: Recipient<ApplyStats>,
+    claims: Recipient<ClaimFirst>,
     source: Recipient<Applied>,
     live: Lane<StatDelta>,
     batch: Lane<StatRow>,
@@ -37,6 +38,7 @@ impl StatsBuffer {
         settings: RoleSettings,
         pg: Recipient<UpsertStats>,
         redis: Recipient<ApplyStats>,
+        claims: Recipient<ClaimFirst>,
         source: Recipient<Applied>,
     ) -> Self {
         StatsBuffer {
@@ -44,6 +46,7 @@ impl StatsBuffer {
             settings,
             pg,
             redis,
+            claims,
             source,
             live: Lane::default(),
             batch: Lane::default(),
@@ -87,31 +90,38 @@ impl StatsBuffer {
         }
         let Some(rows) = self.batch.take() else { return };
         let (started, size) = (Instant::now(), rows.len());
-        let write = self.pg.send(UpsertStats {
-            position: self.position.clone(),
-            rows,
-        });
-        ctx.spawn(write.into_actor(self).map(move |res, act, ctx| {
-            match res.map_err(SinkError::from).and_then(|r| r) {
-                Ok(applied) => {
-                    act.settings.observe_flush("postgres", started, size, applied);
-                    act.batch.succeeded();
-                    act.report();
-                    // Whatever piled up meanwhile waits for its own trigger, as the seed's
-                    // "every 100 events or 30 s" asks; a full buffer goes at once.
-                    if act.draining || act.batch.pending_len() >= act.settings.config.stats_flush_events {
-                        act.flush_batch(ctx);
-                    } else {
-                        act.arm_batch_timer(ctx);
+        let (pg, claims, position) = (self.pg.clone(), self.claims.clone(), self.position.clone());
+        let write = async move {
+            let rows = mark_retries(&claims, &position, rows).await?;
+            pg.send(UpsertStats { position, rows }).await?
+        };
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(move |res: Result<usize, SinkError>, act, ctx| {
+                    match res {
+                        Ok(applied) => {
+                            act.settings.observe_flush("postgres", started, size, applied);
+                            act.batch.succeeded();
+                            act.report();
+                            // Whatever piled up meanwhile waits for its own trigger, as the seed's
+                            // "every 100 events or 30 s" asks; a full buffer goes at once.
+                            if act.draining
+                                || act.batch.pending_len() >= act.settings.config.stats_flush_events
+                            {
+                                act.flush_batch(ctx);
+                            } else {
+                                act.arm_batch_timer(ctx);
+                            }
+                        }
+                        Err(e) => {
+                            let wait = act.batch.failed(act.settings.retry_max);
+                            tracing::warn!(error = %e, retry_in = ?wait, "stats batch not upserted");
+                            ctx.run_later(wait, |act, ctx| act.flush_batch(ctx));
+                        }
                     }
-                }
-                Err(e) => {
-                    let wait = act.batch.failed(act.settings.retry_max);
-                    tracing::warn!(error = %e, retry_in = ?wait, "stats batch not upserted");
-                    ctx.run_later(wait, |act, ctx| act.flush_batch(ctx));
-                }
-            }
-        }));
+                }),
+        );
     }
 
     fn arm_batch_timer(&mut self, ctx: &mut Context<Self>) {
@@ -134,6 +144,37 @@ impl StatsBuffer {
     }
 }
 
+/// Asks Redis which client-chosen ids in `rows` retry an event already counted, and marks them.
+/// The live lane asks the same question inside its script; both get the same answer because the
+/// first sighting of an id is recorded by offset.
+async fn mark_retries(
+    claims: &Recipient<ClaimFirst>,
+    position: &Position,
+    rows: std::sync::Arc<Vec<StatRow>>,
+) -> Result<std::sync::Arc<Vec<StatRow>>, SinkError> {
+    let items: Vec<(i64, uuid::Uuid)> = rows
+        .iter()
+        .filter_map(|r| r.event_id.map(|id| (r.offset, id)))
+        .collect();
+    if items.is_empty() {
+        return Ok(rows);
+    }
+    let retries = claims
+        .send(ClaimFirst {
+            position: position.clone(),
+            items,
+        })
+        .await??;
+    if retries.is_empty() {
+        return Ok(rows);
+    }
+    let mut rows = std::sync::Arc::unwrap_or_clone(rows);
+    for r in &mut rows {
+        r.retry = retries.contains(&r.offset);
+    }
+    Ok(std::sync::Arc::new(rows))
+}
+
 impl Actor for StatsBuffer {
     type Context = Context<Self>;
 }
@@ -153,6 +194,7 @@ impl Handler<Consumed> for StatsBuffer {
             offset,
             StatDelta {
                 offset,
+                event_id: event.idempotent.then_some(event.event_id),
                 player_id: event.player_id.as_str().to_owned(),
                 event_type: event.event_type.as_str().to_owned(),
                 timestamp: event.timestamp.to_rfc3339_opts(SecondsFormat::Micros, true),
@@ -162,8 +204,10 @@ impl Handler<Consumed> for StatsBuffer {
             offset,
             StatRow {
                 offset,
+                event_id: event.idempotent.then_some(event.event_id),
                 player_id: event.player_id.as_str().to_owned(),
                 event_type: event.event_type.as_str().to_owned(),
+                retry: false,
             },
         );
         if self.batch.pending_len() >= self.settings.config.stats_flush_events {

@@ -34,12 +34,24 @@ async fn events_land_once_in_postgres_and_redis_and_poison_goes_to_the_dlq() {
     .await;
     let config = p.app.config.clone();
     let mut model = Model::default();
-    for ev in events(150, 7) {
-        let res = p.app.post_event(&ev).await;
+    let mut evs = events(150, 7);
+    // Half the events carry a client-chosen event_id; 30 of those are sent again one by one,
+    // after all the originals, and one batch re-sends 10 more: counted once all the same.
+    let retries = with_retries(&mut evs, 2, 40, 7);
+    for ev in evs.iter().chain(&retries[..30]) {
+        let res = p.app.post_event(ev).await;
         assert_eq!(res.status(), 200);
         let body: Value = res.json().await.unwrap();
-        model.add(&ev, body["event_id"].as_str().unwrap());
+        model.add(ev, body["event_id"].as_str().unwrap());
     }
+    let res = p.app.post_batch(&json!(retries[30..])).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    for (ev, result) in retries[30..].iter().zip(body["results"].as_array().unwrap()) {
+        assert_eq!(result["status"], "accepted", "{result}");
+        model.add(ev, result["event_id"].as_str().unwrap());
+    }
+    assert_eq!(model.event_ids.len(), 151, "the retries add no event");
     produce_raw(&config, "player-0", b"this is not json").await;
     produce_raw(
         &config,
@@ -298,11 +310,13 @@ async fn the_current_daily_board_follows_event_days_but_not_past_the_server_cloc
         gamemetrics::db::redis_pool(&config.redis, 0).unwrap(),
         gamemetrics::db::redis_pool(&config.redis, 1).unwrap(),
         &prefix,
+        86_400,
     )
     .start();
     let far = chrono::Utc::now().timestamp() + 86_400;
     let delta = |offset: i64, player: &str, day: &str| ScoreDelta {
         offset,
+        event_id: None,
         game_id: "g".into(),
         player_id: player.into(),
         score: 10,
@@ -350,4 +364,88 @@ async fn the_current_daily_board_follows_event_days_but_not_past_the_server_cloc
     apply(delta(2, "b", "2024-01-16")).await.unwrap().unwrap();
     let got: Vec<(String, i64)> = r.zrevrange_withscores(&current, 0, -1).await.unwrap();
     assert_eq!(got, [("b".to_owned(), 10)]);
+}
+
+#[actix_web::test]
+async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() {
+    use actix::Actor;
+    use gamemetrics::actors::messages::Position;
+    use gamemetrics::actors::sinks::redis::{ApplyStats, ClaimFirst, RedisSink, StatDelta};
+    use redis::AsyncCommands;
+    let config = test_config();
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let window = 600;
+    let sink = RedisSink::new(
+        gamemetrics::db::redis_pool(&config.redis, 0).unwrap(),
+        gamemetrics::db::redis_pool(&config.redis, 1).unwrap(),
+        &prefix,
+        window,
+    )
+    .start();
+    let (retried, other) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let position = Position {
+        service: "stats-aggregator",
+        topic: "t".into(),
+        partition: 0,
+    };
+    let delta = |offset: i64, id: Option<uuid::Uuid>| StatDelta {
+        offset,
+        event_id: id,
+        player_id: "p".into(),
+        event_type: "session_start".into(),
+        timestamp: "2024-01-15T10:00:00.000000Z".into(),
+    };
+    let apply = |deltas: Vec<StatDelta>| {
+        sink.send(ApplyStats {
+            position: position.clone(),
+            deltas: Arc::new(deltas),
+        })
+    };
+    let claim = |items: Vec<(i64, uuid::Uuid)>| {
+        sink.send(ClaimFirst {
+            position: position.clone(),
+            items,
+        })
+    };
+
+    // The PostgreSQL lane gets to offsets 0..3 first: the retry at 2 is named.
+    let retries = claim(vec![(0, retried), (1, other), (2, retried)])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(retries, vec![2]);
+    // The live lane then applies the same offsets plus a server-id event (no claim) twice over:
+    // the retry is skipped, the first sighting (already claimed, by its own offset) counts.
+    let applied = apply(vec![
+        delta(0, Some(retried)),
+        delta(1, Some(other)),
+        delta(2, Some(retried)),
+        delta(3, None),
+    ])
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(applied, 3);
+    // A later retry in another batch, and a replay of the claims after a crash, agree.
+    assert_eq!(apply(vec![delta(7, Some(other))]).await.unwrap().unwrap(), 0);
+    let retries = claim(vec![(0, retried), (2, retried), (7, other)])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(retries, vec![2, 7]);
+
+    let mut r = redis_conn(&config, 0).await;
+    let total: i64 = r
+        .hget(format!("{prefix}player_stats:p"), "total_events")
+        .await
+        .unwrap();
+    assert_eq!(total, 3);
+    let ttl: i64 = r
+        .ttl(format!("{prefix}gamemetrics:seen:{}", retried.simple()))
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= window as i64,
+        "claims expire with the window, ttl {ttl}"
+    );
 }

@@ -3,7 +3,7 @@
 //! from the accepted events: nothing lost, nothing counted twice.
 
 use crate::helpers::*;
-use crate::model::{assert_state, events, Model};
+use crate::model::{assert_state, events, with_retries, Model};
 use futures::StreamExt;
 use gamemetrics::config::Config;
 use rand::{Rng, SeedableRng};
@@ -49,8 +49,15 @@ async fn consumers_killed_mid_stream_lose_nothing_and_count_nothing_twice() {
     let mut procs: Vec<Child> = ROLES.iter().map(|r| spawn_consumer(&config, r)).collect();
 
     // Ingest 3,000 events, 16 requests at a time, while a killer takes processes down.
-    let evs = events(3_000, 42);
-    let posting = futures::stream::iter(evs.iter().cloned())
+    // Every event has a client-chosen id, and 300 are retried (interleaved, some concurrently
+    // with their original): the kills must not make a retry count.
+    let mut evs = events(3_000, 42);
+    let retries = with_retries(&mut evs, 1, 300, 42);
+    let mut sends = evs.clone();
+    for (i, r) in retries.into_iter().enumerate() {
+        sends.insert((i * 11 + 50).min(sends.len()), r);
+    }
+    let posting = futures::stream::iter(sends)
         .map(|ev| {
             let app = &app;
             async move {
@@ -84,6 +91,7 @@ async fn consumers_killed_mid_stream_lose_nothing_and_count_nothing_twice() {
     };
     let (accepted, kills) = futures::join!(posting, killing);
     assert!(kills >= 12);
+    assert_eq!(accepted.len(), 3_301);
 
     let mut model = Model::default();
     for (ev, id) in &accepted {

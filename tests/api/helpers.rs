@@ -86,6 +86,17 @@ impl TestApp {
         self.post_raw(body.to_string(), "application/json").await
     }
 
+    /// POSTs a JSON array of events to the batch endpoint.
+    pub async fn post_batch(&self, events: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/api/v1/events/batch", self.address))
+            .header("Content-Type", "application/json")
+            .body(events.to_string())
+            .send()
+            .await
+            .expect("request reaches the app")
+    }
+
     /// POSTs raw bytes with a given content type.
     pub async fn post_raw(&self, body: impl Into<reqwest::Body>, content_type: &str) -> reqwest::Response {
         self.client

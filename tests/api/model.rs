@@ -23,7 +23,9 @@ const OTHER: [&str; 2] = ["player_level_up", "session_start"];
 /// What PostgreSQL and Redis must hold after a set of events, computed without gamemetrics.
 #[derive(Default)]
 pub struct Model {
+    /// Distinct event ids, in the order first accepted.
     pub event_ids: Vec<String>,
+    seen: std::collections::HashSet<String>,
     /// player -> (total, type -> count, newest timestamp)
     pub stats: BTreeMap<String, (i64, BTreeMap<String, i64>, String)>,
     /// (game, board) -> player -> score; board is "alltime", "daily:<day>", "weekly:<week>"
@@ -33,8 +35,11 @@ pub struct Model {
 }
 
 impl Model {
-    /// Adds an accepted event to the expectations.
+    /// Adds an accepted event to the expectations; a retry of an id already added changes nothing.
     pub fn add(&mut self, ev: &Value, event_id: &str) {
+        if !self.seen.insert(event_id.to_owned()) {
+            return;
+        }
         self.event_ids.push(event_id.to_owned());
         let (ty, player, game) = (
             ev["event_type"].as_str().unwrap(),
@@ -140,6 +145,19 @@ pub fn events(n: usize, seed: u64) -> Vec<Value> {
                     "timestamp":"2024-01-15T12:00:00Z","data":{}}),
     );
     out
+}
+
+/// Gives every `every`-th event a client-chosen `event_id`, and returns `retries` re-sends of
+/// randomly chosen such events (same body, same id), as a client retrying after a lost answer.
+pub fn with_retries(evs: &mut [Value], every: usize, retries: usize, seed: u64) -> Vec<Value> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for ev in evs.iter_mut().step_by(every) {
+        ev["event_id"] = json!(uuid::Uuid::from_u128(rng.random()).to_string());
+    }
+    let keyed: Vec<&Value> = evs.iter().filter(|e| e.get("event_id").is_some()).collect();
+    (0..retries)
+        .map(|_| keyed[rng.random_range(0..keyed.len())].clone())
+        .collect()
 }
 
 #[derive(QueryableByName, Debug)]

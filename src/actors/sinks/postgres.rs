@@ -61,8 +61,12 @@ pub struct WriteEvents {
 #[derive(Debug, Clone)]
 pub struct StatRow {
     pub offset: i64,
+    /// Set when the client chose the event_id: a retry of it must not count again.
+    pub event_id: Option<uuid::Uuid>,
     pub player_id: String,
     pub event_type: String,
+    /// A retry of an event already counted ([`super::redis::ClaimFirst`]): it only moves the offset.
+    pub retry: bool,
 }
 
 /// Stats aggregator: add a batch of events to player_statistics, once.
@@ -265,7 +269,7 @@ impl Handler<UpsertStats> for PgSink {
                 // Aggregate per player first: one row per player per batch keeps the
                 // upsert from touching a row twice in one statement.
                 let mut per_player: HashMap<&str, (i32, Map<String, Value>)> = HashMap::new();
-                for r in &fresh {
+                for r in fresh.iter().filter(|r| !r.retry) {
                     let (total, breakdown) = per_player.entry(r.player_id.as_str()).or_default();
                     *total += 1;
                     let n = breakdown.get(&r.event_type).and_then(Value::as_i64).unwrap_or(0);
@@ -290,7 +294,7 @@ impl Handler<UpsertStats> for PgSink {
                 if let Some(last) = fresh.last() {
                     store_offset(conn, &p, last.offset + 1).await?;
                 }
-                Ok::<usize, diesel::result::Error>(fresh.len())
+                Ok::<usize, diesel::result::Error>(fresh.iter().filter(|r| !r.retry).count())
             })
             .await
             .map_err(pg_err)

@@ -19,19 +19,34 @@ pub struct RedisSink {
     prefix: Arc<str>,
     stats_script: Arc<Script>,
     scores_script: Arc<Script>,
+    claim_script: Arc<Script>,
+    /// DEDUP_WINDOW_SECS; 0 when client retries are not deduplicated.
+    dedup_window_secs: u64,
     failures: u32,
 }
 
 impl RedisSink {
-    /// A sink over the stats (DB 0) and leaderboard (DB 1) pools, with every key under `prefix`.
-    pub fn new(stats: RedisPool, boards: RedisPool, prefix: &str) -> Self {
+    /// A sink over the stats (DB 0) and leaderboard (DB 1) pools, with every key under `prefix`,
+    /// remembering client-chosen event ids for `dedup_window_secs` (0: not at all).
+    pub fn new(stats: RedisPool, boards: RedisPool, prefix: &str, dedup_window_secs: u64) -> Self {
         RedisSink {
             stats,
             boards,
             prefix: prefix.into(),
             stats_script: Arc::new(Script::new(STATS_LUA)),
             scores_script: Arc::new(Script::new(SCORES_LUA)),
+            claim_script: Arc::new(Script::new(CLAIM_LUA)),
+            dedup_window_secs,
             failures: 0,
+        }
+    }
+
+    /// The id a script claims for an event: empty (no claim) unless the client chose it and
+    /// deduplication is on.
+    fn claim_id(&self, id: Option<uuid::Uuid>) -> String {
+        match id {
+            Some(id) if self.dedup_window_secs > 0 => id.simple().to_string(),
+            _ => String::new(),
         }
     }
 
@@ -72,6 +87,8 @@ fn redis_err(e: impl std::fmt::Display) -> SinkError {
 #[derive(Debug, Clone)]
 pub struct StatDelta {
     pub offset: i64,
+    /// Set when the client chose the event_id: a retry of it must not count again.
+    pub event_id: Option<uuid::Uuid>,
     pub player_id: String,
     pub event_type: String,
     /// RFC 3339 UTC with microseconds, so string order is time order.
@@ -90,6 +107,8 @@ pub struct ApplyStats {
 #[derive(Debug, Clone)]
 pub struct ScoreDelta {
     pub offset: i64,
+    /// Set when the client chose the event_id: a retry of it must not score again.
+    pub event_id: Option<uuid::Uuid>,
     pub game_id: String,
     pub player_id: String,
     pub score: i64,
@@ -109,6 +128,17 @@ pub struct ApplyScores {
     pub deltas: Arc<Vec<ScoreDelta>>,
 }
 
+/// Stats' PostgreSQL lane asks which of its client-chosen event ids are retries of an event
+/// already seen at another offset (its Redis lane asks inside its own script). Answers the
+/// offsets of the retries, which must not be counted.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<i64>, SinkError>")]
+pub struct ClaimFirst {
+    pub position: Position,
+    /// (offset, client-chosen event_id)
+    pub items: Vec<(i64, uuid::Uuid)>,
+}
+
 /// Read the current top N of every period of some games.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<BoardTop>, SinkError>")]
@@ -122,7 +152,7 @@ pub const PERIODS: [&str; 3] = ["daily", "weekly", "alltime"];
 
 impl RedisSink {
     /// Runs one of the offset-guarded scripts: KEYS[1] is the partition's offset key, ARGV the
-    /// key prefix followed by whatever `fill` adds for each record.
+    /// key prefix, the dedup window, the partition's claim tag, then whatever `fill` adds.
     fn apply_guarded(
         &mut self,
         pool: RedisPool,
@@ -131,9 +161,10 @@ impl RedisSink {
         fill: impl for<'a> FnOnce(&mut redis::ScriptInvocation<'a>) + 'static,
     ) -> ResponseActFuture<Self, Result<usize, SinkError>> {
         let (key, prefix) = (self.offset_key(position), self.prefix.clone());
+        let (window, tag) = (self.dedup_window_secs, claim_tag(position));
         tracked(self, async move {
             let mut invocation = script.key(key);
-            invocation.arg(prefix.as_ref());
+            invocation.arg(prefix.as_ref()).arg(window).arg(tag);
             fill(&mut invocation);
             let mut conn = pool.get().await.map_err(redis_err)?;
             invocation
@@ -149,9 +180,11 @@ impl Handler<ApplyStats> for RedisSink {
 
     fn handle(&mut self, msg: ApplyStats, _: &mut Context<Self>) -> Self::Result {
         let (pool, script) = (self.stats.clone(), self.stats_script.clone());
+        let ids: Vec<String> = msg.deltas.iter().map(|d| self.claim_id(d.event_id)).collect();
         self.apply_guarded(pool, script, &msg.position, move |inv| {
-            for d in msg.deltas.iter() {
+            for (d, id) in msg.deltas.iter().zip(ids) {
                 inv.arg(d.offset)
+                    .arg(id)
                     .arg(&d.player_id)
                     .arg(&d.event_type)
                     .arg(&d.timestamp);
@@ -166,10 +199,12 @@ impl Handler<ApplyScores> for RedisSink {
     fn handle(&mut self, msg: ApplyScores, _: &mut Context<Self>) -> Self::Result {
         let (pool, script) = (self.boards.clone(), self.scores_script.clone());
         let (today, _, this_week, _) = crate::actors::leaderboard::periods_of(chrono::Utc::now(), 0);
+        let ids: Vec<String> = msg.deltas.iter().map(|d| self.claim_id(d.event_id)).collect();
         self.apply_guarded(pool, script, &msg.position, move |inv| {
             inv.arg(today).arg(this_week);
-            for d in msg.deltas.iter() {
+            for (d, id) in msg.deltas.iter().zip(ids) {
                 inv.arg(d.offset)
+                    .arg(id)
                     .arg(&d.game_id)
                     .arg(&d.player_id)
                     .arg(d.score)
@@ -180,6 +215,37 @@ impl Handler<ApplyScores> for RedisSink {
             }
         })
     }
+}
+
+impl Handler<ClaimFirst> for RedisSink {
+    type Result = ResponseActFuture<Self, Result<Vec<i64>, SinkError>>;
+
+    fn handle(&mut self, msg: ClaimFirst, _: &mut Context<Self>) -> Self::Result {
+        let (pool, script, prefix) = (self.stats.clone(), self.claim_script.clone(), self.prefix.clone());
+        let (window, tag) = (self.dedup_window_secs, claim_tag(&msg.position));
+        tracked(self, async move {
+            if window == 0 || msg.items.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut invocation = script.arg(prefix.as_ref());
+            invocation.arg(window).arg(tag);
+            for (offset, id) in &msg.items {
+                invocation.arg(*offset).arg(id.simple().to_string());
+            }
+            let mut conn = pool.get().await.map_err(redis_err)?;
+            invocation
+                .invoke_async::<Vec<i64>>(&mut *conn)
+                .await
+                .map_err(redis_err)
+        })
+    }
+}
+
+/// What a claim records as the first sighting of an event id: `topic:partition:` + offset.
+/// Duplicates share a partition (the key is the player), and every lane reads a partition in
+/// order, so whichever lane claims first records the lowest offset and all lanes agree.
+fn claim_tag(p: &Position) -> String {
+    format!("{}:{}:", p.topic, p.partition)
 }
 
 impl Handler<ReadTop> for RedisSink {
@@ -221,46 +287,84 @@ pub fn board_key(prefix: &str, game_id: &str, period: &str) -> String {
     format!("{prefix}leaderboard:{game_id}:{period}")
 }
 
-/// ARGV: prefix, then per event: offset, player_id, event_type, timestamp.
-const STATS_LUA: &str = r#"
+/// The idempotent-retry check shared by every script: `first(id, offset)` is true unless `id`
+/// (empty: no check) was already claimed by a different offset. The claim stores where the id was
+/// first seen for ARGV[2] seconds; claiming again from the same offset (a replay after a crash)
+/// still answers true, so a replayed first sighting is counted exactly once by the offset guard.
+/// ARGV[1] is the key prefix, ARGV[3] the partition's claim tag.
+macro_rules! claim_fn {
+    () => {
+        r#"
+local function first(id, off)
+  if id == '' then return true end
+  local pos = ARGV[3] .. off
+  local prev = redis.call('SET', ARGV[1] .. 'gamemetrics:seen:' .. id, pos, 'NX', 'GET', 'EX', ARGV[2])
+  return (not prev) or prev == pos
+end
+"#
+    };
+}
+
+/// ARGV: prefix, window, claim tag, then per event: offset, id, player_id, event_type, timestamp.
+const STATS_LUA: &str = concat!(
+    claim_fn!(),
+    r#"
 local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
 local prefix = ARGV[1]
 local nxt, n = applied, 0
-for i = 2, #ARGV, 4 do
+for i = 4, #ARGV, 5 do
   local off = tonumber(ARGV[i])
   if off >= applied then
-    local key = prefix .. 'player_stats:' .. ARGV[i + 1]
-    redis.call('HINCRBY', key, 'total_events', 1)
-    redis.call('HINCRBY', key, 'event_' .. ARGV[i + 2], 1)
-    local last = redis.call('HGET', key, 'last_event')
-    if (not last) or ARGV[i + 3] > last then redis.call('HSET', key, 'last_event', ARGV[i + 3]) end
-    n = n + 1
+    if first(ARGV[i + 1], ARGV[i]) then
+      local key = prefix .. 'player_stats:' .. ARGV[i + 2]
+      redis.call('HINCRBY', key, 'total_events', 1)
+      redis.call('HINCRBY', key, 'event_' .. ARGV[i + 3], 1)
+      local last = redis.call('HGET', key, 'last_event')
+      if (not last) or ARGV[i + 4] > last then redis.call('HSET', key, 'last_event', ARGV[i + 4]) end
+      n = n + 1
+    end
     if off + 1 > nxt then nxt = off + 1 end
   end
 end
 if nxt > applied then redis.call('SET', KEYS[1], nxt) end
 return n
-"#;
+"#
+);
 
-/// ARGV: prefix, the server's current day and ISO week, then per event: offset, game, player,
-/// score, day, week, day expiry, week expiry. The dated boards (`…:daily:2024-01-15`) keep past
+/// ARGV: prefix, window, claim tag, then per event: offset, id. Returns the retries' offsets.
+const CLAIM_LUA: &str = concat!(
+    claim_fn!(),
+    r#"
+local retries = {}
+for i = 4, #ARGV, 2 do
+  if not first(ARGV[i + 1], ARGV[i]) then retries[#retries + 1] = tonumber(ARGV[i]) end
+end
+return retries
+"#
+);
+
+/// ARGV: prefix, window, claim tag, the server's current day and ISO week, then per event:
+/// offset, id, game, player, score, day, week, day expiry, week expiry. The dated boards (`…:daily:2024-01-15`) keep past
 /// periods until their retention ends; `…:daily` is the board of the newest day seen that is not
 /// ahead of the server's clock (a client clock running fast must not end today early). When it
 /// moves to a newer day it starts as that day's dated board, which already holds this event and
 /// any that arrived early; a dated board already past retention is gone, so then it starts with
 /// this event alone.
-const SCORES_LUA: &str = r#"
+const SCORES_LUA: &str = concat!(
+    claim_fn!(),
+    r#"
 local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
 local prefix = ARGV[1]
-local server = { daily = ARGV[2], weekly = ARGV[3] }
+local server = { daily = ARGV[4], weekly = ARGV[5] }
 local nxt, n = applied, 0
-for i = 4, #ARGV, 8 do
+for i = 6, #ARGV, 9 do
   local off = tonumber(ARGV[i])
-  if off >= applied then
-    local base = prefix .. 'leaderboard:' .. ARGV[i + 1]
-    local player, score = ARGV[i + 2], ARGV[i + 3]
+  if off >= applied and first(ARGV[i + 1], ARGV[i]) then
+    local j = i + 1
+    local base = prefix .. 'leaderboard:' .. ARGV[j + 1]
+    local player, score = ARGV[j + 2], ARGV[j + 3]
     redis.call('ZINCRBY', base .. ':alltime', score, player)
-    local periods = { { 'daily', ARGV[i + 4], ARGV[i + 6] }, { 'weekly', ARGV[i + 5], ARGV[i + 7] } }
+    local periods = { { 'daily', ARGV[j + 4], ARGV[j + 6] }, { 'weekly', ARGV[j + 5], ARGV[j + 7] } }
     for _, p in ipairs(periods) do
       local current, stamp, expires = base .. ':' .. p[1], p[2], p[3]
       local dated = current .. ':' .. stamp
@@ -281,9 +385,10 @@ for i = 4, #ARGV, 8 do
       end
     end
     n = n + 1
-    if off + 1 > nxt then nxt = off + 1 end
   end
+  if off >= applied and off + 1 > nxt then nxt = off + 1 end
 end
 if nxt > applied then redis.call('SET', KEYS[1], nxt) end
 return n
-"#;
+"#
+);
