@@ -30,3 +30,19 @@ ensure_build_deps() {
   fi
   command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
 }
+
+# schemathesis (PyPI), for the OpenAPI contract test, in a venv of its own so its pins don't
+# fight checkov's; the test finds it through SCHEMATHESIS.
+SCHEMATHESIS_VERSION=4.32.5
+export SCHEMATHESIS="$HOME/.cache/gamemetrics/schemathesis/bin/st"
+ensure_schemathesis() {
+  local venv="$HOME/.cache/gamemetrics/schemathesis"
+  # Not `pip show | grep -q`: grep quitting early makes pip's write fail, and pipefail with it.
+  local have
+  have=$("$venv/bin/pip" show schemathesis 2>/dev/null || true)
+  if ! grep -qx "Version: $SCHEMATHESIS_VERSION" <<<"$have"; then
+    echo "installing schemathesis $SCHEMATHESIS_VERSION" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
+}

@@ -10,6 +10,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use std::net::TcpListener;
+use std::sync::Arc;
 
 /// A bound, not yet running, HTTP server.
 pub struct Application {
@@ -23,6 +24,8 @@ impl Application {
         let listener = TcpListener::bind(config.http.http_addr)?;
         let port = listener.local_addr()?.port();
         let http = &config.http;
+        // One key cache for ingestion and reads; the pool connects on the first lookup.
+        let keys = Arc::new(crate::auth::KeyStore::new(crate::db::pg_pool(&config.database)));
         let state = web::Data::new(AppState {
             producer,
             limiter: RateLimiter::new(http.rate_limit_rps, http.burst()),
@@ -35,10 +38,8 @@ impl Application {
             max_body_bytes: http.max_body_bytes,
             batch_max_body_bytes: http.batch_max_body_bytes,
             batch_max_events: http.batch_max_events,
-            keys: http
-                .auth_required
-                .unwrap_or(true)
-                .then(|| crate::auth::KeyStore::new(crate::db::pg_pool(&config.database))),
+            keys: http.auth_required.unwrap_or(true).then(|| keys.clone()),
+            api: http.http_api,
             metrics: metrics.clone(),
         });
         let metrics = web::Data::new(metrics);
@@ -49,14 +50,16 @@ impl Application {
             stats: redis_reader(0)?,
             boards: redis_reader(1)?,
             prefix: config.redis.redis_key_prefix.clone(),
+            keys: http.query_auth_required.then_some(keys),
         });
+        let api = http.http_api;
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(metrics.clone())
                 .app_data(queries.clone())
                 .wrap(from_fn(http::observe))
-                .configure(http::routes)
+                .configure(|cfg| http::routes(cfg, api))
                 .default_service(web::to(http::not_found))
         })
         // In-flight produces get their full timeout to finish before the server stops.

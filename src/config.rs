@@ -64,6 +64,16 @@ pub struct HttpConfig {
     #[arg(long, env = "AUTH_REQUIRED")]
     pub auth_required: Option<bool>,
 
+    /// Require a valid API key on the read endpoints too; a key then reads only its own game's
+    /// leaderboards and events (403 / 404 otherwise).
+    #[arg(long, env = "QUERY_AUTH_REQUIRED", default_value_t = false)]
+    pub query_auth_required: bool,
+
+    /// Which endpoints this deployment serves: `all`, `ingest` (POST events) or `query` (reads).
+    /// Health and metrics are always served.
+    #[arg(long, env = "HTTP_API", value_enum, default_value_t = HttpApi::All)]
+    pub http_api: HttpApi,
+
     /// Ingest requests per second this instance accepts (token bucket refill rate).
     #[arg(long, env = "RATE_LIMIT_RPS", default_value_t = 10_000)]
     pub rate_limit_rps: u32,
@@ -71,6 +81,25 @@ pub struct HttpConfig {
     /// Burst size of the token bucket; 0 means one second's worth (RATE_LIMIT_RPS).
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 0)]
     pub rate_limit_burst: u32,
+}
+
+/// The endpoint groups a `serve` process answers (`HTTP_API`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HttpApi {
+    All,
+    Ingest,
+    Query,
+}
+
+impl HttpApi {
+    /// Serves `POST /api/v1/events` and the batch endpoint.
+    pub fn ingest(self) -> bool {
+        self != HttpApi::Query
+    }
+    /// Serves the read endpoints.
+    pub fn query(self) -> bool {
+        self != HttpApi::Ingest
+    }
 }
 
 impl HttpConfig {

@@ -7,9 +7,49 @@
 use crate::domain::ValidationError;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+use serde::Serialize;
 use std::time::Duration;
+use utoipa::ToSchema;
 use uuid::Uuid;
+
+/// The body of every error answer: `{"status":"error","error":{…}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub status: ErrorTag,
+    pub error: ErrorDetail,
+}
+
+/// Always `error`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorTag {
+    Error,
+}
+
+/// What went wrong, for a program (`code`) and for a person (`message`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable, e.g. `invalid_field`, `not_found`, `rate_limited`.
+    pub code: String,
+    pub message: String,
+    /// The request field at fault, when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// On `kafka_unavailable`: the id to retry with, so the retry can't become a second event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<Uuid>,
+}
+
+impl From<&ValidationError> for ErrorDetail {
+    fn from(v: &ValidationError) -> Self {
+        ErrorDetail {
+            code: v.code.to_owned(),
+            message: v.message.clone(),
+            field: v.field.clone(),
+            event_id: None,
+        }
+    }
+}
 
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
@@ -82,13 +122,18 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut error = json!({"code": self.code(), "message": self.to_string()});
-        match self {
-            ApiError::Validation(ValidationError { field: Some(f), .. }) => error["field"] = json!(f),
-            // The id the client should retry with, so the retry can't become a second event.
-            ApiError::KafkaUnavailable { event_id, .. } => error["event_id"] = json!(event_id),
-            _ => {}
-        }
+        let error = ErrorDetail {
+            code: self.code().to_owned(),
+            message: self.to_string(),
+            field: match self {
+                ApiError::Validation(v) => v.field.clone(),
+                _ => None,
+            },
+            event_id: match self {
+                ApiError::KafkaUnavailable { event_id, .. } => Some(*event_id),
+                _ => None,
+            },
+        };
         let mut res = HttpResponse::build(self.status_code());
         match self {
             ApiError::Unauthorized(_) => {
@@ -102,6 +147,9 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        res.json(json!({"status": "error", "error": error}))
+        res.json(ErrorBody {
+            status: ErrorTag::Error,
+            error,
+        })
     }
 }

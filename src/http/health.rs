@@ -12,12 +12,23 @@ use std::time::Duration;
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /healthz`: the process is alive and serving HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = Object, example = json!({"status": "ok"}))))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: the broker answers a metadata request for the topic; 503 otherwise.
+/// `GET /readyz`: the broker answers a metadata request for the topic; 503 otherwise. A
+/// query-only process doesn't need Kafka: its stores answer 503 per request when down.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready to take traffic", body = Object),
+        (status = 503, description = "Kafka is not reachable", body = super::error::ErrorBody)
+    ))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !state.api.ingest() {
+        return Ok(HttpResponse::Ok().json(json!({"status": "ready", "checks": {}})));
+    }
     state
         .producer
         .check_ready(READY_TIMEOUT)
@@ -27,6 +38,8 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)))]
 pub async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

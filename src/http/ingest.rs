@@ -2,16 +2,127 @@
 //! events are durable. Bodies may be gzip-compressed (`Content-Encoding: gzip`); size limits
 //! apply to the decompressed body.
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody, ErrorDetail};
 use super::AppState;
 use crate::domain::IngestRequest;
 use crate::kafka::ProduceError;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// An event as a client sends it (OpenAPI only: bodies are validated field by field, so each
+/// error can name its field). Unknown fields are refused.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct EventRequest {
+    /// Choose it (a UUID, not the nil one) to make retries safe: an id is stored and counted once.
+    /// Generated when absent.
+    event_id: Option<Uuid>,
+    /// At most 100 characters, no control characters, like the two ids below.
+    #[schema(example = "player_score", min_length = 1, max_length = 100)]
+    event_type: String,
+    #[schema(example = "player-1", min_length = 1, max_length = 100)]
+    player_id: String,
+    #[schema(example = "game-1", min_length = 1, max_length = 100)]
+    game_id: String,
+    /// When it happened (RFC 3339); at most MAX_FUTURE_SKEW_SECS ahead of the server. Default: now.
+    #[schema(example = "2024-01-15T10:30:00Z")]
+    timestamp: Option<chrono::DateTime<chrono::Utc>>,
+    /// Game-defined; scoring events carry an integer `score`. At most MAX_DATA_BYTES serialized.
+    #[schema(value_type = Option<Object>, example = json!({"score": 1500}))]
+    data: Option<serde_json::Value>,
+}
+
+/// Always `success`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SuccessTag {
+    Success,
+}
+
+/// The answer to an accepted event: it is durable in Kafka.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub status: SuccessTag,
+    pub event_id: Uuid,
+}
+
+/// What became of one item of a batch.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemStatus {
+    /// Durable in Kafka.
+    Accepted,
+    /// Invalid: never retry it as it is.
+    Rejected,
+    /// Kafka trouble: retry this item with its `event_id`.
+    Failed,
+}
+
+/// One item's outcome, in request order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItem {
+    pub index: usize,
+    pub status: ItemStatus,
+    /// Present unless the item was rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<Uuid>,
+    /// Present unless the item was accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// The answer to a readable batch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchAnswer {
+    pub status: SuccessTag,
+    /// How many items are durable in Kafka.
+    pub accepted: usize,
+    pub results: Vec<BatchItem>,
+}
+
+/// The error answers both ingest endpoints can give (OpenAPI only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum IngestErrors {
+    /// Not a valid event (the body names the field), or an unreadable body.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// AUTH_REQUIRED is on and no valid API key was given.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The API key belongs to another game.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// The body (after gzip) or the event's `data` is too large.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Content-Type is not application/json.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+    /// Over the instance's or the key's rate limit; see Retry-After.
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+    /// Kafka did not acknowledge in time; retry with the same event_id (see Retry-After).
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
 
 /// Accepts one event. 200 only after every in-sync replica acknowledged it.
+#[utoipa::path(
+    post, path = "/api/v1/events", tag = "ingest",
+    request_body(content = EventRequest, content_type = "application/json",
+                 description = "One event; may be gzip-compressed (Content-Encoding: gzip)"),
+    responses(
+        (status = 200, description = "Durable in Kafka (acks=all)", body = Accepted),
+        IngestErrors
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn ingest_event(
     req: HttpRequest,
     payload: web::Payload,
@@ -54,7 +165,10 @@ pub async fn ingest_event(
             event_id: event.event_id,
         },
     })?;
-    Ok(HttpResponse::Ok().json(json!({"status": "success", "event_id": event.event_id})))
+    Ok(HttpResponse::Ok().json(Accepted {
+        status: SuccessTag::Success,
+        event_id: event.event_id,
+    }))
 }
 
 /// `application/json`, with or without parameters such as `charset=utf-8`.
@@ -136,6 +250,16 @@ async fn read_raw(
 /// `accepted` (durable, with its `event_id`), `rejected` (with the error, never retry as is) or
 /// `failed` (Kafka trouble: retry that item with its `event_id`). The status is 200 whenever the
 /// batch itself was readable, because each item carries its own outcome.
+#[utoipa::path(
+    post, path = "/api/v1/events/batch", tag = "ingest",
+    request_body(content = Vec<EventRequest>, content_type = "application/json",
+                 description = "1 to BATCH_MAX_EVENTS (1000) events; may be gzip-compressed"),
+    responses(
+        (status = 200, description = "Each item's outcome, in order", body = BatchAnswer),
+        IngestErrors
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn ingest_batch(
     req: HttpRequest,
     payload: web::Payload,
@@ -189,26 +313,44 @@ pub async fn ingest_batch(
         }
     });
     let delivered = futures::future::join_all(sends).await;
-    let mut accepted = 0;
-    let results: Vec<serde_json::Value> = parsed
+    let results: Vec<BatchItem> = parsed
         .iter()
         .zip(delivered)
         .enumerate()
-        .map(|(index, (p, d))| match (p, d) {
-            (Ok(event), Some(Ok(_))) => {
-                accepted += 1;
-                json!({"index": index, "status": "accepted", "event_id": event.event_id})
+        .map(|(index, (p, d))| {
+            let (status, event_id, error) = match (p, d) {
+                (Ok(event), Some(Ok(_))) => (ItemStatus::Accepted, Some(event.event_id), None),
+                (Ok(event), Some(Err(e))) => (
+                    ItemStatus::Failed,
+                    Some(event.event_id),
+                    Some(ErrorDetail {
+                        code: "kafka_unavailable".into(),
+                        message: e.to_string(),
+                        field: None,
+                        event_id: None,
+                    }),
+                ),
+                (Err(v), _) => (ItemStatus::Rejected, None, Some(ErrorDetail::from(v))),
+                // Not sent: unreachable, as every valid item is sent; answer it as retryable.
+                (Ok(event), None) => (ItemStatus::Failed, Some(event.event_id), None),
+            };
+            BatchItem {
+                index,
+                status,
+                event_id,
+                error,
             }
-            (Ok(event), Some(Err(e))) => {
-                json!({"index": index, "status": "failed", "event_id": event.event_id,
-                "error": {"code": "kafka_unavailable", "message": e.to_string()}})
-            }
-            (Err(v), _) => json!({"index": index, "status": "rejected",
-                "error": {"code": v.code, "field": v.field, "message": v.message}}),
-            (Ok(event), None) => json!({"index": index, "status": "failed", "event_id": event.event_id}),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"status": "success", "accepted": accepted, "results": results})))
+    let accepted = results
+        .iter()
+        .filter(|r| matches!(r.status, ItemStatus::Accepted))
+        .count();
+    Ok(HttpResponse::Ok().json(BatchAnswer {
+        status: SuccessTag::Success,
+        accepted,
+        results,
+    }))
 }
 
 /// Checks the API key when the deployment requires one; `None` when it doesn't.
@@ -216,22 +358,8 @@ async fn authenticate(
     req: &HttpRequest,
     state: &AppState,
 ) -> Result<Option<crate::auth::Authenticated>, ApiError> {
-    let Some(keys) = &state.keys else { return Ok(None) };
-    let header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match keys.authenticate(header).await {
-        Ok(k) => Ok(Some(k)),
-        Err(e @ crate::auth::AuthError::Store(_)) => Err(ApiError::StoreUnavailable(e.to_string())),
-        Err(e) => {
-            let reason = if matches!(e, crate::auth::AuthError::Missing) {
-                "missing"
-            } else {
-                "invalid"
-            };
-            state.metrics.auth_failures.with_label_values(&[reason]).inc();
-            Err(ApiError::Unauthorized(e.to_string()))
-        }
+    match &state.keys {
+        None => Ok(None),
+        Some(keys) => super::authenticate(req, keys, &state.metrics).await.map(Some),
     }
 }

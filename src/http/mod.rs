@@ -10,13 +10,18 @@
 //! | `GET /player/{id}/stats` | [`query::player_stats`] |
 //! | `GET /games/{id}/leaderboard` | [`query::leaderboard`] |
 //! | `GET /events/{id}`       | [`query::event`]      |
+//! | `GET /player/{id}/events`, `GET /games/{id}/leaderboard/players/{pid}`, `POST /api/v1/events/batch` | see [`openapi`] |
+//! | `GET /openapi.json`, `GET /docs` | [`openapi`] |
 
 pub mod error;
 pub mod health;
 pub mod ingest;
+pub mod openapi;
 pub mod query;
 pub mod rate_limit;
 
+use crate::auth::{AuthError, Authenticated, KeyStore};
+use crate::config::HttpApi;
 use crate::domain::EventLimits;
 use crate::kafka::EventProducer;
 use crate::metrics::Metrics;
@@ -26,6 +31,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 use error::ApiError;
 use rate_limit::RateLimiter;
+use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -38,33 +44,63 @@ pub struct AppState {
     pub batch_max_body_bytes: usize,
     pub batch_max_events: usize,
     /// Present when ingestion requires an API key.
-    pub keys: Option<crate::auth::KeyStore>,
+    pub keys: Option<Arc<KeyStore>>,
+    /// Which endpoint groups this process serves (readiness checks Kafka only for ingestion).
+    pub api: HttpApi,
     pub metrics: Metrics,
 }
 
-/// Registers every route.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/api/v1/events/batch")
-            .route(web::post().to(ingest::ingest_batch))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/api/v1/events")
-            .route(web::post().to(ingest::ingest_event))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .route("/healthz", web::get().to(health::healthz))
-    .route("/readyz", web::get().to(health::readyz))
-    .route("/metrics", web::get().to(health::metrics))
-    .route("/player/{player_id}/stats", web::get().to(query::player_stats))
-    .route("/player/{player_id}/events", web::get().to(query::player_events))
-    .route("/games/{game_id}/leaderboard", web::get().to(query::leaderboard))
-    .route(
-        "/games/{game_id}/leaderboard/players/{player_id}",
-        web::get().to(query::player_rank),
-    )
-    .route("/events/{event_id}", web::get().to(query::event));
+/// Registers the routes of the endpoint groups `api` selects, plus health and metrics.
+pub fn routes(cfg: &mut web::ServiceConfig, api: HttpApi) {
+    if api.ingest() {
+        cfg.service(
+            web::resource("/api/v1/events/batch")
+                .route(web::post().to(ingest::ingest_batch))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/events")
+                .route(web::post().to(ingest::ingest_event))
+                .default_service(web::to(method_not_allowed)),
+        );
+    }
+    if api.query() {
+        cfg.route("/player/{player_id}/stats", web::get().to(query::player_stats))
+            .route("/player/{player_id}/events", web::get().to(query::player_events))
+            .route("/games/{game_id}/leaderboard", web::get().to(query::leaderboard))
+            .route(
+                "/games/{game_id}/leaderboard/players/{player_id}",
+                web::get().to(query::player_rank),
+            )
+            .route("/events/{event_id}", web::get().to(query::event));
+    }
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
+        .route("/openapi.json", web::get().to(openapi::openapi_json))
+        .route("/docs", web::get().to(openapi::docs));
+}
+
+/// Checks an `Authorization` header against the key store, counting failures by reason
+/// (never logging the key).
+pub async fn authenticate(
+    req: &HttpRequest,
+    keys: &KeyStore,
+    metrics: &Metrics,
+) -> Result<Authenticated, ApiError> {
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    keys.authenticate(header).await.map_err(|e| {
+        let reason = match e {
+            AuthError::Store(_) => return ApiError::StoreUnavailable(e.to_string()),
+            AuthError::Missing => "missing",
+            AuthError::Invalid => "invalid",
+        };
+        metrics.auth_failures.with_label_values(&[reason]).inc();
+        ApiError::Unauthorized(e.to_string())
+    })
 }
 
 /// The routes of a consumer process: liveness (also used as readiness) and metrics.

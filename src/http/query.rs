@@ -1,19 +1,25 @@
 //! Read endpoints: player stats and leaderboards from Redis (PostgreSQL when Redis lacks them),
-//! single events from PostgreSQL.
+//! single events from PostgreSQL. Every answer is one of the typed bodies below, which are also
+//! the OpenAPI schemas (`/openapi.json`), so the contract and the code can't drift apart.
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::actors::sinks::redis::board_key;
+use crate::auth::{Authenticated, KeyStore};
 use crate::db::PgPool;
 use crate::domain::{GameId, PlayerId};
-use actix_web::{web, HttpRequest, HttpResponse};
+use crate::metrics::Metrics;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Integer, Jsonb, Text, Timestamptz, Uuid as SqlUuid};
 use diesel::QueryableByName;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::AsyncPgConnection;
 use diesel_async::RunQueryDsl;
-use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
 
 /// The stores the read endpoints use.
 pub struct QueryState {
@@ -21,6 +27,8 @@ pub struct QueryState {
     pub stats: redis::aio::ConnectionManager,
     pub boards: redis::aio::ConnectionManager,
     pub prefix: String,
+    /// Present when QUERY_AUTH_REQUIRED is on.
+    pub keys: Option<Arc<KeyStore>>,
 }
 
 fn pg_unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -38,9 +46,235 @@ async fn pg_conn(
     q.pg.get().await.map_err(pg_unavailable)
 }
 
+/// The caller's API key on a read: `Some` when QUERY_AUTH_REQUIRED is on (401 without a valid
+/// one), `None` when reads are open.
+pub struct ReadKey(Option<Authenticated>);
+
+impl ReadKey {
+    /// 403 unless reads are open or the key belongs to `game`.
+    fn may_read(&self, game: &GameId) -> Result<(), ApiError> {
+        match &self.0 {
+            Some(k) if k.game_id != game.as_str() => Err(ApiError::Forbidden(format!(
+                "this API key may not read game {game}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The one game a keyed caller may see; `None` when reads are open.
+    fn game(&self) -> Option<&str> {
+        self.0.as_ref().map(|k| k.game_id.as_str())
+    }
+}
+
+impl FromRequest for ReadKey {
+    type Error = ApiError;
+    type Future = futures::future::LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let keys = req
+                .app_data::<web::Data<QueryState>>()
+                .and_then(|q| q.keys.clone());
+            let Some(keys) = keys else {
+                return Ok(ReadKey(None));
+            };
+            let metrics = req
+                .app_data::<web::Data<Metrics>>()
+                .cloned()
+                .ok_or_else(|| ApiError::StoreUnavailable("metrics registry missing".into()))?;
+            super::authenticate(&req, &keys, &metrics)
+                .await
+                .map(|k| ReadKey(Some(k)))
+        })
+    }
+}
+
+/// The error answers every read can give besides its own (OpenAPI only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum ReadErrors {
+    /// A malformed path or query parameter.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// QUERY_AUTH_REQUIRED is on and no valid API key was given.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Redis or PostgreSQL is unavailable; retry.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// Where a stats answer came from.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatsSource {
+    /// Live counts (Redis DB 0).
+    Redis,
+    /// The last flushed `player_statistics` row, because Redis had nothing for the player.
+    Postgres,
+}
+
+/// A player's event counts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlayerStats {
+    pub player_id: String,
+    pub total_events: i64,
+    /// Time of the player's newest event (RFC 3339, µs); null from PostgreSQL, which keeps counts only.
+    pub last_event: Option<String>,
+    /// Event type → count.
+    pub event_breakdown: BTreeMap<String, i64>,
+    /// When the PostgreSQL row was last written; only when `source` is `postgres`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+    pub source: StatsSource,
+}
+
+/// One row of a board.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RankedPlayer {
+    /// 1-based; ties are ordered by player_id, descending (Redis ZREVRANGE order).
+    pub rank: u64,
+    pub player_id: String,
+    pub score: i64,
+}
+
+/// A page of a game's board.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeaderboardPage {
+    pub game_id: String,
+    pub period: Period,
+    /// The board read: `alltime`, `daily`, `weekly`, or a past one such as `daily:2024-01-15`.
+    pub board: String,
+    pub offset: u64,
+    pub limit: u64,
+    pub entries: Vec<RankedPlayer>,
+}
+
+/// A player's place on a board, with their neighbours.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlayerRank {
+    pub game_id: String,
+    pub period: Period,
+    pub board: String,
+    pub player_id: String,
+    pub rank: u64,
+    /// Null only if the player left the board between the two reads.
+    pub score: Option<i64>,
+    /// The player and up to `around` players above and below, best first.
+    pub entries: Vec<RankedPlayer>,
+}
+
+/// A stored event (`events` row).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoredEvent {
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+    pub player_id: String,
+    pub game_id: String,
+    pub timestamp: DateTime<Utc>,
+    pub ingested_at: DateTime<Utc>,
+    /// When the logger wrote the row.
+    pub created_at: DateTime<Utc>,
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+/// One of a player's events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlayerEvent {
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+    pub game_id: String,
+    pub timestamp: DateTime<Utc>,
+    pub ingested_at: DateTime<Utc>,
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+/// A page of a player's events, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlayerEvents {
+    pub player_id: String,
+    pub events: Vec<PlayerEvent>,
+    /// Pass as `before` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A leaderboard period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    Daily,
+    Weekly,
+    Alltime,
+}
+
+/// Which board to read (the query string of both leaderboard endpoints).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documents the parameters; they are parsed by hand for precise errors
+pub struct BoardParams {
+    /// Default `alltime`.
+    period: Option<Period>,
+    /// A past day's board (with `period=daily`), while retained.
+    #[param(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", example = "2024-01-15")]
+    date: Option<String>,
+    /// A past ISO week's board (with `period=weekly`), while retained.
+    #[param(pattern = r"^[0-9]{4}-W[0-9]{2}$", example = "2024-W03")]
+    week: Option<String>,
+}
+
+/// Paging of `GET /games/{game_id}/leaderboard`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct PageParams {
+    /// Entries per page, 1 to 1000 (default 10).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Entries to skip (default 0).
+    #[param(minimum = 0, maximum = 1_000_000)]
+    offset: Option<u32>,
+}
+
+/// `GET /games/{game_id}/leaderboard/players/{player_id}`'s neighbourhood size.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct AroundParams {
+    /// Players shown above and below, 0 to 100 (default 5).
+    #[param(minimum = 0, maximum = 100)]
+    around: Option<u32>,
+}
+
+/// Paging of `GET /player/{player_id}/events`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct EventPageParams {
+    /// Events per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    before: Option<String>,
+}
+
 /// `GET /player/{player_id}/stats`: live counts from Redis DB 0, or the last flushed row of
 /// `player_statistics` (`"source": "postgres"`) when Redis has nothing for the player.
+#[utoipa::path(
+    get, path = "/player/{player_id}/stats", tag = "queries",
+    params(("player_id" = String, Path, description = "Player", example = "player-1")),
+    responses(
+        (status = 200, description = "The player's counts", body = PlayerStats),
+        (status = 404, description = "No stats for this player", body = ErrorBody),
+        ReadErrors
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn player_stats(
+    _key: ReadKey,
     path: web::Path<String>,
     q: web::Data<QueryState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -51,19 +285,19 @@ pub async fn player_stats(
         .await
         .map_err(redis_unavailable)?;
     if !hash.is_empty() {
-        let mut breakdown = Map::new();
-        for (field, value) in &hash {
-            if let Some(ty) = field.strip_prefix("event_") {
-                breakdown.insert(ty.to_owned(), json!(value.parse::<i64>().unwrap_or(0)));
-            }
-        }
-        return Ok(HttpResponse::Ok().json(json!({
-            "player_id": player,
-            "total_events": hash.get("total_events").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0),
-            "last_event": hash.get("last_event"),
-            "event_breakdown": breakdown,
-            "source": "redis",
-        })));
+        let count = |v: &String| v.parse::<i64>().unwrap_or(0);
+        let event_breakdown = hash
+            .iter()
+            .filter_map(|(field, v)| field.strip_prefix("event_").map(|ty| (ty.to_owned(), count(v))))
+            .collect();
+        return Ok(HttpResponse::Ok().json(PlayerStats {
+            player_id: player.as_str().to_owned(),
+            total_events: hash.get("total_events").map(count).unwrap_or(0),
+            last_event: hash.get("last_event").cloned(),
+            event_breakdown,
+            updated_at: None,
+            source: StatsSource::Redis,
+        }));
     }
     #[derive(QueryableByName)]
     struct Row {
@@ -85,24 +319,43 @@ pub async fn player_stats(
     let Some(row) = rows.into_iter().next() else {
         return Err(ApiError::NotFound(format!("no stats for player {player}")));
     };
-    Ok(HttpResponse::Ok().json(json!({
-        "player_id": player,
-        "total_events": row.total_events,
-        // player_statistics keeps counts, not the newest event time; this is when they were flushed.
-        "last_event": null,
-        "updated_at": row.updated_at,
-        "event_breakdown": row.event_breakdown,
-        "source": "postgres",
-    })))
+    let event_breakdown = match row.event_breakdown {
+        Value::Object(m) => m
+            .into_iter()
+            .map(|(ty, n)| (ty, n.as_i64().unwrap_or(0)))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    Ok(HttpResponse::Ok().json(PlayerStats {
+        player_id: player.as_str().to_owned(),
+        total_events: i64::from(row.total_events),
+        // player_statistics keeps counts, not the newest event time.
+        last_event: None,
+        event_breakdown,
+        updated_at: Some(row.updated_at),
+        source: StatsSource::Postgres,
+    }))
 }
 
 /// `GET /games/{game_id}/leaderboard?period=daily|weekly|alltime&limit=&offset=&date=&week=`
+#[utoipa::path(
+    get, path = "/games/{game_id}/leaderboard", tag = "queries",
+    params(("game_id" = String, Path, description = "Game", example = "game-1"), BoardParams, PageParams),
+    responses(
+        (status = 200, description = "A page of the board, best first (empty past its end)", body = LeaderboardPage),
+        (status = 403, description = "The API key belongs to another game", body = ErrorBody),
+        ReadErrors
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn leaderboard(
+    key: ReadKey,
     req: HttpRequest,
     path: web::Path<String>,
     q: web::Data<QueryState>,
 ) -> Result<HttpResponse, ApiError> {
     let game = GameId::parse(path.into_inner())?;
+    key.may_read(&game)?;
     let params = query_params(&req)?;
     let (period, board) = board_of(&params)?;
     let limit = number(&params, "limit", 10, 1, 1000)?;
@@ -118,23 +371,45 @@ pub async fn leaderboard(
     )
     .await
     .map_err(redis_unavailable)?;
-    let entries: Vec<Value> = entries
-        .into_iter()
-        .enumerate()
-        .map(|(i, (player, score))| json!({"rank": offset + i + 1, "player_id": player, "score": score as i64}))
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "game_id": game,
-        "period": period,
-        "board": board,
-        "offset": offset,
-        "limit": limit,
-        "entries": entries,
-    })))
+    Ok(HttpResponse::Ok().json(LeaderboardPage {
+        game_id: game.as_str().to_owned(),
+        period,
+        board,
+        offset: offset as u64,
+        limit: limit as u64,
+        entries: ranked(offset, entries),
+    }))
+}
+
+/// Board entries from ZREVRANGE, the first at 0-based position `first`.
+fn ranked(first: usize, entries: Vec<(String, f64)>) -> Vec<RankedPlayer> {
+    (first as u64 + 1..)
+        .zip(entries)
+        .map(|(rank, (player_id, score))| RankedPlayer {
+            rank,
+            player_id,
+            // Sorted-set scores are doubles; ours are integer sums well inside 2^53.
+            score: score as i64,
+        })
+        .collect()
 }
 
 /// `GET /events/{event_id}`: the stored row.
-pub async fn event(path: web::Path<String>, q: web::Data<QueryState>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(
+    get, path = "/events/{event_id}", tag = "queries",
+    params(("event_id" = uuid::Uuid, Path, description = "The event's id")),
+    responses(
+        (status = 200, description = "The stored event", body = StoredEvent),
+        (status = 404, description = "No such event (or, with an API key, not of the key's game)", body = ErrorBody),
+        ReadErrors
+    ),
+    security((), ("api_key" = []))
+)]
+pub async fn event(
+    key: ReadKey,
+    path: web::Path<String>,
+    q: web::Data<QueryState>,
+) -> Result<HttpResponse, ApiError> {
     let raw = path.into_inner();
     let id = uuid::Uuid::parse_str(&raw)
         .map_err(|e| ApiError::BadQuery(format!("event_id must be a UUID: {e}")))?;
@@ -164,24 +439,28 @@ pub async fn event(path: web::Path<String>, q: web::Data<QueryState>) -> Result<
     .load(&mut pg)
     .await
     .map_err(pg_unavailable)?;
-    let Some(r) = rows.into_iter().next() else {
+    // Another game's event is "not found" for a keyed caller: a 403 would confirm it exists.
+    let Some(r) = rows
+        .into_iter()
+        .find(|r| key.game().is_none_or(|g| g == r.game_id))
+    else {
         return Err(ApiError::NotFound(format!("no event {id}")));
     };
-    Ok(HttpResponse::Ok().json(json!({
-        "event_id": id,
-        "event_type": r.event_type,
-        "player_id": r.player_id,
-        "game_id": r.game_id,
-        "timestamp": r.event_timestamp,
-        "ingested_at": r.ingested_at,
-        "created_at": r.created_at,
-        "data": r.data,
-    })))
+    Ok(HttpResponse::Ok().json(StoredEvent {
+        event_id: id,
+        event_type: r.event_type,
+        player_id: r.player_id,
+        game_id: r.game_id,
+        timestamp: r.event_timestamp,
+        ingested_at: r.ingested_at,
+        created_at: r.created_at,
+        data: r.data,
+    }))
 }
 
 /// The board a leaderboard request names: `period` (default alltime) with `date` or `week` for a
 /// past daily or weekly board.
-fn board_of(params: &HashMap<String, String>) -> Result<(String, String), ApiError> {
+fn board_of(params: &HashMap<String, String>) -> Result<(Period, String), ApiError> {
     let period = params.get("period").map(String::as_str).unwrap_or("alltime");
     let board = match (period, params.get("date"), params.get("week")) {
         ("alltime" | "daily" | "weekly", None, None) => period.to_owned(),
@@ -213,7 +492,12 @@ fn board_of(params: &HashMap<String, String>) -> Result<(String, String), ApiErr
             )))
         }
     };
-    Ok((period.to_owned(), board))
+    let period = match period {
+        "daily" => Period::Daily,
+        "weekly" => Period::Weekly,
+        _ => Period::Alltime,
+    };
+    Ok((period, board))
 }
 
 fn query_params(req: &HttpRequest) -> Result<HashMap<String, String>, ApiError> {
@@ -244,19 +528,36 @@ fn number(
 
 /// `GET /games/{game_id}/leaderboard/players/{player_id}?period=…&around=N`: the player's rank
 /// and score, and the N players above and below.
+#[utoipa::path(
+    get, path = "/games/{game_id}/leaderboard/players/{player_id}", tag = "queries",
+    params(
+        ("game_id" = String, Path, description = "Game", example = "game-1"),
+        ("player_id" = String, Path, description = "Player", example = "player-1"),
+        BoardParams, AroundParams
+    ),
+    responses(
+        (status = 200, description = "The player's rank and neighbours", body = PlayerRank),
+        (status = 403, description = "The API key belongs to another game", body = ErrorBody),
+        (status = 404, description = "The player is not on this board", body = ErrorBody),
+        ReadErrors
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn player_rank(
+    key: ReadKey,
     req: HttpRequest,
     path: web::Path<(String, String)>,
     q: web::Data<QueryState>,
 ) -> Result<HttpResponse, ApiError> {
     let (game, player) = path.into_inner();
     let (game, player) = (GameId::parse(game)?, PlayerId::parse(player)?);
+    key.may_read(&game)?;
     let params = query_params(&req)?;
     let (period, board) = board_of(&params)?;
     let around = number(&params, "around", 5, 0, 100)?;
-    let key = board_key(&q.prefix, game.as_str(), &board);
+    let board_key = board_key(&q.prefix, game.as_str(), &board);
     let mut conn = q.boards.clone();
-    let rank: Option<usize> = redis::AsyncCommands::zrevrank(&mut conn, &key, player.as_str())
+    let rank: Option<usize> = redis::AsyncCommands::zrevrank(&mut conn, &board_key, player.as_str())
         .await
         .map_err(redis_unavailable)?;
     let Some(rank) = rank else {
@@ -267,35 +568,42 @@ pub async fn player_rank(
     let start = rank.saturating_sub(around);
     let entries: Vec<(String, f64)> = redis::AsyncCommands::zrevrange_withscores(
         &mut conn,
-        &key,
+        &board_key,
         isize::try_from(start).unwrap_or(isize::MAX),
         isize::try_from(rank + around).unwrap_or(isize::MAX),
     )
     .await
     .map_err(redis_unavailable)?;
+    let entries = ranked(start, entries);
     let score = entries
         .iter()
-        .find(|(p, _)| p == player.as_str())
-        .map(|(_, s)| *s as i64);
-    let entries: Vec<Value> = entries
-        .into_iter()
-        .enumerate()
-        .map(|(i, (p, s))| json!({"rank": start + i + 1, "player_id": p, "score": s as i64}))
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "game_id": game,
-        "period": period,
-        "board": board,
-        "player_id": player,
-        "rank": rank + 1,
-        "score": score,
-        "entries": entries,
-    })))
+        .find(|e| e.player_id == player.as_str())
+        .map(|e| e.score);
+    Ok(HttpResponse::Ok().json(PlayerRank {
+        game_id: game.as_str().to_owned(),
+        period,
+        board,
+        player_id: player.as_str().to_owned(),
+        rank: rank as u64 + 1,
+        score,
+        entries,
+    }))
 }
 
 /// `GET /player/{player_id}/events?limit=&before=`: the player's events, newest first. Each page
-/// answers a `next_cursor` to pass as `before` for the next one (absent on the last page).
+/// answers a `next_cursor` to pass as `before` for the next one (null on the last page). With
+/// an API key, only the key's game's events.
+#[utoipa::path(
+    get, path = "/player/{player_id}/events", tag = "queries",
+    params(("player_id" = String, Path, description = "Player", example = "player-1"), EventPageParams),
+    responses(
+        (status = 200, description = "A page of the player's events (empty for an unknown player)", body = PlayerEvents),
+        ReadErrors
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn player_events(
+    key: ReadKey,
     req: HttpRequest,
     path: web::Path<String>,
     q: web::Data<QueryState>,
@@ -335,13 +643,14 @@ pub async fn player_events(
     let mut pg = pg_conn(&q).await?;
     let mut rows: Vec<Row> = diesel::sql_query(
         "SELECT event_id, event_type::text, game_id::text, event_timestamp, ingested_at, data FROM events \
-         WHERE player_id = $1 AND (event_timestamp, event_id) < ($2, $3) \
+         WHERE player_id = $1 AND (event_timestamp, event_id) < ($2, $3) AND ($5::text IS NULL OR game_id = $5) \
          ORDER BY event_timestamp DESC, event_id DESC LIMIT $4",
     )
     .bind::<Text, _>(player.as_str())
     .bind::<Timestamptz, _>(ts)
     .bind::<SqlUuid, _>(id)
     .bind::<diesel::sql_types::BigInt, _>(fetch)
+    .bind::<diesel::sql_types::Nullable<Text>, _>(key.game())
     .load(&mut pg)
     .await
     .map_err(pg_unavailable)?;
@@ -353,12 +662,20 @@ pub async fn player_events(
     } else {
         None
     };
-    let events: Vec<Value> = rows
+    let events = rows
         .into_iter()
-        .map(|r| {
-            json!({"event_id": r.event_id, "event_type": r.event_type, "game_id": r.game_id,
-                   "timestamp": r.event_timestamp, "ingested_at": r.ingested_at, "data": r.data})
+        .map(|r| PlayerEvent {
+            event_id: r.event_id,
+            event_type: r.event_type,
+            game_id: r.game_id,
+            timestamp: r.event_timestamp,
+            ingested_at: r.ingested_at,
+            data: r.data,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"player_id": player, "events": events, "next_cursor": next_cursor})))
+    Ok(HttpResponse::Ok().json(PlayerEvents {
+        player_id: player.as_str().to_owned(),
+        events,
+        next_cursor,
+    }))
 }

@@ -75,3 +75,107 @@ async fn ingestion_requires_a_key_for_the_events_game() {
     }
     assert!(!metrics.contains(&key), "the key never appears in metrics");
 }
+
+async fn get_with(app: &TestApp, key: Option<&str>, path: &str) -> reqwest::Response {
+    let mut req = app.client.get(format!("{}{path}", app.address));
+    if let Some(k) = key {
+        req = req.header("Authorization", format!("Bearer {k}"));
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn keyed_reads_see_only_the_keys_game() {
+    use diesel_async::RunQueryDsl;
+    let mut config = test_config();
+    isolated_database(&mut config).await;
+    let pg = gamemetrics::db::pg_pool(&config.database);
+    let key = auth::create_key(&pg, "game-a", None).await.unwrap();
+    let (mine, theirs) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    diesel::sql_query(format!(
+        "INSERT INTO events (event_id, event_type, player_id, game_id, event_timestamp, ingested_at) VALUES \
+         ('{mine}', 'a', 'p', 'game-a', now(), now()), ('{theirs}', 'a', 'p', 'game-b', now(), now())"
+    ))
+    .execute(&mut pg_conn(&config).await)
+    .await
+    .unwrap();
+    let app = spawn_app_with(|c| {
+        *c = config.clone();
+        c.http.query_auth_required = true;
+    })
+    .await;
+
+    for path in ["/games/game-a/leaderboard", "/player/p/stats", "/player/p/events"] {
+        let res = get_with(&app, None, path).await;
+        assert_eq!(res.status(), 401, "{path}");
+        assert_eq!(
+            res.json::<Value>().await.unwrap()["error"]["code"],
+            "unauthorized"
+        );
+    }
+    assert_eq!(
+        get_with(&app, Some(&key), "/games/game-a/leaderboard")
+            .await
+            .status(),
+        200
+    );
+    let res = get_with(&app, Some(&key), "/games/game-b/leaderboard").await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "forbidden");
+    assert_eq!(
+        get_with(&app, Some(&key), "/games/game-b/leaderboard/players/p")
+            .await
+            .status(),
+        403
+    );
+    // Another game's event doesn't exist for this key; its own does.
+    assert_eq!(
+        get_with(&app, Some(&key), &format!("/events/{theirs}"))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        get_with(&app, Some(&key), &format!("/events/{mine}"))
+            .await
+            .status(),
+        200
+    );
+    let page: Value = get_with(&app, Some(&key), "/player/p/events")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [mine.to_string()]);
+    // Ingestion keeps its own switch: off here, so no key is needed to write.
+    let ev = json!({"event_type":"a","player_id":"p","game_id":"game-b"});
+    assert_eq!(post_with(&app, None, &ev).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_deployment_can_serve_only_ingestion_or_only_queries() {
+    use gamemetrics::config::HttpApi;
+    let ev = json!({"event_type":"a","player_id":"p","game_id":"g"});
+    let ingest = spawn_app_with(|c| c.http.http_api = HttpApi::Ingest).await;
+    assert_eq!(post_with(&ingest, None, &ev).await.status(), 200);
+    let res = ingest.get("/games/g/leaderboard").await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "not_found");
+
+    // A query-only process needs no broker: ready, and it never produces.
+    let query = spawn_app_with(|c| {
+        c.http.http_api = HttpApi::Query;
+        c.kafka.kafka_brokers = Some(UNREACHABLE_BROKER.into());
+    })
+    .await;
+    assert_eq!(post_with(&query, None, &ev).await.status(), 404);
+    assert_eq!(query.get("/readyz").await.status(), 200);
+    assert_eq!(query.get("/games/g/leaderboard").await.status(), 200);
+    assert_eq!(query.get("/openapi.json").await.status(), 200);
+}

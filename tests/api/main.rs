@@ -4,6 +4,7 @@
 
 mod auth;
 mod consumers;
+mod contract;
 mod crash;
 mod helpers;
 mod ingest;
