@@ -1,7 +1,7 @@
 //! PostgreSQL and Redis access: embedded migrations and connection pools.
 
 mod pool;
-pub use pool::{pg_pool, redis_pool, redis_reader, PgPool, RedisPool};
+pub use pool::{pg_pool, redis_pool, redis_reader, PgPool, RedisPool, RedisReader};
 
 use crate::config::SecretUrl;
 use diesel::Connection;

@@ -31,13 +31,52 @@ pub fn redis_pool(cfg: &RedisConfig, db: u8) -> Result<RedisPool, redis::RedisEr
         .build_unchecked(manager))
 }
 
-/// A self-reconnecting, multiplexed connection to one Redis logical database, for the read API:
-/// one shared connection serves every request without a pool checkout (bb8 pings on each
-/// checkout, a round trip per read), and it reconnects on its own after Redis restarts.
-pub fn redis_reader(cfg: &RedisConfig, db: u8) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+/// The read API's way to one Redis logical database: a self-reconnecting, multiplexed
+/// connection per HTTP worker thread. No pool checkout (bb8 pings on each, a round trip per
+/// read), it reconnects on its own after Redis restarts, and each worker's requests and the
+/// connection's driver task share a thread: one connection shared by all workers made every
+/// read hop threads twice.
+#[derive(Clone)]
+pub struct RedisReader {
+    client: redis::Client,
+    /// Tells this reader's connections from other readers' in the thread's table.
+    id: String,
+}
+
+thread_local! {
+    static READ_CONNECTIONS: std::cell::RefCell<std::collections::HashMap<String, redis::aio::ConnectionManager>> =
+        std::cell::RefCell::default();
+}
+
+impl RedisReader {
+    /// The current thread's connection, made (lazily: it connects on first use) if new.
+    pub fn conn(&self) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+        READ_CONNECTIONS.with(|table| {
+            if let Some(c) = table.borrow().get(&self.id) {
+                return Ok(c.clone());
+            }
+            let c =
+                redis::aio::ConnectionManager::new_lazy_with_config(self.client.clone(), reader_config())?;
+            table.borrow_mut().insert(self.id.clone(), c.clone());
+            Ok(c)
+        })
+    }
+}
+
+/// A reader of one Redis logical database for the read API.
+pub fn redis_reader(cfg: &RedisConfig, db: u8) -> Result<RedisReader, redis::RedisError> {
     let client = redis::Client::open(cfg.db_url(db))?;
-    let config = redis::aio::ConnectionManagerConfig::new()
+    let reader = RedisReader {
+        client,
+        id: uuid::Uuid::new_v4().simple().to_string(),
+    };
+    // Fails now on a configuration the connection manager refuses, rather than on every read.
+    redis::aio::ConnectionManager::new_lazy_with_config(reader.client.clone(), reader_config())?;
+    Ok(reader)
+}
+
+fn reader_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(5)));
-    redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+        .set_response_timeout(Some(Duration::from_secs(5)))
 }

@@ -15,17 +15,20 @@ use diesel::QueryableByName;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::AsyncPgConnection;
 use diesel_async::RunQueryDsl;
+use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use serde::Serialize;
 use serde_json::Value;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
 /// The stores the read endpoints use.
 pub struct QueryState {
     pub pg: PgPool,
-    pub stats: redis::aio::ConnectionManager,
-    pub boards: redis::aio::ConnectionManager,
+    pub stats: crate::db::RedisReader,
+    pub boards: crate::db::RedisReader,
     pub prefix: String,
     /// Present when QUERY_AUTH_REQUIRED is on.
     pub keys: Option<Arc<KeyStore>>,
@@ -279,7 +282,7 @@ pub async fn player_stats(
     q: web::Data<QueryState>,
 ) -> Result<HttpResponse, ApiError> {
     let player = PlayerId::parse(path.into_inner())?;
-    let mut conn = q.stats.clone();
+    let mut conn = q.stats.conn().map_err(redis_unavailable)?;
     let key = format!("{}player_stats:{}", q.prefix, player);
     let hash: HashMap<String, String> = redis::AsyncCommands::hgetall(&mut conn, &key)
         .await
@@ -360,29 +363,55 @@ pub async fn leaderboard(
     let (period, board) = board_of(&params)?;
     let limit = number(&params, "limit", 10, 1, 1000)?;
     let offset = number(&params, "offset", 0, 0, 1_000_000)?;
-    let mut conn = q.boards.clone();
     let start = isize::try_from(offset).unwrap_or(isize::MAX);
     let stop = start.saturating_add(isize::try_from(limit).unwrap_or(1000) - 1);
-    let entries: Vec<(String, f64)> = redis::AsyncCommands::zrevrange_withscores(
-        &mut conn,
-        board_key(&q.prefix, game.as_str(), &board),
-        start,
-        stop,
-    )
-    .await
-    .map_err(redis_unavailable)?;
+    let entries = board_page(&q, board_key(&q.prefix, game.as_str(), &board), start, stop).await?;
     Ok(HttpResponse::Ok().json(LeaderboardPage {
         game_id: game.as_str().to_owned(),
         period,
         board,
         offset: offset as u64,
         limit: limit as u64,
-        entries: ranked(offset, entries),
+        entries: ranked(offset, entries.iter().cloned()),
     }))
 }
 
+type Page = Rc<Vec<(String, f64)>>;
+type PendingPage = Shared<LocalBoxFuture<'static, Result<Page, String>>>;
+
+thread_local! {
+    /// Board pages being read from Redis by this HTTP worker (each worker is one thread).
+    static PAGES_IN_FLIGHT: RefCell<HashMap<(String, isize, isize), PendingPage>> = RefCell::default();
+}
+
+/// ZREVRANGE … WITHSCORES of one page, shared by identical requests that arrive while it is in
+/// flight on this worker: a top-10 that many clients poll at once costs one Redis round trip, and
+/// no answer is older than that round trip (no cache: nothing is kept once it lands).
+async fn board_page(q: &QueryState, key: String, start: isize, stop: isize) -> Result<Page, ApiError> {
+    let id = (key, start, stop);
+    let pending = PAGES_IN_FLIGHT.with(|m| m.borrow().get(&id).cloned());
+    let pending = match pending {
+        Some(p) => p,
+        None => {
+            let mut conn = q.boards.conn().map_err(redis_unavailable)?;
+            let done = id.clone();
+            let read = async move {
+                let r: Result<Vec<(String, f64)>, _> =
+                    redis::AsyncCommands::zrevrange_withscores(&mut conn, &done.0, done.1, done.2).await;
+                PAGES_IN_FLIGHT.with(|m| m.borrow_mut().remove(&done));
+                r.map(Rc::new).map_err(|e| e.to_string())
+            }
+            .boxed_local()
+            .shared();
+            PAGES_IN_FLIGHT.with(|m| m.borrow_mut().insert(id, read.clone()));
+            read
+        }
+    };
+    pending.await.map_err(redis_unavailable)
+}
+
 /// Board entries from ZREVRANGE, the first at 0-based position `first`.
-fn ranked(first: usize, entries: Vec<(String, f64)>) -> Vec<RankedPlayer> {
+fn ranked(first: usize, entries: impl IntoIterator<Item = (String, f64)>) -> Vec<RankedPlayer> {
     (first as u64 + 1..)
         .zip(entries)
         .map(|(rank, (player_id, score))| RankedPlayer {
@@ -556,7 +585,7 @@ pub async fn player_rank(
     let (period, board) = board_of(&params)?;
     let around = number(&params, "around", 5, 0, 100)?;
     let board_key = board_key(&q.prefix, game.as_str(), &board);
-    let mut conn = q.boards.clone();
+    let mut conn = q.boards.conn().map_err(redis_unavailable)?;
     let rank: Option<usize> = redis::AsyncCommands::zrevrank(&mut conn, &board_key, player.as_str())
         .await
         .map_err(redis_unavailable)?;
