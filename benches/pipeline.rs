@@ -56,7 +56,6 @@ fn event(i: u64) -> GameEvent {
         timestamp: now,
         ingested_at: now,
         data: json!({"score": i % 500}).as_object().cloned().unwrap_or_default(),
-        idempotent: false,
     }
 }
 

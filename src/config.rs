@@ -284,9 +284,9 @@ pub struct ConsumerConfig {
     #[arg(long, env = "SINK_RETRY_MAX_MS", default_value_t = 5_000)]
     pub sink_retry_max_ms: u64,
 
-    /// How long a client-chosen event_id is remembered, in seconds: a retry within it counts
-    /// once in stats and leaderboards. Costs ~100 bytes of Redis per such event for this long
-    /// (per store: DB 0 and DB 1); 0 turns the check off (`events` still deduplicates).
+    /// How long an event_id is remembered, in seconds: a retry within it counts once in stats
+    /// and leaderboards. Costs ~100 bytes of Redis per event for this long (per store: DB 0 and
+    /// DB 1); 0 turns the check off (`events` still deduplicates).
     #[arg(long, env = "DEDUP_WINDOW_SECS", default_value_t = 86_400)]
     pub dedup_window_secs: u64,
 }

@@ -16,7 +16,8 @@
 //! 4. **Storage**: PostgreSQL tables from `migrations/` ([`schema`]), Redis DB 0 for stats and
 //!    DB 1 for leaderboards.
 //! 5. **Reads** ([`http::query`]): player stats (Redis, falling back to PostgreSQL), leaderboards
-//!    and ranks (Redis), events (PostgreSQL). Ingestion can require per-game API keys ([`auth`]).
+//!    and ranks (Redis), events (PostgreSQL). Ingestion, and optionally reads, can require
+//!    per-game API keys ([`auth`]). The contract is [`http::openapi`], served at `/openapi.json`.
 //!
 //! # Errors
 //!

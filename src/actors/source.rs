@@ -18,7 +18,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -95,8 +95,6 @@ pub type RoleConsumer = StreamConsumer<SourceContext>;
 pub struct Incoming {
     pub offset: i64,
     pub payload: Option<Vec<u8>>,
-    /// The record carries the `gm-idempotent` header: its event_id was chosen by the client.
-    pub idempotent: bool,
 }
 
 /// Stop this partition's actors (it was revoked).
@@ -212,10 +210,7 @@ impl Handler<Incoming> for PartitionSource {
             self.applied_next = msg.offset;
         }
         self.dispatched_next = msg.offset + 1;
-        let mut payload = parse(msg.payload.as_deref());
-        if let Payload::Event(e) = &mut payload {
-            e.idempotent = msg.idempotent;
-        }
+        let payload = parse(msg.payload.as_deref());
         role.consumed.do_send(Consumed {
             record: Record {
                 offset: msg.offset,
@@ -387,10 +382,6 @@ pub async fn poll_loop(
                     addr.do_send(Incoming {
                         offset: m.offset(),
                         payload: m.payload().map(<[u8]>::to_vec),
-                        idempotent: m.headers().is_some_and(|h| {
-                            h.iter()
-                                .any(|h| h.key == crate::kafka::IDEMPOTENT_HEADER && h.value == Some(b"1"))
-                        }),
                     });
                     None
                 }

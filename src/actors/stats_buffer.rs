@@ -144,7 +144,7 @@ impl StatsBuffer {
     }
 }
 
-/// Asks Redis which client-chosen ids in `rows` retry an event already counted, and marks them.
+/// Asks Redis which ids in `rows` retry an event already counted, and marks them.
 /// The live lane asks the same question inside its script; both get the same answer because the
 /// first sighting of an id is recorded by offset.
 async fn mark_retries(
@@ -152,13 +152,7 @@ async fn mark_retries(
     position: &Position,
     rows: std::sync::Arc<Vec<StatRow>>,
 ) -> Result<std::sync::Arc<Vec<StatRow>>, SinkError> {
-    let items: Vec<(i64, uuid::Uuid)> = rows
-        .iter()
-        .filter_map(|r| r.event_id.map(|id| (r.offset, id)))
-        .collect();
-    if items.is_empty() {
-        return Ok(rows);
-    }
+    let items: Vec<(i64, uuid::Uuid)> = rows.iter().map(|r| (r.offset, r.event_id)).collect();
     let retries = claims
         .send(ClaimFirst {
             position: position.clone(),
@@ -194,7 +188,7 @@ impl Handler<Consumed> for StatsBuffer {
             offset,
             StatDelta {
                 offset,
-                event_id: event.idempotent.then_some(event.event_id),
+                event_id: event.event_id,
                 player_id: event.player_id.as_str().to_owned(),
                 event_type: event.event_type.as_str().to_owned(),
                 timestamp: event.timestamp.to_rfc3339_opts(SecondsFormat::Micros, true),
@@ -204,7 +198,7 @@ impl Handler<Consumed> for StatsBuffer {
             offset,
             StatRow {
                 offset,
-                event_id: event.idempotent.then_some(event.event_id),
+                event_id: event.event_id,
                 player_id: event.player_id.as_str().to_owned(),
                 event_type: event.event_type.as_str().to_owned(),
                 retry: false,

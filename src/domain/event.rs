@@ -23,11 +23,6 @@ pub struct GameEvent {
     pub ingested_at: DateTime<Utc>,
     /// Free-form, game-defined payload; always a JSON object.
     pub data: Map<String, Value>,
-    /// True when the client chose `event_id`, so a retry of this event carries the same id and
-    /// stats and leaderboards must count it once. Travels as a Kafka header, not in the value,
-    /// so the value keeps the seed's format.
-    #[serde(skip)]
-    pub idempotent: bool,
 }
 
 /// Timestamps are written with exactly microsecond precision, PostgreSQL's, so the value on the
@@ -110,9 +105,9 @@ impl IngestRequest {
         let event_type = EventType::parse(required_string(&mut obj, "event_type")?)?;
         let player_id = PlayerId::parse(required_string(&mut obj, "player_id")?)?;
         let game_id = GameId::parse(required_string(&mut obj, "game_id")?)?;
-        let (event_id, idempotent) = match obj.remove("event_id") {
-            None | Some(Value::Null) => (Uuid::new_v4(), false),
-            Some(v) => (parse_event_id(v)?, true),
+        let event_id = match obj.remove("event_id") {
+            None | Some(Value::Null) => Uuid::new_v4(),
+            Some(v) => parse_event_id(v)?,
         };
         let timestamp = match obj.remove("timestamp") {
             None | Some(Value::Null) => now,
@@ -137,7 +132,6 @@ impl IngestRequest {
             timestamp,
             ingested_at: now,
             data,
-            idempotent,
         })
     }
 }

@@ -15,7 +15,7 @@ use diesel::QueryableByName;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::AsyncPgConnection;
 use diesel_async::RunQueryDsl;
-use futures::future::{FutureExt, LocalBoxFuture, Shared};
+use futures::future::{FutureExt, LocalBoxFuture, WeakShared};
 use serde::Serialize;
 use serde_json::Value;
 use std::cell::RefCell;
@@ -377,11 +377,27 @@ pub async fn leaderboard(
 }
 
 type Page = Rc<Vec<(String, f64)>>;
-type PendingPage = Shared<LocalBoxFuture<'static, Result<Page, String>>>;
+type PageRead = LocalBoxFuture<'static, Result<Page, String>>;
 
 thread_local! {
-    /// Board pages being read from Redis by this HTTP worker (each worker is one thread).
-    static PAGES_IN_FLIGHT: RefCell<HashMap<(String, isize, isize), PendingPage>> = RefCell::default();
+    /// Board pages being read from Redis by this HTTP worker (each worker is one thread). Weak:
+    /// a read whose every waiter went away (clients disconnected) is dropped, not kept to be
+    /// resumed later with an old answer.
+    static PAGES_IN_FLIGHT: RefCell<HashMap<(String, isize, isize), WeakShared<PageRead>>> = RefCell::default();
+}
+
+/// Removes a page read from the in-flight table when the read ends: answered, failed, or dropped
+/// because every waiter went away.
+struct ForgetOnDrop((String, isize, isize));
+
+impl Drop for ForgetOnDrop {
+    fn drop(&mut self) {
+        let _ = PAGES_IN_FLIGHT.try_with(|m| {
+            if let Ok(mut m) = m.try_borrow_mut() {
+                m.remove(&self.0);
+            }
+        });
+    }
 }
 
 /// ZREVRANGE … WITHSCORES of one page, shared by identical requests that arrive while it is in
@@ -389,21 +405,24 @@ thread_local! {
 /// no answer is older than that round trip (no cache: nothing is kept once it lands).
 async fn board_page(q: &QueryState, key: String, start: isize, stop: isize) -> Result<Page, ApiError> {
     let id = (key, start, stop);
-    let pending = PAGES_IN_FLIGHT.with(|m| m.borrow().get(&id).cloned());
+    let pending = PAGES_IN_FLIGHT.with(|m| m.borrow().get(&id).and_then(WeakShared::upgrade));
     let pending = match pending {
         Some(p) => p,
         None => {
             let mut conn = q.boards.conn().map_err(redis_unavailable)?;
-            let done = id.clone();
+            let forget = ForgetOnDrop(id.clone());
             let read = async move {
+                let (key, start, stop) = &forget.0;
                 let r: Result<Vec<(String, f64)>, _> =
-                    redis::AsyncCommands::zrevrange_withscores(&mut conn, &done.0, done.1, done.2).await;
-                PAGES_IN_FLIGHT.with(|m| m.borrow_mut().remove(&done));
+                    redis::AsyncCommands::zrevrange_withscores(&mut conn, key, *start, *stop).await;
+                drop(forget);
                 r.map(Rc::new).map_err(|e| e.to_string())
             }
             .boxed_local()
             .shared();
-            PAGES_IN_FLIGHT.with(|m| m.borrow_mut().insert(id, read.clone()));
+            if let Some(weak) = read.downgrade() {
+                PAGES_IN_FLIGHT.with(|m| m.borrow_mut().insert(id, weak));
+            }
             read
         }
     };

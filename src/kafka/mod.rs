@@ -10,7 +10,7 @@ mod producer;
 
 pub use admin::{ensure_topic, TopicSpec};
 pub use embedded::EmbeddedKafka;
-pub use producer::{Delivery, EventProducer, ProduceError, IDEMPOTENT_HEADER};
+pub use producer::{Delivery, EventProducer, ProduceError};
 
 use crate::config::{ConfigError, KafkaConfig};
 use rdkafka::client::ClientContext;

@@ -11,10 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
-/// Present (value `1`) on events whose `event_id` the client chose: consumers count each such
-/// id once within `DEDUP_WINDOW_SECS`, however often it is retried.
-pub const IDEMPOTENT_HEADER: &str = "gm-idempotent";
-
 /// Where the broker stored a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
@@ -112,7 +108,7 @@ impl EventProducer {
     async fn send_inner(&self, event: &GameEvent) -> Result<Delivery, ProduceError> {
         let payload = event.to_wire();
         let event_id = event.event_id.to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(3)
+        let headers = OwnedHeaders::new_with_capacity(2)
             .insert(Header {
                 key: "event_type",
                 value: Some(event.event_type.as_str()),
@@ -121,12 +117,6 @@ impl EventProducer {
                 key: "event_id",
                 value: Some(event_id.as_str()),
             });
-        if event.idempotent {
-            headers = headers.insert(Header {
-                key: IDEMPOTENT_HEADER,
-                value: Some("1"),
-            });
-        }
         let record = FutureRecord::to(&self.topic)
             .key(event.player_id.as_str())
             .payload(&payload)

@@ -4,16 +4,24 @@ use crate::helpers::*;
 use gamemetrics::auth;
 use serde_json::{json, Value};
 
+/// Sends a request, with `Authorization: Bearer <key>` when a key is given.
+async fn send_with(req: reqwest::RequestBuilder, key: Option<&str>) -> reqwest::Response {
+    match key {
+        Some(k) => req.header("Authorization", format!("Bearer {k}")),
+        None => req,
+    }
+    .send()
+    .await
+    .unwrap()
+}
+
 async fn post_with(app: &TestApp, key: Option<&str>, body: &Value) -> reqwest::Response {
-    let mut req = app
+    let req = app
         .client
         .post(format!("{}/api/v1/events", app.address))
         .header("Content-Type", "application/json")
         .body(body.to_string());
-    if let Some(k) = key {
-        req = req.header("Authorization", format!("Bearer {k}"));
-    }
-    req.send().await.unwrap()
+    send_with(req, key).await
 }
 
 #[tokio::test]
@@ -77,11 +85,7 @@ async fn ingestion_requires_a_key_for_the_events_game() {
 }
 
 async fn get_with(app: &TestApp, key: Option<&str>, path: &str) -> reqwest::Response {
-    let mut req = app.client.get(format!("{}{path}", app.address));
-    if let Some(k) = key {
-        req = req.header("Authorization", format!("Bearer {k}"));
-    }
-    req.send().await.unwrap()
+    send_with(app.client.get(format!("{}{path}", app.address)), key).await
 }
 
 #[tokio::test]

@@ -38,11 +38,24 @@ async fn events_land_once_in_postgres_and_redis_and_poison_goes_to_the_dlq() {
     // Half the events carry a client-chosen event_id; 30 of those are sent again one by one,
     // after all the originals, and one batch re-sends 10 more: counted once all the same.
     let retries = with_retries(&mut evs, 2, 40, 7);
+    let mut server_ids = Vec::new();
     for ev in evs.iter().chain(&retries[..30]) {
         let res = p.app.post_event(ev).await;
         assert_eq!(res.status(), 200);
         let body: Value = res.json().await.unwrap();
-        model.add(ev, body["event_id"].as_str().unwrap());
+        let id = body["event_id"].as_str().unwrap();
+        model.add(ev, id);
+        if ev.get("event_id").is_none() {
+            server_ids.push((ev.clone(), id.to_owned()));
+        }
+    }
+    // A client may also retry with the id the server chose (a 503 answer carries it, and a 503
+    // after a produce timeout may still have been written): counted once too.
+    for (ev, id) in server_ids.iter().take(10) {
+        let mut again = ev.clone();
+        again["event_id"] = json!(id);
+        assert_eq!(p.app.post_event(&again).await.status(), 200);
+        model.add(&again, id);
     }
     let res = p.app.post_batch(&json!(retries[30..])).await;
     assert_eq!(res.status(), 200);
@@ -316,7 +329,7 @@ async fn the_current_daily_board_follows_event_days_but_not_past_the_server_cloc
     let far = chrono::Utc::now().timestamp() + 86_400;
     let delta = |offset: i64, player: &str, day: &str| ScoreDelta {
         offset,
-        event_id: None,
+        event_id: uuid::Uuid::from_u128(offset as u128 + 1),
         game_id: "g".into(),
         player_id: player.into(),
         score: 10,
@@ -382,13 +395,13 @@ async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() 
         window,
     )
     .start();
-    let (retried, other) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let (retried, other, single) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     let position = Position {
         service: "stats-aggregator",
         topic: "t".into(),
         partition: 0,
     };
-    let delta = |offset: i64, id: Option<uuid::Uuid>| StatDelta {
+    let delta = |offset: i64, id: uuid::Uuid| StatDelta {
         offset,
         event_id: id,
         player_id: "p".into(),
@@ -414,20 +427,20 @@ async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() 
         .unwrap()
         .unwrap();
     assert_eq!(retries, vec![2]);
-    // The live lane then applies the same offsets plus a server-id event (no claim) twice over:
-    // the retry is skipped, the first sighting (already claimed, by its own offset) counts.
+    // The live lane then applies the same offsets and one more: the retry is skipped, the first
+    // sightings (already claimed, by their own offsets) count.
     let applied = apply(vec![
-        delta(0, Some(retried)),
-        delta(1, Some(other)),
-        delta(2, Some(retried)),
-        delta(3, None),
+        delta(0, retried),
+        delta(1, other),
+        delta(2, retried),
+        delta(3, single),
     ])
     .await
     .unwrap()
     .unwrap();
     assert_eq!(applied, 3);
     // A later retry in another batch, and a replay of the claims after a crash, agree.
-    assert_eq!(apply(vec![delta(7, Some(other))]).await.unwrap().unwrap(), 0);
+    assert_eq!(apply(vec![delta(7, other)]).await.unwrap().unwrap(), 0);
     let retries = claim(vec![(0, retried), (2, retried), (7, other)])
         .await
         .unwrap()

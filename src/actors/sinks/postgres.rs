@@ -61,8 +61,8 @@ pub struct WriteEvents {
 #[derive(Debug, Clone)]
 pub struct StatRow {
     pub offset: i64,
-    /// Set when the client chose the event_id: a retry of it must not count again.
-    pub event_id: Option<uuid::Uuid>,
+    /// A retry of an event already counted (same id, other offset) must not count again.
+    pub event_id: uuid::Uuid,
     pub player_id: String,
     pub event_type: String,
     /// A retry of an event already counted ([`super::redis::ClaimFirst`]): it only moves the offset.

@@ -27,7 +27,7 @@ pub struct RedisSink {
 
 impl RedisSink {
     /// A sink over the stats (DB 0) and leaderboard (DB 1) pools, with every key under `prefix`,
-    /// remembering client-chosen event ids for `dedup_window_secs` (0: not at all).
+    /// remembering event ids for `dedup_window_secs` (0: not at all).
     pub fn new(stats: RedisPool, boards: RedisPool, prefix: &str, dedup_window_secs: u64) -> Self {
         RedisSink {
             stats,
@@ -41,12 +41,12 @@ impl RedisSink {
         }
     }
 
-    /// The id a script claims for an event: empty (no claim) unless the client chose it and
-    /// deduplication is on.
-    fn claim_id(&self, id: Option<uuid::Uuid>) -> String {
-        match id {
-            Some(id) if self.dedup_window_secs > 0 => id.simple().to_string(),
-            _ => String::new(),
+    /// The id a script claims for an event: empty (no claim) when deduplication is off.
+    fn claim_id(&self, id: uuid::Uuid) -> String {
+        if self.dedup_window_secs > 0 {
+            id.simple().to_string()
+        } else {
+            String::new()
         }
     }
 
@@ -87,8 +87,8 @@ fn redis_err(e: impl std::fmt::Display) -> SinkError {
 #[derive(Debug, Clone)]
 pub struct StatDelta {
     pub offset: i64,
-    /// Set when the client chose the event_id: a retry of it must not count again.
-    pub event_id: Option<uuid::Uuid>,
+    /// A retry of an event already counted (same id, other offset) must not count again.
+    pub event_id: uuid::Uuid,
     pub player_id: String,
     pub event_type: String,
     /// RFC 3339 UTC with microseconds, so string order is time order.
@@ -107,8 +107,8 @@ pub struct ApplyStats {
 #[derive(Debug, Clone)]
 pub struct ScoreDelta {
     pub offset: i64,
-    /// Set when the client chose the event_id: a retry of it must not score again.
-    pub event_id: Option<uuid::Uuid>,
+    /// A retry of an event already scored (same id, other offset) must not score again.
+    pub event_id: uuid::Uuid,
     pub game_id: String,
     pub player_id: String,
     pub score: i64,
@@ -128,14 +128,14 @@ pub struct ApplyScores {
     pub deltas: Arc<Vec<ScoreDelta>>,
 }
 
-/// Stats' PostgreSQL lane asks which of its client-chosen event ids are retries of an event
+/// Stats' PostgreSQL lane asks which of its event ids are retries of an event
 /// already seen at another offset (its Redis lane asks inside its own script). Answers the
 /// offsets of the retries, which must not be counted.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<i64>, SinkError>")]
 pub struct ClaimFirst {
     pub position: Position,
-    /// (offset, client-chosen event_id)
+    /// (offset, event_id)
     pub items: Vec<(i64, uuid::Uuid)>,
 }
 
@@ -291,6 +291,8 @@ pub fn board_key(prefix: &str, game_id: &str, period: &str) -> String {
 /// (empty: no check) was already claimed by a different offset. The claim stores where the id was
 /// first seen for ARGV[2] seconds; claiming again from the same offset (a replay after a crash)
 /// still answers true, so a replayed first sighting is counted exactly once by the offset guard.
+/// Every later sighting renews the window, so the stats PostgreSQL lane, which asks up to a flush
+/// interval after the live lane, still finds the claim the live lane relied on.
 /// ARGV[1] is the key prefix, ARGV[3] the partition's claim tag.
 macro_rules! claim_fn {
     () => {
@@ -298,8 +300,11 @@ macro_rules! claim_fn {
 local function first(id, off)
   if id == '' then return true end
   local pos = ARGV[3] .. off
-  local prev = redis.call('SET', ARGV[1] .. 'gamemetrics:seen:' .. id, pos, 'NX', 'GET', 'EX', ARGV[2])
-  return (not prev) or prev == pos
+  local key = ARGV[1] .. 'gamemetrics:seen:' .. id
+  local prev = redis.call('SET', key, pos, 'NX', 'GET', 'EX', ARGV[2])
+  if not prev then return true end
+  redis.call('EXPIRE', key, ARGV[2])
+  return prev == pos
 end
 "#
     };
