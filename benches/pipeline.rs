@@ -341,6 +341,18 @@ async fn main() {
     let mut all = fresh(&base, "all").await;
     all.kafka.kafka_topic = c.kafka.kafka_topic.clone();
     let pipeline = drain(&all, &Role::ALL, n).await;
+    // The same drains without the retry claims (DEDUP_WINDOW_SECS=0), to show what they cost.
+    let mut unclaimed = Vec::new();
+    for (name, roles) in [
+        ("`stats-aggregator` alone", &[Role::Stats][..]),
+        ("`leaderboard-manager` alone", &[Role::Leaderboard][..]),
+        ("all three roles at once", &Role::ALL[..]),
+    ] {
+        let mut rc = fresh(&base, "unclaimed").await;
+        rc.kafka.kafka_topic = c.kafka.kafka_topic.clone();
+        rc.consumer.dedup_window_secs = 0;
+        unclaimed.push((name, drain(&rc, roles, n).await));
+    }
     let mut latencies = Vec::new();
     for &rate in &rates {
         let lat_cfg = fresh(&base, "latency").await;
@@ -364,6 +376,9 @@ async fn main() {
         println!("| {name}, Kafka → PostgreSQL/Redis | {r:.0} |");
     }
     println!("| all three roles at once (the pipeline) | {pipeline:.0} |");
+    for (name, r) in &unclaimed {
+        println!("| {name}, retry claims off (`DEDUP_WINDOW_SECS=0`) | {r:.0} |");
+    }
     println!("| baseline: `redis-benchmark` HINCRBY, pipelined 64 | {hincr:.0} ops/s |");
     println!("| baseline: `redis-benchmark` ZINCRBY, pipelined 64 | {zincr:.0} ops/s |");
     println!("| baseline: PostgreSQL `COPY` of the same rows into a copy of `events` | {copy:.0} |");

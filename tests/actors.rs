@@ -8,7 +8,7 @@ use gamemetrics::actors::leaderboard::Leaderboard;
 use gamemetrics::actors::logger::Logger;
 use gamemetrics::actors::messages::*;
 use gamemetrics::actors::sinks::postgres::{BoardTop, UpsertStats, WriteBoards, WriteEvents};
-use gamemetrics::actors::sinks::redis::{ApplyScores, ApplyStats, ClaimFirst, ReadTop};
+use gamemetrics::actors::sinks::redis::{ApplyScores, ApplyStats, ClaimFirst, ReadTop, StatsApplied};
 use gamemetrics::actors::sinks::SinkError;
 use gamemetrics::actors::stats_buffer::StatsBuffer;
 use gamemetrics::actors::{Role, RoleSettings};
@@ -116,10 +116,21 @@ impl Handler<UpsertStats> for FakeSinks {
 }
 
 impl Handler<ApplyStats> for FakeSinks {
-    type Result = Result<usize, SinkError>;
+    type Result = Result<StatsApplied, SinkError>;
     fn handle(&mut self, m: ApplyStats, _: &mut Context<Self>) -> Self::Result {
         self.stats_redis.push(m.deltas.iter().map(|d| d.offset).collect());
-        Ok(m.deltas.len())
+        // Answers like the script: claims each id, and names the retries it skipped.
+        let retries: Vec<i64> = m
+            .deltas
+            .iter()
+            .filter(|d| *self.claimed.entry(d.event_id).or_insert(d.offset) != d.offset)
+            .map(|d| d.offset)
+            .collect();
+        Ok(StatsApplied {
+            applied: m.deltas.len() - retries.len(),
+            checked_from: 0,
+            retries,
+        })
     }
 }
 

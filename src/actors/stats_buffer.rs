@@ -12,6 +12,8 @@ use super::sinks::SinkError;
 use super::RoleSettings;
 use actix::prelude::*;
 use chrono::SecondsFormat;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The stats-aggregator role for one partition.
@@ -24,6 +26,14 @@ pub struct StatsBuffer {
     source: Recipient<Applied>,
     live: Lane<StatDelta>,
     batch: Lane<StatRow>,
+    /// Offset -> "is a retry", as the live lane's script answered: the batch lane reuses these
+    /// answers (they can't differ: the claim records the first sighting's offset) and asks Redis
+    /// only about offsets the live lane skipped as already applied before a restart.
+    checked: BTreeMap<i64, bool>,
+    /// One past the newest offset the live lane has written (and so answered for).
+    live_done_next: i64,
+    /// A batch waiting for the live lane to answer for its newest records.
+    parked: Option<Arc<Vec<StatRow>>>,
     marks: Watermarks,
     live_timer: Option<SpawnHandle>,
     batch_timer: Option<SpawnHandle>,
@@ -50,6 +60,9 @@ impl StatsBuffer {
             source,
             live: Lane::default(),
             batch: Lane::default(),
+            checked: BTreeMap::new(),
+            live_done_next: 0,
+            parked: None,
             marks: Watermarks::default(),
             live_timer: None,
             batch_timer: None,
@@ -65,12 +78,21 @@ impl StatsBuffer {
         let (started, size) = (Instant::now(), deltas.len());
         let write = self.redis.send(ApplyStats {
             position: self.position.clone(),
-            deltas,
+            deltas: deltas.clone(),
         });
         ctx.spawn(write.into_actor(self).map(move |res, act, ctx| {
             match res.map_err(SinkError::from).and_then(|r| r) {
-                Ok(applied) => {
-                    act.settings.observe_flush("redis", started, size, applied);
+                Ok(done) => {
+                    act.settings.observe_flush("redis", started, size, done.applied);
+                    for d in deltas.iter().filter(|d| d.offset >= done.checked_from) {
+                        act.checked.insert(d.offset, done.retries.contains(&d.offset));
+                    }
+                    if let Some(newest) = deltas.iter().map(|d| d.offset).max() {
+                        act.live_done_next = act.live_done_next.max(newest + 1);
+                    }
+                    if let Some(batch) = act.parked.take() {
+                        act.send_batch(batch, ctx);
+                    }
                     act.live.succeeded();
                     act.report();
                     act.flush_live(ctx);
@@ -88,11 +110,41 @@ impl StatsBuffer {
         if let Some(t) = self.batch_timer.take() {
             ctx.cancel_future(t);
         }
-        let Some(rows) = self.batch.take() else { return };
-        let (started, size) = (Instant::now(), rows.len());
+        let Some(batch) = self.batch.take() else { return };
+        self.send_batch(batch, ctx);
+    }
+
+    /// Upserts a taken batch once the live lane has answered the retry question for all of it,
+    /// else parks it until the live lane's next write lands (at most LIVE_FLUSH_MS away).
+    fn send_batch(&mut self, batch: Arc<Vec<StatRow>>, ctx: &mut Context<Self>) {
+        if batch.iter().any(|r| r.offset >= self.live_done_next) {
+            self.parked = Some(batch);
+            return;
+        }
+        let (started, size) = (Instant::now(), batch.len());
+        let mut rows: Vec<StatRow> = batch.iter().cloned().collect();
+        let mut unchecked = Vec::new();
+        for r in &mut rows {
+            match self.checked.get(&r.offset) {
+                Some(&retry) => r.retry = retry,
+                None => unchecked.push((r.offset, r.event_id)),
+            }
+        }
+        let last = rows.last().map(|r| r.offset);
         let (pg, claims, position) = (self.pg.clone(), self.claims.clone(), self.position.clone());
         let write = async move {
-            let rows = mark_retries(&claims, &position, rows).await?;
+            if !unchecked.is_empty() {
+                let retries = claims
+                    .send(ClaimFirst {
+                        position: position.clone(),
+                        items: unchecked,
+                    })
+                    .await??;
+                for r in rows.iter_mut().filter(|r| retries.contains(&r.offset)) {
+                    r.retry = true;
+                }
+            }
+            let rows = Arc::new(rows);
             pg.send(UpsertStats { position, rows }).await?
         };
         ctx.spawn(
@@ -102,6 +154,9 @@ impl StatsBuffer {
                     match res {
                         Ok(applied) => {
                             act.settings.observe_flush("postgres", started, size, applied);
+                            if let Some(last) = last {
+                                act.checked = act.checked.split_off(&(last + 1));
+                            }
                             act.batch.succeeded();
                             act.report();
                             // Whatever piled up meanwhile waits for its own trigger, as the seed's
@@ -142,31 +197,6 @@ impl StatsBuffer {
             self.source.do_send(Applied { next_offset: next });
         }
     }
-}
-
-/// Asks Redis which ids in `rows` retry an event already counted, and marks them.
-/// The live lane asks the same question inside its script; both get the same answer because the
-/// first sighting of an id is recorded by offset.
-async fn mark_retries(
-    claims: &Recipient<ClaimFirst>,
-    position: &Position,
-    rows: std::sync::Arc<Vec<StatRow>>,
-) -> Result<std::sync::Arc<Vec<StatRow>>, SinkError> {
-    let items: Vec<(i64, uuid::Uuid)> = rows.iter().map(|r| (r.offset, r.event_id)).collect();
-    let retries = claims
-        .send(ClaimFirst {
-            position: position.clone(),
-            items,
-        })
-        .await??;
-    if retries.is_empty() {
-        return Ok(rows);
-    }
-    let mut rows = std::sync::Arc::unwrap_or_clone(rows);
-    for r in &mut rows {
-        r.retry = retries.contains(&r.offset);
-    }
-    Ok(std::sync::Arc::new(rows))
 }
 
 impl Actor for StatsBuffer {

@@ -383,7 +383,7 @@ async fn the_current_daily_board_follows_event_days_but_not_past_the_server_cloc
 async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() {
     use actix::Actor;
     use gamemetrics::actors::messages::Position;
-    use gamemetrics::actors::sinks::redis::{ApplyStats, ClaimFirst, RedisSink, StatDelta};
+    use gamemetrics::actors::sinks::redis::{ApplyStats, ClaimFirst, RedisSink, StatDelta, StatsApplied};
     use redis::AsyncCommands;
     let config = test_config();
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
@@ -438,9 +438,24 @@ async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() 
     .await
     .unwrap()
     .unwrap();
-    assert_eq!(applied, 3);
+    assert_eq!(
+        applied,
+        StatsApplied {
+            applied: 3,
+            checked_from: 0,
+            retries: vec![2]
+        },
+        "the live lane names the retry it skipped, for the PostgreSQL lane to reuse"
+    );
     // A later retry in another batch, and a replay of the claims after a crash, agree.
-    assert_eq!(apply(vec![delta(7, other)]).await.unwrap().unwrap(), 0);
+    let later = apply(vec![delta(7, other)]).await.unwrap().unwrap();
+    assert_eq!(
+        (later.applied, later.checked_from, later.retries),
+        (0, 4, vec![7])
+    );
+    // Offsets already applied are skipped unchecked (checked_from says so).
+    let again = apply(vec![delta(3, single)]).await.unwrap().unwrap();
+    assert_eq!((again.applied, again.checked_from), (0, 8));
     let retries = claim(vec![(0, retried), (2, retried), (7, other)])
         .await
         .unwrap()

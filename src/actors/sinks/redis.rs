@@ -41,10 +41,12 @@ impl RedisSink {
         }
     }
 
-    /// The id a script claims for an event: empty (no claim) when deduplication is off.
+    /// The key a script claims for an event id, `{prefix}gamemetrics:seen:{id}`; empty (no
+    /// claim) when deduplication is off. Built here rather than in Lua, where every
+    /// concatenation is one more string to hash and intern per event.
     fn claim_id(&self, id: uuid::Uuid) -> String {
         if self.dedup_window_secs > 0 {
-            id.simple().to_string()
+            format!("{}gamemetrics:seen:{}", self.prefix, id.simple())
         } else {
             String::new()
         }
@@ -95,12 +97,38 @@ pub struct StatDelta {
     pub timestamp: String,
 }
 
-/// Apply stats deltas to Redis DB 0, skipping offsets already applied. Answers how many applied.
+/// Apply stats deltas to Redis DB 0, skipping offsets already applied and retries.
 #[derive(Message)]
-#[rtype(result = "Result<usize, SinkError>")]
+#[rtype(result = "Result<StatsApplied, SinkError>")]
 pub struct ApplyStats {
     pub position: Position,
     pub deltas: Arc<Vec<StatDelta>>,
+}
+
+/// What [`ApplyStats`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsApplied {
+    /// Deltas counted.
+    pub applied: usize,
+    /// Offsets at or above this were checked for retries (below it they were already applied
+    /// before, and skipped unchecked).
+    pub checked_from: i64,
+    /// The checked offsets that are retries of an event counted at another offset.
+    pub retries: Vec<i64>,
+}
+
+impl redis::FromRedisValue for StatsApplied {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        let all: Vec<i64> = redis::FromRedisValue::from_redis_value(v)?;
+        match all.as_slice() {
+            [applied, checked_from, retries @ ..] => Ok(StatsApplied {
+                applied: usize::try_from(*applied).unwrap_or(0),
+                checked_from: *checked_from,
+                retries: retries.to_vec(),
+            }),
+            _ => Err("the stats script answers at least two integers".into()),
+        }
+    }
 }
 
 /// One scoring event's contribution to a game's boards.
@@ -153,13 +181,13 @@ pub const PERIODS: [&str; 3] = ["daily", "weekly", "alltime"];
 impl RedisSink {
     /// Runs one of the offset-guarded scripts: KEYS[1] is the partition's offset key, ARGV the
     /// key prefix, the dedup window, the partition's claim tag, then whatever `fill` adds.
-    fn apply_guarded(
+    fn apply_guarded<T: redis::FromRedisValue + 'static>(
         &mut self,
         pool: RedisPool,
         script: Arc<Script>,
         position: &Position,
         fill: impl for<'a> FnOnce(&mut redis::ScriptInvocation<'a>) + 'static,
-    ) -> ResponseActFuture<Self, Result<usize, SinkError>> {
+    ) -> ResponseActFuture<Self, Result<T, SinkError>> {
         let (key, prefix) = (self.offset_key(position), self.prefix.clone());
         let (window, tag) = (self.dedup_window_secs, claim_tag(position));
         tracked(self, async move {
@@ -167,16 +195,13 @@ impl RedisSink {
             invocation.arg(prefix.as_ref()).arg(window).arg(tag);
             fill(&mut invocation);
             let mut conn = pool.get().await.map_err(redis_err)?;
-            invocation
-                .invoke_async::<usize>(&mut *conn)
-                .await
-                .map_err(redis_err)
+            invocation.invoke_async::<T>(&mut *conn).await.map_err(redis_err)
         })
     }
 }
 
 impl Handler<ApplyStats> for RedisSink {
-    type Result = ResponseActFuture<Self, Result<usize, SinkError>>;
+    type Result = ResponseActFuture<Self, Result<StatsApplied, SinkError>>;
 
     fn handle(&mut self, msg: ApplyStats, _: &mut Context<Self>) -> Self::Result {
         let (pool, script) = (self.stats.clone(), self.stats_script.clone());
@@ -223,14 +248,15 @@ impl Handler<ClaimFirst> for RedisSink {
     fn handle(&mut self, msg: ClaimFirst, _: &mut Context<Self>) -> Self::Result {
         let (pool, script, prefix) = (self.stats.clone(), self.claim_script.clone(), self.prefix.clone());
         let (window, tag) = (self.dedup_window_secs, claim_tag(&msg.position));
+        let keys: Vec<String> = msg.items.iter().map(|(_, id)| self.claim_id(*id)).collect();
         tracked(self, async move {
             if window == 0 || msg.items.is_empty() {
                 return Ok(Vec::new());
             }
             let mut invocation = script.arg(prefix.as_ref());
             invocation.arg(window).arg(tag);
-            for (offset, id) in &msg.items {
-                invocation.arg(*offset).arg(id.simple().to_string());
+            for ((offset, _), key) in msg.items.iter().zip(keys) {
+                invocation.arg(*offset).arg(key);
             }
             let mut conn = pool.get().await.map_err(redis_err)?;
             invocation
@@ -287,20 +313,19 @@ pub fn board_key(prefix: &str, game_id: &str, period: &str) -> String {
     format!("{prefix}leaderboard:{game_id}:{period}")
 }
 
-/// The idempotent-retry check shared by every script: `first(id, offset)` is true unless `id`
-/// (empty: no check) was already claimed by a different offset. The claim stores where the id was
-/// first seen for ARGV[2] seconds; claiming again from the same offset (a replay after a crash)
-/// still answers true, so a replayed first sighting is counted exactly once by the offset guard.
-/// Every later sighting renews the window, so the stats PostgreSQL lane, which asks up to a flush
-/// interval after the live lane, still finds the claim the live lane relied on.
-/// ARGV[1] is the key prefix, ARGV[3] the partition's claim tag.
+/// The retry check shared by every script: `first(key, offset)` is true unless the event id's
+/// claim `key` (empty: no check) was already taken by a different offset. The claim stores where
+/// the id was first seen for ARGV[2] seconds; claiming again from the same offset (a replay after
+/// a crash) still answers true, so a replayed first sighting is counted exactly once by the
+/// offset guard. Every later sighting renews the window, so a lane that asks later (the stats
+/// PostgreSQL lane after a restart) still finds the claim the others relied on.
+/// ARGV[3] is the partition's claim tag.
 macro_rules! claim_fn {
     () => {
         r#"
-local function first(id, off)
-  if id == '' then return true end
+local function first(key, off)
+  if key == '' then return true end
   local pos = ARGV[3] .. off
-  local key = ARGV[1] .. 'gamemetrics:seen:' .. id
   local prev = redis.call('SET', key, pos, 'NX', 'GET', 'EX', ARGV[2])
   if not prev then return true end
   redis.call('EXPIRE', key, ARGV[2])
@@ -311,16 +336,21 @@ end
 }
 
 /// ARGV: prefix, window, claim tag, then per event: offset, id, player_id, event_type, timestamp.
+/// Answers {counted, first offset checked, retry offsets...}: the stats PostgreSQL lane reuses
+/// these answers instead of asking again.
 const STATS_LUA: &str = concat!(
     claim_fn!(),
     r#"
 local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
 local prefix = ARGV[1]
 local nxt, n = applied, 0
+local out = { 0, applied }
 for i = 4, #ARGV, 5 do
   local off = tonumber(ARGV[i])
   if off >= applied then
-    if first(ARGV[i + 1], ARGV[i]) then
+    if not first(ARGV[i + 1], ARGV[i]) then
+      out[#out + 1] = off
+    else
       local key = prefix .. 'player_stats:' .. ARGV[i + 2]
       redis.call('HINCRBY', key, 'total_events', 1)
       redis.call('HINCRBY', key, 'event_' .. ARGV[i + 3], 1)
@@ -332,7 +362,8 @@ for i = 4, #ARGV, 5 do
   end
 end
 if nxt > applied then redis.call('SET', KEYS[1], nxt) end
-return n
+out[1] = n
+return out
 "#
 );
 
