@@ -85,6 +85,9 @@ async fn run() -> anyhow::Result<()> {
     match command {
         Command::Serve => serve(&config).await,
         Command::Consume { role } => {
+            if role != Role::Logger && config.consumer.dedup_window_secs > 0 {
+                db::check_redis_version(&config.redis).await?;
+            }
             let metrics = Metrics::new().context("registering metrics")?;
             let consumers = start_consumers(&config, &[role], &metrics)?;
             // Consumers have no HTTP server of their own: serve /metrics and probes beside them.
@@ -115,6 +118,9 @@ async fn run() -> anyhow::Result<()> {
                     Some(embedded)
                 }
             };
+            if config.consumer.dedup_window_secs > 0 {
+                db::check_redis_version(&config.redis).await?;
+            }
             let metrics = Metrics::new().context("registering metrics")?;
             let consumers = start_consumers(&config, &Role::ALL, &metrics)?;
             let served = serve_with(&config, metrics).await;

@@ -22,6 +22,44 @@ pub enum DbError {
     },
     #[error("running migrations failed: {0}")]
     Migration(String),
+    #[error("Redis {0} is too old: the retry claims need 7.0 or newer (or set DEDUP_WINDOW_SECS=0)")]
+    RedisTooOld(String),
+}
+
+/// The major version in an `INFO server` answer (`redis_version:7.0.15`).
+fn redis_major(info: &str) -> Option<(u32, &str)> {
+    let version = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("redis_version:"))?;
+    Some((version.split('.').next()?.parse().ok()?, version))
+}
+
+/// Refuses a Redis older than 7.0, whose `SET … NX GET` the retry claims need: better one clear
+/// error at start than every write failing. A Redis that can't be reached now is no error (the
+/// sinks retry until it is up); the check is then skipped, with a warning.
+pub async fn check_redis_version(cfg: &crate::config::RedisConfig) -> Result<(), DbError> {
+    let answer = async {
+        let client = redis::Client::open(cfg.db_url(0))?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("INFO")
+            .arg("server")
+            .query_async::<String>(&mut conn)
+            .await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), answer).await {
+        Ok(Ok(info)) => match redis_major(&info) {
+            Some((major, version)) if major < 7 => Err(DbError::RedisTooOld(version.to_owned())),
+            _ => Ok(()),
+        },
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Redis version not checked: Redis is not answering yet");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!("Redis version not checked: Redis did not answer within 3 s");
+            Ok(())
+        }
+    }
 }
 
 /// Applies every pending migration; returns the versions applied now (none when up to date).
@@ -44,4 +82,15 @@ pub async fn run_migrations(url: &SecretUrl) -> Result<Vec<String>, DbError> {
     })
     .await
     .map_err(|e| DbError::Migration(format!("migration task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redis_major_reads_info_server() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n";
+        assert_eq!(super::redis_major(info), Some((7, "7.0.15")));
+        assert_eq!(super::redis_major("redis_version:6.2.14\n"), Some((6, "6.2.14")));
+        assert_eq!(super::redis_major("nothing here"), None);
+    }
 }

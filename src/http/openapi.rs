@@ -2,8 +2,9 @@
 //! typed bodies they answer with, served at `/openapi.json`, and a rendered page at `/docs`.
 
 use super::error::{ErrorBody, ErrorDetail, ErrorTag};
-use super::{health, ingest, query};
-use actix_web::HttpResponse;
+use super::{health, ingest, query, AppState};
+use crate::config::HttpApi;
+use actix_web::{web, HttpResponse};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -48,49 +49,72 @@ impl Modify for BearerKey {
     }
 }
 
-/// `GET /openapi.json`: the document, built once.
-pub async fn openapi_json() -> HttpResponse {
-    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let doc = DOC.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_default());
+/// The document for the endpoints a process serves (`HTTP_API`).
+pub fn document(api: HttpApi) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.paths.paths.retain(|path, _| {
+        if path.starts_with("/api/v1/events") {
+            api.ingest()
+        } else if ["/player/", "/games/", "/events/"]
+            .iter()
+            .any(|p| path.starts_with(p))
+        {
+            api.query()
+        } else {
+            true
+        }
+    });
+    doc
+}
+
+/// `GET /openapi.json`: the document of what this process serves.
+pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(doc.as_str())
+        .body(document(state.api).to_json().unwrap_or_default())
 }
 
 /// `GET /docs`: the document rendered by Scalar (the page embeds the document; Scalar's script
 /// loads from a CDN in the reader's browser).
-pub async fn docs() -> HttpResponse {
-    static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let page = PAGE.get_or_init(|| utoipa_scalar::Scalar::new(ApiDoc::openapi()).to_html());
+pub async fn docs(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
-        .body(page.as_str())
+        .body(utoipa_scalar::Scalar::new(document(state.api)).to_html())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const INGEST: [&str; 2] = ["/api/v1/events", "/api/v1/events/batch"];
+    const QUERY: [&str; 5] = [
+        "/player/{player_id}/stats",
+        "/player/{player_id}/events",
+        "/games/{game_id}/leaderboard",
+        "/games/{game_id}/leaderboard/players/{player_id}",
+        "/events/{event_id}",
+    ];
+
+    fn paths(api: HttpApi) -> Vec<String> {
+        document(api).paths.paths.keys().cloned().collect()
+    }
+
     #[test]
-    fn every_route_is_in_the_document() {
-        let doc: serde_json::Value =
-            serde_json::from_str(&ApiDoc::openapi().to_json().expect("json")).expect("parse");
-        let paths: Vec<&str> = doc["paths"]
-            .as_object()
-            .expect("paths")
-            .keys()
-            .map(String::as_str)
-            .collect();
-        for p in [
-            "/api/v1/events",
-            "/api/v1/events/batch",
-            "/player/{player_id}/stats",
-            "/player/{player_id}/events",
-            "/games/{game_id}/leaderboard",
-            "/games/{game_id}/leaderboard/players/{player_id}",
-            "/events/{event_id}",
-        ] {
-            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+    fn every_route_is_in_the_document_of_a_process_that_serves_it() {
+        let all = paths(HttpApi::All);
+        for p in INGEST
+            .iter()
+            .chain(&QUERY)
+            .chain(&["/healthz", "/readyz", "/metrics"])
+        {
+            assert!(all.iter().any(|a| a == p), "{p} missing from {all:?}");
         }
+        let ingest = paths(HttpApi::Ingest);
+        assert!(INGEST.iter().all(|p| ingest.iter().any(|a| a == p)));
+        assert!(QUERY.iter().all(|p| !ingest.iter().any(|a| a == p)));
+        let query = paths(HttpApi::Query);
+        assert!(QUERY.iter().all(|p| query.iter().any(|a| a == p)));
+        assert!(INGEST.iter().all(|p| !query.iter().any(|a| a == p)));
+        assert!(query.iter().any(|a| a == "/healthz"));
     }
 }

@@ -181,5 +181,10 @@ async fn a_deployment_can_serve_only_ingestion_or_only_queries() {
     assert_eq!(post_with(&query, None, &ev).await.status(), 404);
     assert_eq!(query.get("/readyz").await.status(), 200);
     assert_eq!(query.get("/games/g/leaderboard").await.status(), 200);
-    assert_eq!(query.get("/openapi.json").await.status(), 200);
+    let doc: Value = query.get("/openapi.json").await.json().await.unwrap();
+    assert!(doc["paths"].get("/games/{game_id}/leaderboard").is_some());
+    assert!(
+        doc["paths"].get("/api/v1/events").is_none(),
+        "the contract lists only what is served"
+    );
 }
