@@ -80,6 +80,8 @@ struct FakeSinks {
     /// Event id -> offset it was first claimed at, as the Redis claim script records it.
     claimed: std::collections::HashMap<uuid::Uuid, i64>,
     fail: Arc<AtomicUsize>,
+    /// While set, every stats write to Redis fails.
+    redis_down: Arc<AtomicBool>,
 }
 
 impl FakeSinks {
@@ -118,6 +120,9 @@ impl Handler<UpsertStats> for FakeSinks {
 impl Handler<ApplyStats> for FakeSinks {
     type Result = Result<StatsApplied, SinkError>;
     fn handle(&mut self, m: ApplyStats, _: &mut Context<Self>) -> Self::Result {
+        if self.redis_down.load(Ordering::SeqCst) {
+            return Err(SinkError::Redis("injected".into()));
+        }
         self.stats_redis.push(m.deltas.iter().map(|d| d.offset).collect());
         // Answers like the script: claims each id, and names the retries it skipped.
         let retries: Vec<i64> = m
@@ -202,9 +207,18 @@ fn start_leaderboard(sinks: Addr<FakeSinks>, source: Addr<Source>) -> Addr<Leade
 
 /// A stats buffer wired to the recording sinks and source.
 fn start_stats(sinks: Addr<FakeSinks>, source: Addr<Source>) -> Addr<StatsBuffer> {
+    start_stats_with(sinks, source, settings(Role::Stats))
+}
+
+/// A stats buffer with the given settings.
+fn start_stats_with(
+    sinks: Addr<FakeSinks>,
+    source: Addr<Source>,
+    settings: RoleSettings,
+) -> Addr<StatsBuffer> {
     StatsBuffer::new(
         position("stats-aggregator"),
-        settings(Role::Stats),
+        settings,
         sinks.clone().recipient(),
         sinks.clone().recipient(),
         sinks.recipient(),
@@ -300,6 +314,42 @@ async fn a_retried_event_id_reaches_the_upsert_marked_as_a_retry() {
         vec![0, 1, 2, 3, 4],
         "the live lane's script decides for itself"
     );
+}
+
+#[actix_web::test]
+async fn the_postgres_lane_waits_for_redis_only_when_retries_are_deduplicated() {
+    tokio::time::pause();
+    for window in [0, 86_400] {
+        let sinks = FakeSinks::default();
+        let (pg_log, down) = (sinks.stats_pg.clone(), sinks.redis_down.clone());
+        down.store(true, Ordering::SeqCst);
+        let mut config = Cli::parse_from(["test"]).consumer;
+        config.dedup_window_secs = window;
+        let settings = RoleSettings::new(&config, Metrics::new().expect("metrics"), Role::Stats);
+        let stats = start_stats_with(sinks.start(), Source(Log::default()).start(), settings);
+        for o in 0..100 {
+            stats
+                .send(event(o, "session_start", "g", json!({})))
+                .await
+                .unwrap();
+        }
+        settle(Duration::from_secs(2)).await;
+        if window == 0 {
+            assert_eq!(
+                pg_log.all().concat().len(),
+                100,
+                "no retry question: Redis down doesn't hold PostgreSQL"
+            );
+        } else {
+            assert!(
+                pg_log.all().is_empty(),
+                "the batch waits for the live lane's retry answers"
+            );
+            down.store(false, Ordering::SeqCst);
+            settle(Duration::from_secs(10)).await;
+            assert_eq!(pg_log.all().concat(), (0..100).collect::<Vec<_>>());
+        }
+    }
 }
 
 #[actix_web::test]

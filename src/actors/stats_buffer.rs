@@ -12,7 +12,7 @@ use super::sinks::SinkError;
 use super::RoleSettings;
 use actix::prelude::*;
 use chrono::SecondsFormat;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,8 +84,9 @@ impl StatsBuffer {
             match res.map_err(SinkError::from).and_then(|r| r) {
                 Ok(done) => {
                     act.settings.observe_flush("redis", started, size, done.applied);
+                    let retries: HashSet<i64> = done.retries.into_iter().collect();
                     for d in deltas.iter().filter(|d| d.offset >= done.checked_from) {
-                        act.checked.insert(d.offset, done.retries.contains(&d.offset));
+                        act.checked.insert(d.offset, retries.contains(&d.offset));
                     }
                     if let Some(newest) = deltas.iter().map(|d| d.offset).max() {
                         act.live_done_next = act.live_done_next.max(newest + 1);
@@ -115,9 +116,11 @@ impl StatsBuffer {
     }
 
     /// Upserts a taken batch once the live lane has answered the retry question for all of it,
-    /// else parks it until the live lane's next write lands (at most LIVE_FLUSH_MS away).
+    /// else parks it until the live lane's next write lands (at most LIVE_FLUSH_MS away). With
+    /// deduplication off there is no question, and PostgreSQL never waits on Redis.
     fn send_batch(&mut self, batch: Arc<Vec<StatRow>>, ctx: &mut Context<Self>) {
-        if batch.iter().any(|r| r.offset >= self.live_done_next) {
+        let dedup = self.settings.config.dedup_window_secs > 0;
+        if dedup && batch.iter().any(|r| r.offset >= self.live_done_next) {
             self.parked = Some(batch);
             return;
         }
@@ -140,6 +143,7 @@ impl StatsBuffer {
                         items: unchecked,
                     })
                     .await??;
+                let retries: HashSet<i64> = retries.into_iter().collect();
                 for r in rows.iter_mut().filter(|r| retries.contains(&r.offset)) {
                     r.retry = true;
                 }

@@ -5,6 +5,7 @@ use super::error::{ErrorBody, ErrorDetail, ErrorTag};
 use super::{health, ingest, query, AppState};
 use crate::config::HttpApi;
 use actix_web::{web, HttpResponse};
+use std::sync::OnceLock;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -67,11 +68,30 @@ pub fn document(api: HttpApi) -> utoipa::openapi::OpenApi {
     doc
 }
 
+/// The JSON document and the rendered page for `api`, built once per process.
+fn rendered(api: HttpApi) -> &'static (String, String) {
+    static ALL: OnceLock<(String, String)> = OnceLock::new();
+    static INGEST: OnceLock<(String, String)> = OnceLock::new();
+    static QUERY: OnceLock<(String, String)> = OnceLock::new();
+    let cell = match api {
+        HttpApi::All => &ALL,
+        HttpApi::Ingest => &INGEST,
+        HttpApi::Query => &QUERY,
+    };
+    cell.get_or_init(|| {
+        let doc = document(api);
+        (
+            doc.to_json().unwrap_or_default(),
+            utoipa_scalar::Scalar::new(doc).to_html(),
+        )
+    })
+}
+
 /// `GET /openapi.json`: the document of what this process serves.
 pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(document(state.api).to_json().unwrap_or_default())
+        .body(rendered(state.api).0.as_str())
 }
 
 /// `GET /docs`: the document rendered by Scalar (the page embeds the document; Scalar's script
@@ -79,7 +99,7 @@ pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
 pub async fn docs(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
-        .body(utoipa_scalar::Scalar::new(document(state.api)).to_html())
+        .body(rendered(state.api).1.as_str())
 }
 
 #[cfg(test)]

@@ -335,7 +335,8 @@ end
     };
 }
 
-/// ARGV: prefix, window, claim tag, then per event: offset, id, player_id, event_type, timestamp.
+/// ARGV: prefix, window, claim tag, then per event: offset, claim key, player_id, event_type,
+/// timestamp.
 /// Answers {counted, first offset checked, retry offsets...}: the stats PostgreSQL lane reuses
 /// these answers instead of asking again.
 const STATS_LUA: &str = concat!(
@@ -367,7 +368,8 @@ return out
 "#
 );
 
-/// ARGV: prefix, window, claim tag, then per event: offset, id. Returns the retries' offsets.
+/// ARGV: prefix (unused), window, claim tag, then per event: offset, claim key. Returns the
+/// retries' offsets.
 const CLAIM_LUA: &str = concat!(
     claim_fn!(),
     r#"
@@ -380,7 +382,7 @@ return retries
 );
 
 /// ARGV: prefix, window, claim tag, the server's current day and ISO week, then per event:
-/// offset, id, game, player, score, day, week, day expiry, week expiry. The dated boards (`…:daily:2024-01-15`) keep past
+/// offset, claim key, game, player, score, day, week, day expiry, week expiry. The dated boards (`…:daily:2024-01-15`) keep past
 /// periods until their retention ends; `…:daily` is the board of the newest day seen that is not
 /// ahead of the server's clock (a client clock running fast must not end today early). When it
 /// moves to a newer day it starts as that day's dated board, which already holds this event and
