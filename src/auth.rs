@@ -50,7 +50,13 @@ struct CachedKey {
 pub struct KeyStore {
     pg: PgPool,
     cache: Mutex<HashMap<String, CachedKey>>,
+    /// Key ids looked up and not found, and when: a client retrying a wrong key (or anyone
+    /// sending made-up ones) costs one query per id per CACHE_TTL, not one per request.
+    unknown: Mutex<HashMap<String, Instant>>,
 }
+
+/// Most unknown key ids remembered; past it the table starts over, so made-up ids can't grow it.
+const MAX_UNKNOWN: usize = 10_000;
 
 #[derive(QueryableByName)]
 struct KeyRow {
@@ -74,6 +80,7 @@ impl KeyStore {
         KeyStore {
             pg,
             cache: Mutex::new(HashMap::new()),
+            unknown: Mutex::new(HashMap::new()),
         }
     }
 
@@ -93,7 +100,23 @@ impl KeyStore {
         let key = match cached {
             Some(k) if k.fetched.elapsed() < CACHE_TTL => k,
             _ => {
-                let fresh = self.fetch(key_id).await?.ok_or(AuthError::Invalid)?;
+                let known_unknown = self
+                    .unknown
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(key_id)
+                    .is_some_and(|at| at.elapsed() < CACHE_TTL);
+                if known_unknown {
+                    return Err(AuthError::Invalid);
+                }
+                let Some(fresh) = self.fetch(key_id).await? else {
+                    let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+                    if unknown.len() >= MAX_UNKNOWN {
+                        unknown.clear();
+                    }
+                    unknown.insert(key_id.to_owned(), Instant::now());
+                    return Err(AuthError::Invalid);
+                };
                 self.cache
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

@@ -188,3 +188,30 @@ async fn a_deployment_can_serve_only_ingestion_or_only_queries() {
         "the contract lists only what is served"
     );
 }
+
+#[tokio::test]
+async fn an_unknown_key_id_costs_one_lookup_per_cache_period() {
+    use diesel_async::RunQueryDsl;
+    let mut config = test_config();
+    isolated_database(&mut config).await;
+    let store = auth::KeyStore::new(gamemetrics::db::pg_pool(&config.database));
+    let bogus = Some("Bearer gmk_nosuchkey_abc");
+    assert!(matches!(
+        store.authenticate(bogus).await,
+        Err(auth::AuthError::Invalid)
+    ));
+    // With the table gone, another lookup could only fail as the store's error: none is made.
+    diesel::sql_query("DROP TABLE api_keys")
+        .execute(&mut pg_conn(&config).await)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.authenticate(bogus).await,
+        Err(auth::AuthError::Invalid)
+    ));
+    // A different unknown id is looked up, and so meets the missing table.
+    assert!(matches!(
+        store.authenticate(Some("Bearer gmk_otherkey_abc")).await,
+        Err(auth::AuthError::Store(_))
+    ));
+}
