@@ -40,12 +40,19 @@ fn position(service: &'static str) -> Position {
 }
 
 fn event(offset: i64, ty: &str, game: &str, data: serde_json::Value) -> Consumed {
+    consumed(
+        offset,
+        json!({"event_type": ty, "player_id": format!("p{}", offset % 7), "game_id": game,
+               "timestamp": "2024-01-15T10:00:00Z", "data": data}),
+    )
+}
+
+/// The record at `offset` of an event sent with this body, validated as the API does.
+fn consumed(offset: i64, body: serde_json::Value) -> Consumed {
     let limits = gamemetrics::domain::EventLimits {
         max_data_bytes: 1 << 16,
         max_future_skew: chrono::Duration::seconds(300),
     };
-    let body = json!({"event_type": ty, "player_id": format!("p{}", offset % 7), "game_id": game,
-                      "timestamp": "2024-01-15T10:00:00Z", "data": data});
     let e = IngestRequest::from_value(body, &limits, chrono::Utc::now()).expect("valid event");
     Consumed {
         record: Record {
@@ -205,6 +212,17 @@ fn start_leaderboard(sinks: Addr<FakeSinks>, source: Addr<Source>) -> Addr<Leade
     .start()
 }
 
+/// A logger writing to `sink` and reporting to `source`.
+fn start_logger(sink: Recipient<WriteEvents>, source: Addr<Source>) -> Addr<Logger> {
+    Logger::new(
+        position("event-logger"),
+        settings(Role::Logger),
+        sink,
+        source.recipient(),
+    )
+    .start()
+}
+
 /// A stats buffer wired to the recording sinks and source.
 fn start_stats(sinks: Addr<FakeSinks>, source: Addr<Source>) -> Addr<StatsBuffer> {
     start_stats_with(sinks, source, settings(Role::Stats))
@@ -279,10 +297,6 @@ async fn a_retried_event_id_reaches_the_upsert_marked_as_a_retry() {
     let (retries, redis_ids) = (sinks.stats_pg_retries.clone(), sinks.stats_redis.clone());
     let sinks = sinks.start();
     let stats = start_stats(sinks, Source(Log::default()).start());
-    let limits = gamemetrics::domain::EventLimits {
-        max_data_bytes: 1 << 16,
-        max_future_skew: chrono::Duration::seconds(300),
-    };
     let ids = [
         "0b9a4c52-3a53-4f7e-9d3c-000000000001",
         "0b9a4c52-3a53-4f7e-9d3c-000000000002",
@@ -299,12 +313,7 @@ async fn a_retried_event_id_reaches_the_upsert_marked_as_a_retry() {
         if let Some(id) = id {
             body["event_id"] = json!(id);
         }
-        let e = IngestRequest::from_value(body, &limits, chrono::Utc::now()).expect("valid event");
-        let record = Record {
-            offset,
-            payload: Payload::Event(e),
-        };
-        stats.send(Consumed { record }).await.unwrap();
+        stats.send(consumed(offset, body)).await.unwrap();
     }
     stats.send(FlushAll).await.unwrap();
     settle(Duration::from_millis(50)).await;
@@ -474,13 +483,7 @@ async fn a_failed_write_is_retried_with_the_same_batch_and_only_then_reported() 
     let sinks = sinks.start();
     let applied = Log::default();
     let source = Source(applied.clone()).start();
-    let logger = Logger::new(
-        position("event-logger"),
-        settings(Role::Logger),
-        sinks.recipient(),
-        source.recipient(),
-    )
-    .start();
+    let logger = start_logger(sinks.recipient(), source);
     for o in 10..13 {
         logger
             .send(event(o, "session_start", "g", json!({})))
@@ -542,13 +545,7 @@ async fn a_crashed_sink_is_restarted_and_the_batch_it_held_is_written() {
     };
     let applied = Log::default();
     let source = Source(applied.clone()).start();
-    let logger = Logger::new(
-        position("event-logger"),
-        settings(Role::Logger),
-        sink.recipient(),
-        source.recipient(),
-    )
-    .start();
+    let logger = start_logger(sink.recipient(), source);
     for o in 0..4 {
         logger
             .send(event(o, "session_start", "g", json!({})))

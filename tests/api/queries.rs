@@ -47,18 +47,7 @@ async fn stats_leaderboards_and_events_read_back_what_the_model_says() {
         let (status, body) =
             get_json(app, &format!("/games/{game}/leaderboard?period=alltime&limit=3")).await;
         assert_eq!(status, 200);
-        let got: Vec<(u64, String, i64)> = body["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["rank"].as_u64().unwrap(),
-                    e["player_id"].as_str().unwrap().to_owned(),
-                    e["score"].as_i64().unwrap(),
-                )
-            })
-            .collect();
+        let got = entries(&body);
         let expected: Vec<(u64, String, i64)> = want
             .iter()
             .take(3)
@@ -67,12 +56,7 @@ async fn stats_leaderboards_and_events_read_back_what_the_model_says() {
             .collect();
         assert_eq!(got, expected, "{game} alltime top 3");
         let (_, page) = get_json(app, &format!("/games/{game}/leaderboard?limit=2&offset=2")).await;
-        let ranks: Vec<u64> = page["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["rank"].as_u64().unwrap())
-            .collect();
+        let ranks: Vec<u64> = entries(&page).into_iter().map(|(rank, _, _)| rank).collect();
         assert_eq!(
             ranks,
             [3, 4]
@@ -85,16 +69,9 @@ async fn stats_leaderboards_and_events_read_back_what_the_model_says() {
             &format!("/games/{game}/leaderboard?period=daily&date=2024-01-14&limit=1000"),
         )
         .await;
-        let past: Vec<(String, i64)> = past["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["player_id"].as_str().unwrap().to_owned(),
-                    e["score"].as_i64().unwrap(),
-                )
-            })
+        let past: Vec<(String, i64)> = entries(&past)
+            .into_iter()
+            .map(|(_, player, score)| (player, score))
             .collect();
         assert_eq!(
             past,
@@ -114,16 +91,9 @@ async fn stats_leaderboards_and_events_read_back_what_the_model_says() {
                 (body["rank"].as_u64(), body["score"].as_i64()),
                 (Some(3), Some(*score))
             );
-            let around: Vec<(u64, String)> = body["entries"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| {
-                    (
-                        e["rank"].as_u64().unwrap(),
-                        e["player_id"].as_str().unwrap().to_owned(),
-                    )
-                })
+            let around: Vec<(u64, String)> = entries(&body)
+                .into_iter()
+                .map(|(rank, player, _)| (rank, player))
                 .collect();
             let expected: Vec<(u64, String)> = (1..4).map(|i| (i as u64 + 1, want[i].0.clone())).collect();
             assert_eq!(around, expected, "{game}: the player and one above and below");
@@ -213,4 +183,20 @@ async fn stats_leaderboards_and_events_read_back_what_the_model_says() {
     for c in p.consumers {
         c.shutdown(Duration::from_secs(10)).await;
     }
+}
+
+/// A board answer's entries as (rank, player_id, score).
+fn entries(body: &Value) -> Vec<(u64, String, i64)> {
+    body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["rank"].as_u64().expect("rank"),
+                e["player_id"].as_str().expect("player_id").to_owned(),
+                e["score"].as_i64().expect("score"),
+            )
+        })
+        .collect()
 }
