@@ -53,17 +53,17 @@ impl Modify for BearerKey {
 /// The document for the endpoints a process serves (`HTTP_API`).
 pub fn document(api: HttpApi) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
-    doc.paths.paths.retain(|path, _| {
-        if path.starts_with("/api/v1/events") {
-            api.ingest()
-        } else if ["/player/", "/games/", "/events/"]
-            .iter()
-            .any(|p| path.starts_with(p))
-        {
-            api.query()
-        } else {
-            true
-        }
+    // By the tag each handler's annotation gives its operation, so the grouping is stated once.
+    doc.paths.paths.retain(|_, item| {
+        [&item.get, &item.post]
+            .into_iter()
+            .flatten()
+            .flat_map(|op| op.tags.iter().flatten())
+            .all(|tag| match tag.as_str() {
+                "ingest" => api.ingest(),
+                "queries" => api.query(),
+                _ => true,
+            })
     });
     doc
 }
