@@ -1,6 +1,10 @@
-//! Prometheus metrics: one registry per process, served at `GET /metrics`.
+//! Prometheus metrics: one registry per process, served at `GET /metrics`, and the readiness
+//! problems components report for `GET /readyz` ([`Health`]).
 //!
 //! Collectors are cheap `Arc` handles, so `Metrics` is cloned into whatever records them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -43,6 +47,35 @@ pub struct Metrics {
     pub consumer_in_flight: IntGaugeVec,
     /// Records on the broker not yet read, from librdkafka statistics, by service and partition.
     pub consumer_lag: IntGaugeVec,
+    /// 1 while a partition is not consumed because it can't be told which log its offsets
+    /// belong to, by service and partition (the reason is in `/readyz` and the logs).
+    pub consumer_blocked: IntGaugeVec,
+    /// What keeps this process from being ready, by component.
+    pub health: Health,
+}
+
+/// Problems components report while they can't do their work; `/readyz` answers 503 while any
+/// is reported. Shared by clones.
+#[derive(Clone, Default)]
+pub struct Health(Arc<Mutex<BTreeMap<String, String>>>);
+
+impl Health {
+    /// Reports (or updates) `component`'s problem; answers true if it was not reported before.
+    pub fn set(&self, component: &str, problem: String) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(component.to_owned(), problem).is_none()
+    }
+
+    /// `component` works again; answers true if it had a problem.
+    pub fn clear(&self, component: &str) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(component).is_some()
+    }
+
+    /// Every reported problem, by component.
+    pub fn problems(&self) -> BTreeMap<String, String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl Metrics {
@@ -133,6 +166,11 @@ impl Metrics {
         let consumer_lag = gauge("consumer_lag_records", "Records on the broker not yet read")?;
         registry.register(Box::new(consumer_in_flight.clone()))?;
         registry.register(Box::new(consumer_lag.clone()))?;
+        let consumer_blocked = gauge(
+            "consumer_partition_blocked",
+            "1 while a partition is not consumed: its offsets can't be tied to its log",
+        )?;
+        registry.register(Box::new(consumer_blocked.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
@@ -151,6 +189,8 @@ impl Metrics {
             consumer_paused,
             consumer_in_flight,
             consumer_lag,
+            consumer_blocked,
+            health: Health::default(),
         })
     }
 

@@ -15,7 +15,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    consumer_offsets (consumer_service, topic, kafka_partition) {
+    consumer_offsets (consumer_service, topic, kafka_partition, topic_id) {
         #[max_length = 100]
         consumer_service -> Varchar,
         #[max_length = 249]
@@ -23,6 +23,8 @@ diesel::table! {
         kafka_partition -> Int4,
         next_offset -> Int8,
         updated_at -> Timestamptz,
+        #[max_length = 32]
+        topic_id -> Varchar,
     }
 }
 
@@ -38,6 +40,8 @@ diesel::table! {
         kafka_topic -> Nullable<Varchar>,
         kafka_partition -> Nullable<Int4>,
         kafka_offset -> Nullable<Int8>,
+        #[max_length = 32]
+        kafka_topic_id -> Varchar,
     }
 }
 

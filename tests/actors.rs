@@ -35,6 +35,7 @@ fn position(service: &'static str) -> Position {
     Position {
         service,
         topic: "t".into(),
+        log: "log-a".into(),
         partition: 0,
     }
 }

@@ -205,7 +205,10 @@ impl Leaderboard {
             .marks
             .advance([self.scores.lowest_unapplied(), self.boards.lowest_unapplied()])
         {
-            self.source.do_send(Applied { next_offset: next });
+            self.source.do_send(Applied {
+                log: self.position.log.clone(),
+                next_offset: next,
+            });
         }
     }
 }

@@ -75,7 +75,10 @@ impl Logger {
 
     fn report(&mut self) {
         if let Some(next) = self.marks.advance([self.lane.lowest_unapplied()]) {
-            self.source.do_send(Applied { next_offset: next });
+            self.source.do_send(Applied {
+                log: self.position.log.clone(),
+                next_offset: next,
+            });
         }
     }
 }

@@ -5,12 +5,15 @@ use actix::prelude::*;
 use serde_json::Value;
 use std::sync::Arc;
 
-/// Where a batch came from: the consumer service (the seed's name), topic and partition.
-/// Sinks key their stored offsets by it.
+/// Where a batch came from: the consumer service (the seed's name), topic, the topic's log and
+/// partition. Sinks key their stored offsets by it.
 #[derive(Debug, Clone)]
 pub struct Position {
     pub service: &'static str,
     pub topic: Arc<str>,
+    /// The topic's id ([`crate::kafka::TopicId`]): a topic created again under the same name is
+    /// another log whose offsets start over, so every stored offset is kept per log.
+    pub log: Arc<str>,
     pub partition: i32,
 }
 
@@ -39,6 +42,8 @@ pub struct Consumed {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Applied {
+    /// The log the offset belongs to: a source that moved to a new log ignores the old one's.
+    pub log: Arc<str>,
     pub next_offset: i64,
 }
 

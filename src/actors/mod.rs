@@ -37,6 +37,7 @@ use messages::{Applied, Consumed, FlushAll, GetProgress, Position};
 use rdkafka::consumer::{CommitMode, Consumer};
 use sinks::postgres::PgSink;
 use sinks::redis::RedisSink;
+use sinks::{LogState, SinkError};
 use source::{PartitionSource, RoleConsumer, SourceContext};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -197,6 +198,48 @@ impl RoleFactory {
                 .start(),
             ),
         }
+    }
+}
+
+impl RoleFactory {
+    /// Gets every store holding this role's offsets ready for `position`'s log, and answers what
+    /// they hold of it: `Behind` if any store claims more than the log has, else the lowest
+    /// offset every store has applied.
+    pub async fn open_log(&self, position: &Position, log_end: i64) -> Result<LogState, SinkError> {
+        use sinks::redis::LiveDb;
+        let pg = || {
+            self.pg.send(sinks::postgres::OpenLog {
+                position: position.clone(),
+                log_end,
+            })
+        };
+        let redis = |db| {
+            self.redis.send(sinks::redis::OpenLog {
+                position: position.clone(),
+                log_end,
+                db,
+            })
+        };
+        let states = match self.role {
+            Role::Logger => vec![pg().await??],
+            Role::Stats => vec![pg().await??, redis(LiveDb::Stats).await??],
+            Role::Leaderboard => vec![redis(LiveDb::Boards).await??],
+        };
+        let mut open = LogState::Open {
+            next_offset: i64::MAX,
+        };
+        for state in states {
+            match (state, open) {
+                (LogState::Behind { .. }, _) => return Ok(state),
+                (LogState::Open { next_offset }, LogState::Open { next_offset: lowest }) => {
+                    open = LogState::Open {
+                        next_offset: next_offset.min(lowest),
+                    }
+                }
+                (LogState::Open { .. }, LogState::Behind { .. }) => {}
+            }
+        }
+        Ok(open)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The Kafka source: one consumer per role process, polled by one loop, and one
-//! `PartitionSource` actor per assigned partition that parses records, hands them to the role
-//! actor, stores offsets once they are durable, and pauses the partition when too much is in
-//! flight.
+//! `PartitionSource` actor per assigned partition that first finds which log the partition is
+//! (the topic's id) and opens it in the role's stores, then parses records, hands them to the
+//! role actor, stores offsets once they are durable, and pauses the partition when too much is
+//! in flight.
 //!
 //! Why one poll loop feeding per-partition actors rather than `split_partition_queue`: split
 //! queues stall or drop partitions across rebalances (rust-rdkafka #535, #738, PR #840), and
@@ -9,9 +10,10 @@
 //! kept because one loop reads a partition's records in order and actix mailboxes are FIFO.
 
 use super::messages::*;
+use super::sinks::LogState;
 use super::{RoleFactory, RoleHandle};
 use crate::domain::GameEvent;
-use crate::kafka::KafkaContext;
+use crate::kafka::{describe_topic_id, KafkaContext};
 use crate::metrics::Metrics;
 use actix::prelude::*;
 use rdkafka::client::ClientContext;
@@ -23,6 +25,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Remembers revoked partitions so the poll loop can stop their actors, and turns librdkafka's
 /// statistics into the consumer-lag gauge.
@@ -104,10 +107,14 @@ pub struct StopPartition;
 
 /// The source actor of one partition.
 pub struct PartitionSource {
+    /// Service, topic and partition; `log` is the partition's log once it is open.
     position: Position,
     consumer: Arc<RoleConsumer>,
     factory: Arc<RoleFactory>,
+    /// The role actor of the open log; `None` while the log is being opened.
     role: Option<RoleHandle>,
+    /// Records that arrived while the log was being opened, dispatched in order once it is.
+    stash: Vec<Incoming>,
     /// One past the last record handed to the role actor.
     dispatched_next: i64,
     /// Every record below this is durable; also what was last stored for commit.
@@ -116,8 +123,16 @@ pub struct PartitionSource {
     metrics: Metrics,
 }
 
+/// How long one topic id or watermark lookup may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest wait between two attempts to open a partition's log.
+const MAX_OPEN_WAIT: Duration = Duration::from_secs(30);
+/// How often an open partition checks that its topic is still the same log.
+const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
 impl PartitionSource {
-    /// A source for `position` that builds its role actor with `factory` when started.
+    /// A source for `position` (its `log` is found when started) that builds its role actor with
+    /// `factory` once the log is open.
     pub fn new(position: Position, consumer: Arc<RoleConsumer>, factory: Arc<RoleFactory>) -> Self {
         let metrics = factory.settings.metrics.clone();
         PartitionSource {
@@ -125,6 +140,7 @@ impl PartitionSource {
             consumer,
             factory,
             role: None,
+            stash: Vec::new(),
             dispatched_next: -1,
             applied_next: -1,
             paused: false,
@@ -148,7 +164,11 @@ impl PartitionSource {
             .set(self.in_flight());
     }
 
-    fn set_paused(&mut self, pause: bool) {
+    fn max_in_flight(&self) -> i64 {
+        i64::try_from(self.factory.settings.config.partition_max_in_flight).unwrap_or(i64::MAX)
+    }
+
+    fn set_paused(&mut self, pause: bool, why: &'static str) {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.position.topic, self.position.partition);
         let result = if pause {
@@ -168,43 +188,59 @@ impl PartitionSource {
                     partition = self.position.partition,
                     paused = pause,
                     in_flight = self.in_flight(),
-                    "backpressure"
+                    why,
+                    "partition paused or resumed"
                 );
             }
             Err(e) => tracing::warn!(error = %e, "pause/resume failed"),
         }
     }
-}
 
-impl Actor for PartitionSource {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        self.role = Some(
-            self.factory
-                .spawn(self.position.clone(), ctx.address().recipient()),
+    /// Finds the partition's current log and gets the role's stores ready for it, holding the
+    /// partition meanwhile; the role actor starts once it is open. Never gives up: where the log
+    /// can't be told, the partition stays held and says so (ERROR, `/readyz`, a metric).
+    fn open(&mut self, ctx: &mut Context<Self>) {
+        self.role = None;
+        self.dispatched_next = -1;
+        self.applied_next = -1;
+        if !self.paused {
+            self.set_paused(true, "opening the partition's log");
+        }
+        let opening = open_log(
+            self.consumer.clone(),
+            self.factory.clone(),
+            self.position.clone(),
+            self.metrics.clone(),
         );
-        tracing::info!(
-            service = self.position.service,
-            partition = self.position.partition,
-            "partition assigned"
-        );
+        ctx.spawn(opening.into_actor(self).map(|position, act, ctx| {
+            act.position = position;
+            act.role = Some(act.factory.spawn(act.position.clone(), ctx.address().recipient()));
+            act.set_paused(false, "partition's log open");
+            for msg in std::mem::take(&mut act.stash) {
+                act.dispatch(msg, ctx);
+            }
+        }));
     }
 
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        tracing::info!(
-            service = self.position.service,
-            partition = self.position.partition,
-            "partition released"
-        );
-    }
-}
-
-impl Handler<Incoming> for PartitionSource {
-    type Result = ();
-
-    fn handle(&mut self, msg: Incoming, _: &mut Context<Self>) {
-        let Some(role) = &self.role else { return };
+    /// Hands one record to the role actor, or holds it while the log is being opened. A record
+    /// below one already handed on means the partition's offsets went back: the topic was
+    /// created again under the same name (or truncated), so the log is opened anew.
+    fn dispatch(&mut self, msg: Incoming, ctx: &mut Context<Self>) {
+        if self.role.is_some() && msg.offset < self.dispatched_next {
+            tracing::warn!(
+                service = self.position.service,
+                partition = self.position.partition,
+                log = %self.position.log,
+                offset = msg.offset,
+                expected = self.dispatched_next,
+                "the partition's offsets went back: opening its log again"
+            );
+            self.open(ctx);
+        }
+        let Some(role) = &self.role else {
+            self.stash.push(msg);
+            return;
+        };
         if self.applied_next < 0 {
             // Everything before the first record we are handed was committed by a predecessor.
             self.applied_next = msg.offset;
@@ -221,10 +257,155 @@ impl Handler<Incoming> for PartitionSource {
             .consumer_records
             .with_label_values(&[self.position.service])
             .inc();
-        let limit = i64::try_from(self.factory.settings.config.partition_max_in_flight).unwrap_or(i64::MAX);
-        if !self.paused && self.in_flight() > limit {
-            self.set_paused(true);
+        if !self.paused && self.in_flight() > self.max_in_flight() {
+            self.set_paused(true, "backpressure");
         }
+    }
+
+    /// Checks that the topic still has the id the partition was opened with. A topic created
+    /// again normally shows as offsets going back ([`Self::dispatch`]); but librdkafka keeps its
+    /// fetch position when the new log has already grown past it (a FIXME in its
+    /// `rd_kafka_topic_metadata_update`), and then the records of the new log below that position
+    /// are never delivered. That can't be undone here, so the partition stops and says so.
+    fn check_log(&mut self, ctx: &mut Context<Self>) {
+        if self.role.is_none() {
+            return;
+        }
+        let (consumer, topic) = (self.consumer.clone(), self.position.topic.clone());
+        let asked_for = self.position.log.clone();
+        let lookup =
+            tokio::task::spawn_blocking(move || describe_topic_id(consumer.client(), &topic, LOOKUP_TIMEOUT));
+        ctx.spawn(lookup.into_actor(self).map(move |res, act, _| {
+            let Ok(Ok(id)) = res else { return };
+            // Reopened meanwhile (offsets went back), or already blocked: nothing to compare.
+            if act.role.is_none() || act.position.log != asked_for || id.as_str() == &*asked_for {
+                return;
+            }
+            let problem = format!(
+                "topic {} changed from log {} to {id} without its offsets going back: records of \
+                 the new log below offset {} may never have been read; not consuming (see docs/operations.md)",
+                act.position.topic, act.position.log, act.dispatched_next
+            );
+            act.role = None;
+            if !act.paused {
+                act.set_paused(true, "topic changed under the consumer");
+            }
+            let labels = [act.position.service.to_owned(), act.position.partition.to_string()];
+            act.metrics.consumer_blocked.with_label_values(&labels).set(1);
+            act.metrics.health.set(&Self::component(&act.position), problem.clone());
+            tracing::error!(component = Self::component(&act.position), problem, "partition blocked");
+        }));
+    }
+
+    /// The key this partition's problems are reported under in [`Metrics::health`].
+    fn component(position: &Position) -> String {
+        format!(
+            "consumer {}/{}/{}",
+            position.service, position.topic, position.partition
+        )
+    }
+}
+
+/// Looks up the topic's id and the partition's end, and opens that log in the role's stores,
+/// retrying until it can. Answers the position with its log.
+async fn open_log(
+    consumer: Arc<RoleConsumer>,
+    factory: Arc<RoleFactory>,
+    mut position: Position,
+    metrics: Metrics,
+) -> Position {
+    let component = PartitionSource::component(&position);
+    let labels = [position.service.to_owned(), position.partition.to_string()];
+    let mut wait = Duration::from_millis(250);
+    loop {
+        let (c, topic, partition) = (consumer.clone(), position.topic.clone(), position.partition);
+        let lookup = tokio::task::spawn_blocking(move || {
+            let id = describe_topic_id(c.client(), &topic, LOOKUP_TIMEOUT).map_err(|e| e.to_string())?;
+            let (_, end) = c
+                .fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT)
+                .map_err(|e| format!("reading the end of partition {partition}: {e}"))?;
+            Ok::<_, String>((id, end))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("log lookup failed: {e}")));
+        let problem = match lookup {
+            Err(problem) => problem,
+            Ok((id, log_end)) => {
+                position.log = id.as_str().into();
+                match factory.open_log(&position, log_end).await {
+                    Ok(LogState::Open { next_offset }) => {
+                        metrics.consumer_blocked.with_label_values(&labels).set(0);
+                        if metrics.health.clear(&component) {
+                            tracing::info!(component, log = %position.log, "partition unblocked");
+                        }
+                        tracing::info!(service = position.service, partition = position.partition,
+                            log = %position.log, next_offset, log_end, "partition's log open");
+                        return position;
+                    }
+                    Ok(LogState::Behind { stored, log_end }) => format!(
+                        "the stores hold offsets of log {} up to {stored} but the log ends at {log_end} \
+                         (truncated by an unclean leader election, or stores restored from elsewhere): \
+                         not consuming rather than skip records (see docs/operations.md)",
+                        position.log
+                    ),
+                    Err(e) => {
+                        // A store being down is an outage the sinks ride out, not a doubt about
+                        // the log: keep trying without reporting the partition blocked.
+                        tracing::warn!(component, error = %e, retry_in = ?wait, "stores not reachable to open the partition's log");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(MAX_OPEN_WAIT);
+                        continue;
+                    }
+                }
+            }
+        };
+        metrics.consumer_blocked.with_label_values(&labels).set(1);
+        if metrics.health.set(&component, problem.clone()) {
+            tracing::error!(
+                component,
+                problem,
+                "partition blocked: can't tell which log its offsets belong to"
+            );
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(MAX_OPEN_WAIT);
+    }
+}
+
+impl Actor for PartitionSource {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        tracing::info!(
+            service = self.position.service,
+            partition = self.position.partition,
+            "partition assigned"
+        );
+        self.open(ctx);
+        ctx.run_interval(LOG_CHECK_INTERVAL, |act, ctx| act.check_log(ctx));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        // A partition blocked here is no longer this process's to report once it is released.
+        let labels = [
+            self.position.service.to_owned(),
+            self.position.partition.to_string(),
+        ];
+        self.metrics.consumer_blocked.with_label_values(&labels).set(0);
+        self.metrics.health.clear(&Self::component(&self.position));
+        tracing::info!(
+            service = self.position.service,
+            partition = self.position.partition,
+            "partition released"
+        );
+    }
+}
+
+impl Handler<Incoming> for PartitionSource {
+    type Result = ();
+
+    fn handle(&mut self, msg: Incoming, ctx: &mut Context<Self>) {
+        self.dispatch(msg, ctx);
     }
 }
 
@@ -232,7 +413,8 @@ impl Handler<Applied> for PartitionSource {
     type Result = ();
 
     fn handle(&mut self, msg: Applied, _: &mut Context<Self>) {
-        if msg.next_offset <= self.applied_next {
+        // A role actor of a log this source has left reports offsets that mean nothing now.
+        if self.role.is_none() || msg.log != self.position.log || msg.next_offset <= self.applied_next {
             return;
         }
         self.applied_next = msg.next_offset;
@@ -253,9 +435,8 @@ impl Handler<Applied> for PartitionSource {
             tracing::debug!(error = %e, partition = self.position.partition, "offset not stored (partition revoked?)");
         }
         self.report_in_flight();
-        let limit = i64::try_from(self.factory.settings.config.partition_max_in_flight).unwrap_or(i64::MAX);
-        if self.paused && self.in_flight() <= limit / 2 {
-            self.set_paused(false);
+        if self.paused && self.in_flight() <= self.max_in_flight() / 2 {
+            self.set_paused(false, "backpressure relieved");
         }
     }
 }
@@ -272,17 +453,16 @@ impl Handler<FlushAll> for PartitionSource {
 impl Handler<GetProgress> for PartitionSource {
     type Result = ResponseFuture<Progress>;
     fn handle(&mut self, msg: GetProgress, _: &mut Context<Self>) -> Self::Result {
+        // While the log is being opened, the held records are received but none is applied.
+        let held = Progress {
+            applied_next: self.stash.first().map_or(0, |m| m.offset),
+            seen_next: self.stash.last().map_or(0, |m| m.offset + 1),
+        };
         let role = self.role.as_ref().map(|r| r.progress.clone());
         Box::pin(async move {
             match role {
-                Some(r) => r.send(msg).await.unwrap_or(Progress {
-                    applied_next: 0,
-                    seen_next: 0,
-                }),
-                None => Progress {
-                    applied_next: 0,
-                    seen_next: 0,
-                },
+                Some(r) => r.send(msg).await.unwrap_or(held),
+                None => held,
             }
         })
     }
@@ -375,6 +555,8 @@ pub async fn poll_loop(
                         let position = Position {
                             service: factory.role.service(),
                             topic: m.topic().into(),
+                            // Found by the source before its first record is handed on.
+                            log: "".into(),
                             partition,
                         };
                         PartitionSource::new(position, consumer.clone(), factory.clone()).start()

@@ -198,7 +198,10 @@ impl StatsBuffer {
             .marks
             .advance([self.live.lowest_unapplied(), self.batch.lowest_unapplied()])
         {
-            self.source.do_send(Applied { next_offset: next });
+            self.source.do_send(Applied {
+                log: self.position.log.clone(),
+                next_offset: next,
+            });
         }
     }
 }

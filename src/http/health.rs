@@ -18,14 +18,36 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: the broker answers a metadata request for the topic; 503 otherwise. A
-/// query-only process doesn't need Kafka: its stores answer 503 per request when down.
+/// Fails with the problems components of this process report (a consumer partition that can't
+/// be consumed safely), if any.
+fn components_ready(metrics: &Metrics) -> Result<(), ApiError> {
+    let problems = metrics.health.problems();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = problems.into_iter().map(|(c, p)| format!("{c}: {p}")).collect();
+    Err(ApiError::NotReady(list.join("; ")))
+}
+
+/// `GET /readyz` of a consumer process: 503 while any of its partitions is blocked.
+pub async fn consumer_readyz(metrics: web::Data<Metrics>) -> Result<HttpResponse, ApiError> {
+    components_ready(&metrics)?;
+    Ok(HttpResponse::Ok().json(json!({"status": "ready", "checks": {"consumers": "ok"}})))
+}
+
+/// `GET /readyz`: the broker answers a metadata request for the topic, and no component of the
+/// process (the consumers of `dev`) reports a problem; 503 otherwise. A query-only process
+/// doesn't need Kafka: its stores answer 503 per request when down.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready to take traffic", body = Object),
-        (status = 503, description = "Kafka is not reachable", body = super::error::ErrorBody)
+        (status = 503, description = "Kafka is not reachable, or a consumer partition is blocked", body = super::error::ErrorBody)
     ))]
-pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn readyz(
+    state: web::Data<AppState>,
+    metrics: web::Data<Metrics>,
+) -> Result<HttpResponse, ApiError> {
+    components_ready(&metrics)?;
     if !state.api.ingest() {
         return Ok(HttpResponse::Ok().json(json!({"status": "ready", "checks": {}})));
     }

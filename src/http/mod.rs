@@ -106,7 +106,7 @@ pub async fn authenticate(
 /// The routes of a consumer process: liveness (also used as readiness) and metrics.
 pub fn probe_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::consumer_readyz))
         .route("/metrics", web::get().to(health::metrics));
 }
 

@@ -1,4 +1,5 @@
-//! Kafka: client configuration, the event producer, topic administration and the embedded broker.
+//! Kafka: client configuration, the event producer, topic administration (and topic ids, which
+//! tell one log from another) and the embedded broker.
 //!
 //! Partitioning: messages are keyed by `player_id` and placed with `murmur2_random`, librdkafka's
 //! name for the Java client's default partitioner, so every Kafka client agrees on a player's
@@ -7,10 +8,12 @@
 mod admin;
 mod embedded;
 mod producer;
+mod topic_id;
 
 pub use admin::{ensure_topic, TopicSpec};
 pub use embedded::EmbeddedKafka;
 pub use producer::{Delivery, EventProducer, ProduceError};
+pub use topic_id::{describe_topic_id, TopicId, TopicIdError};
 
 use crate::config::{ConfigError, KafkaConfig};
 use rdkafka::client::ClientContext;

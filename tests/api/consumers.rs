@@ -341,6 +341,7 @@ async fn the_current_daily_board_follows_event_days_but_not_past_the_server_cloc
     let position = Position {
         service: "leaderboard-manager",
         topic: "t".into(),
+        log: "log-a".into(),
         partition: 0,
     };
     let mut r = redis_conn(&config, 1).await;
@@ -399,6 +400,7 @@ async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() 
     let position = Position {
         service: "stats-aggregator",
         topic: "t".into(),
+        log: "log-a".into(),
         partition: 0,
     };
     let delta = |offset: i64, id: uuid::Uuid| StatDelta {

@@ -48,6 +48,11 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     adjust(&mut config);
     gamemetrics::telemetry::init(&config.telemetry);
     create_topic(&config).await;
+    start_app(config)
+}
+
+/// Starts the app on `config` as it is, its topic already there.
+pub fn start_app(config: Config) -> TestApp {
     let metrics = Metrics::new().expect("metrics register");
     let producer = EventProducer::new(&config.kafka, metrics.clone()).expect("producer config");
     let app = Application::build(&config, producer, metrics).expect("bind port 0");

@@ -13,3 +13,4 @@ mod model;
 mod ops;
 mod queries;
 mod shutdown;
+mod start_over;

@@ -13,6 +13,28 @@ use actix::prelude::*;
 use std::future::Future;
 use std::time::Duration;
 
+/// What a store holds of a partition's current log, answered when a source opens it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogState {
+    /// Every record of this log below `next_offset` is applied (0 for a log new to the store).
+    Open { next_offset: i64 },
+    /// The store says it applied more of this log than the log holds (a log truncated by an
+    /// unclean leader election, or a store restored from elsewhere): records at offsets it
+    /// thinks applied would be skipped, so the partition must not be consumed.
+    Behind { stored: i64, log_end: i64 },
+}
+
+impl LogState {
+    /// The state of a log of which `stored` was applied and `log_end` exists.
+    pub fn of(stored: i64, log_end: i64) -> Self {
+        if stored > log_end {
+            LogState::Behind { stored, log_end }
+        } else {
+            LogState::Open { next_offset: stored }
+        }
+    }
+}
+
 /// Consecutive failures after which a sink stops itself to be restarted by its supervisor.
 const RESTART_AFTER_FAILURES: u32 = 5;
 

@@ -1,7 +1,7 @@
 //! `PgSink`: batched, idempotent writes to PostgreSQL.
 
 use super::redis::{ReadTop, PERIODS};
-use super::{tracked, SinkError, Tracked};
+use super::{tracked, LogState, SinkError, Tracked};
 use crate::actors::messages::{DlqEntry, Payload, Position, Record};
 use crate::db::PgPool;
 use actix::prelude::*;
@@ -109,24 +109,26 @@ struct NextOffset {
     next_offset: i64,
 }
 
-/// Locks the partition's offset row and returns the first offset not yet applied.
+/// Locks the partition's offset row for this log and returns the first offset not yet applied.
 async fn lock_offset(conn: &mut AsyncPgConnection, p: &Position) -> diesel::QueryResult<i64> {
     diesel::sql_query(
-        "INSERT INTO consumer_offsets (consumer_service, topic, kafka_partition, next_offset) \
-         VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING",
+        "INSERT INTO consumer_offsets (consumer_service, topic, kafka_partition, topic_id, next_offset) \
+         VALUES ($1, $2, $3, $4, 0) ON CONFLICT DO NOTHING",
     )
     .bind::<Varchar, _>(p.service)
     .bind::<Varchar, _>(p.topic.as_ref())
     .bind::<Int4, _>(p.partition)
+    .bind::<Varchar, _>(p.log.as_ref())
     .execute(conn)
     .await?;
     let row: NextOffset = diesel::sql_query(
         "SELECT next_offset FROM consumer_offsets \
-         WHERE consumer_service = $1 AND topic = $2 AND kafka_partition = $3 FOR UPDATE",
+         WHERE consumer_service = $1 AND topic = $2 AND kafka_partition = $3 AND topic_id = $4 FOR UPDATE",
     )
     .bind::<Varchar, _>(p.service)
     .bind::<Varchar, _>(p.topic.as_ref())
     .bind::<Int4, _>(p.partition)
+    .bind::<Varchar, _>(p.log.as_ref())
     .get_result(conn)
     .await?;
     Ok(row.next_offset)
@@ -134,16 +136,71 @@ async fn lock_offset(conn: &mut AsyncPgConnection, p: &Position) -> diesel::Quer
 
 async fn store_offset(conn: &mut AsyncPgConnection, p: &Position, next: i64) -> diesel::QueryResult<()> {
     diesel::sql_query(
-        "UPDATE consumer_offsets SET next_offset = $4, updated_at = now() \
-         WHERE consumer_service = $1 AND topic = $2 AND kafka_partition = $3 AND next_offset < $4",
+        "UPDATE consumer_offsets SET next_offset = $5, updated_at = now() \
+         WHERE consumer_service = $1 AND topic = $2 AND kafka_partition = $3 AND topic_id = $4 \
+         AND next_offset < $5",
     )
     .bind::<Varchar, _>(p.service)
     .bind::<Varchar, _>(p.topic.as_ref())
     .bind::<Int4, _>(p.partition)
+    .bind::<Varchar, _>(p.log.as_ref())
     .bind::<BigInt, _>(next)
     .execute(conn)
     .await
     .map(drop)
+}
+
+#[derive(QueryableByName)]
+struct LogOffset {
+    #[diesel(sql_type = Varchar)]
+    topic_id: String,
+    #[diesel(sql_type = BigInt)]
+    next_offset: i64,
+}
+
+/// Makes `consumer_offsets` ready for the partition's current log: finds what was applied of it,
+/// adopts a row stored before offsets were kept per log, or starts a new row at 0 and says so.
+async fn open_log(conn: &mut AsyncPgConnection, p: &Position, log_end: i64) -> diesel::QueryResult<LogState> {
+    let rows: Vec<LogOffset> = diesel::sql_query(
+        "SELECT topic_id, next_offset FROM consumer_offsets \
+         WHERE consumer_service = $1 AND topic = $2 AND kafka_partition = $3 FOR UPDATE",
+    )
+    .bind::<Varchar, _>(p.service)
+    .bind::<Varchar, _>(p.topic.as_ref())
+    .bind::<Int4, _>(p.partition)
+    .load(conn)
+    .await?;
+    if let Some(row) = rows.iter().find(|r| r.topic_id == *p.log) {
+        return Ok(LogState::of(row.next_offset, log_end));
+    }
+    if let [legacy] = rows.as_slice() {
+        // Stored before offsets were kept per log: it is this log's only if this log has
+        // reached it; a row beyond the log's end can't be from this log.
+        if legacy.topic_id.is_empty() && legacy.next_offset <= log_end {
+            diesel::sql_query(
+                "UPDATE consumer_offsets SET topic_id = $4, updated_at = now() \
+                 WHERE consumer_service = $1 AND topic = $2 AND kafka_partition = $3 AND topic_id = ''",
+            )
+            .bind::<Varchar, _>(p.service)
+            .bind::<Varchar, _>(p.topic.as_ref())
+            .bind::<Int4, _>(p.partition)
+            .bind::<Varchar, _>(p.log.as_ref())
+            .execute(conn)
+            .await?;
+            tracing::warn!(service = p.service, topic = %p.topic, partition = p.partition, log = %p.log,
+                next_offset = legacy.next_offset, log_end, "PostgreSQL: offsets stored before topic ids adopted by the current log");
+            return Ok(LogState::Open {
+                next_offset: legacy.next_offset,
+            });
+        }
+    }
+    lock_offset(conn, p).await?;
+    for old in &rows {
+        tracing::warn!(service = p.service, topic = %p.topic, partition = p.partition,
+            old_log = %old.topic_id, old_next_offset = old.next_offset, new_log = %p.log, new_next_offset = 0, log_end,
+            "PostgreSQL: the topic's offsets start over (a new log under the same name): applying it from its start");
+    }
+    Ok(LogState::Open { next_offset: 0 })
 }
 
 async fn insert_dlq(
@@ -158,9 +215,10 @@ async fn insert_dlq(
     let reasons: Vec<&str> = entries.iter().map(|e| e.reason.as_str()).collect();
     let offsets: Vec<i64> = entries.iter().map(|e| e.offset).collect();
     diesel::sql_query(
-        "INSERT INTO dlq (original_event, error_message, consumer_service, kafka_topic, kafka_partition, kafka_offset) \
-         SELECT o, m, $3, $4, $5, off FROM unnest($1::jsonb[], $2::text[], $6::bigint[]) AS t(o, m, off) \
-         ON CONFLICT (consumer_service, kafka_topic, kafka_partition, kafka_offset) DO NOTHING",
+        "INSERT INTO dlq (original_event, error_message, consumer_service, kafka_topic, kafka_partition, \
+                          kafka_offset, kafka_topic_id) \
+         SELECT o, m, $3, $4, $5, off, $7 FROM unnest($1::jsonb[], $2::text[], $6::bigint[]) AS t(o, m, off) \
+         ON CONFLICT (consumer_service, kafka_topic, kafka_topic_id, kafka_partition, kafka_offset) DO NOTHING",
     )
     .bind::<Array<Jsonb>, _>(originals)
     .bind::<Array<Text>, _>(reasons)
@@ -168,9 +226,34 @@ async fn insert_dlq(
     .bind::<Varchar, _>(p.topic.as_ref())
     .bind::<Int4, _>(p.partition)
     .bind::<Array<Int8>, _>(offsets)
+    .bind::<Varchar, _>(p.log.as_ref())
     .execute(conn)
     .await
     .map(drop)
+}
+
+/// Source → sink before a partition's first record: get `consumer_offsets` ready for its log.
+#[derive(Message)]
+#[rtype(result = "Result<LogState, SinkError>")]
+pub struct OpenLog {
+    pub position: Position,
+    /// The partition's high watermark now: no offset of this log is stored beyond it.
+    pub log_end: i64,
+}
+
+impl Handler<OpenLog> for PgSink {
+    type Result = ResponseActFuture<Self, Result<LogState, SinkError>>;
+
+    fn handle(&mut self, msg: OpenLog, _: &mut Context<Self>) -> Self::Result {
+        let pool = self.pool.clone();
+        tracked(self, async move {
+            let mut conn = pool.get().await.map_err(pg_err)?;
+            let OpenLog { position, log_end } = msg;
+            conn.transaction(async |conn| open_log(conn, &position, log_end).await)
+                .await
+                .map_err(pg_err)
+        })
+    }
 }
 
 impl Handler<WriteEvents> for PgSink {

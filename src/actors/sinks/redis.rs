@@ -5,7 +5,7 @@
 //! with replicas, as ElastiCache without cluster mode) allows; Redis Cluster would need hash tags.
 
 use super::postgres::BoardTop;
-use super::{tracked, SinkError, Tracked};
+use super::{tracked, LogState, SinkError, Tracked};
 use crate::actors::messages::Position;
 use crate::db::RedisPool;
 use actix::prelude::*;
@@ -20,6 +20,7 @@ pub struct RedisSink {
     stats_script: Arc<Script>,
     scores_script: Arc<Script>,
     claim_script: Arc<Script>,
+    open_script: Arc<Script>,
     /// DEDUP_WINDOW_SECS; 0 when client retries are not deduplicated.
     dedup_window_secs: u64,
     failures: u32,
@@ -36,6 +37,7 @@ impl RedisSink {
             stats_script: Arc::new(Script::new(STATS_LUA)),
             scores_script: Arc::new(Script::new(SCORES_LUA)),
             claim_script: Arc::new(Script::new(CLAIM_LUA)),
+            open_script: Arc::new(Script::new(OPEN_LUA)),
             dedup_window_secs,
             failures: 0,
         }
@@ -52,9 +54,23 @@ impl RedisSink {
         }
     }
 
-    fn offset_key(&self, p: &Position) -> String {
+    /// Where a partition's offsets were kept before they were kept per log; the key of the
+    /// log's own offset is this, `:`, and the log.
+    fn legacy_offset_key(&self, p: &Position) -> String {
         format!(
             "{}gamemetrics:offsets:{}:{}:{}",
+            self.prefix, p.service, p.topic, p.partition
+        )
+    }
+
+    fn offset_key(&self, p: &Position) -> String {
+        format!("{}:{}", self.legacy_offset_key(p), p.log)
+    }
+
+    /// Names the log a partition was last opened on, so a start-over can say what it left.
+    fn log_key(&self, p: &Position) -> String {
+        format!(
+            "{}gamemetrics:log:{}:{}:{}",
             self.prefix, p.service, p.topic, p.partition
         )
     }
@@ -167,6 +183,26 @@ pub struct ClaimFirst {
     pub items: Vec<(i64, uuid::Uuid)>,
 }
 
+/// Which Redis database a role keeps its offsets in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveDb {
+    /// DB 0: player stats.
+    Stats,
+    /// DB 1: leaderboards.
+    Boards,
+}
+
+/// Source → sink before a partition's first record: get the role's Redis offset ready for the
+/// partition's current log (see [`super::postgres::OpenLog`]).
+#[derive(Message)]
+#[rtype(result = "Result<LogState, SinkError>")]
+pub struct OpenLog {
+    pub position: Position,
+    /// The partition's high watermark now: no offset of this log is stored beyond it.
+    pub log_end: i64,
+    pub db: LiveDb,
+}
+
 /// Read the current top N of every period of some games.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<BoardTop>, SinkError>")]
@@ -242,6 +278,43 @@ impl Handler<ApplyScores> for RedisSink {
     }
 }
 
+impl Handler<OpenLog> for RedisSink {
+    type Result = ResponseActFuture<Self, Result<LogState, SinkError>>;
+
+    fn handle(&mut self, msg: OpenLog, _: &mut Context<Self>) -> Self::Result {
+        let pool = match msg.db {
+            LiveDb::Stats => self.stats.clone(),
+            LiveDb::Boards => self.boards.clone(),
+        };
+        let p = msg.position;
+        let keys = [self.offset_key(&p), self.legacy_offset_key(&p), self.log_key(&p)];
+        let script = self.open_script.clone();
+        tracked(self, async move {
+            let mut conn = pool.get().await.map_err(redis_err)?;
+            let (state, stored, old_log, old_next): (String, i64, String, i64) = script
+                .key(&keys[..])
+                .arg(p.log.as_ref())
+                .arg(msg.log_end)
+                .invoke_async(&mut *conn)
+                .await
+                .map_err(redis_err)?;
+            match state.as_str() {
+                "adopted" => {
+                    tracing::warn!(service = p.service, topic = %p.topic, partition = p.partition, log = %p.log,
+                    next_offset = stored, log_end = msg.log_end, "Redis: offsets stored before topic ids adopted by the current log")
+                }
+                "new" if !old_log.is_empty() => {
+                    tracing::warn!(service = p.service, topic = %p.topic, partition = p.partition,
+                    old_log = %old_log, old_next_offset = old_next, new_log = %p.log, new_next_offset = 0, log_end = msg.log_end,
+                    "Redis: the topic's offsets start over (a new log under the same name): applying it from its start")
+                }
+                _ => {}
+            }
+            Ok(LogState::of(stored, msg.log_end))
+        })
+    }
+}
+
 impl Handler<ClaimFirst> for RedisSink {
     type Result = ResponseActFuture<Self, Result<Vec<i64>, SinkError>>;
 
@@ -267,11 +340,15 @@ impl Handler<ClaimFirst> for RedisSink {
     }
 }
 
-/// What a claim records as the first sighting of an event id: `topic:partition:` + offset.
+/// What a claim records as the first sighting of an event id: `log:partition:` + offset.
 /// Duplicates share a partition (the key is the player), and every lane reads a partition in
-/// order, so whichever lane claims first records the lowest offset and all lanes agree.
+/// order, so whichever lane claims first records the lowest offset and all lanes agree. The log
+/// is part of it because offsets repeat across logs: with the topic's name alone, an id claimed
+/// at offset 7 of a deleted topic and seen again at offset 7 of its successor would look like a
+/// replay of its first sighting and count twice. An id claimed on an earlier log is a retry on
+/// the new one, as `events` (keyed by the id alone) also says: see docs/decisions.md.
 fn claim_tag(p: &Position) -> String {
-    format!("{}:{}:", p.topic, p.partition)
+    format!("{}:{}:", p.log, p.partition)
 }
 
 impl Handler<ReadTop> for RedisSink {
@@ -314,12 +391,12 @@ pub fn board_key(prefix: &str, game_id: &str, period: &str) -> String {
 }
 
 /// The retry check shared by every script: `first(key, offset)` is true unless the event id's
-/// claim `key` (empty: no check) was already taken by a different offset. The claim stores where
-/// the id was first seen for ARGV[2] seconds; claiming again from the same offset (a replay after
-/// a crash) still answers true, so a replayed first sighting is counted exactly once by the
-/// offset guard. Every later sighting renews the window, so a lane that asks later (the stats
-/// PostgreSQL lane after a restart) still finds the claim the others relied on.
-/// ARGV[3] is the partition's claim tag.
+/// claim `key` (empty: no check) was already taken by a different sighting. The claim stores
+/// where the id was first seen (`log:partition:offset`) for ARGV[2] seconds; claiming again from
+/// the same place (a replay after a crash) still answers true, so a replayed first sighting is
+/// counted exactly once by the offset guard. Every later sighting renews the window, so a lane
+/// that asks later (the stats PostgreSQL lane after a restart) still finds the claim the others
+/// relied on. ARGV[3] is the partition's claim tag, `log:partition:`.
 macro_rules! claim_fn {
     () => {
         r#"
@@ -367,6 +444,27 @@ out[1] = n
 return out
 "#
 );
+
+/// KEYS: the log's offset key, the partition's offset key from before offsets were kept per
+/// log, and the key naming the partition's last log. ARGV: the log, its end offset. Answers
+/// {state, applied offset of this log, the log it replaces ('' if none), that log's offset}.
+/// A legacy offset is adopted only if no log was named since and this log has reached it.
+const OPEN_LUA: &str = r#"
+local stored = redis.call('GET', KEYS[1])
+local prev = redis.call('GET', KEYS[3])
+redis.call('SET', KEYS[3], ARGV[1])
+if stored then return { 'known', tonumber(stored), '', 0 } end
+if prev == ARGV[1] then return { 'known', 0, '', 0 } end
+local legacy = redis.call('GET', KEYS[2])
+if legacy and not prev and tonumber(legacy) <= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[1], legacy)
+  redis.call('DEL', KEYS[2])
+  return { 'adopted', tonumber(legacy), '', 0 }
+end
+if prev then return { 'new', 0, prev, tonumber(redis.call('GET', KEYS[2] .. ':' .. prev) or '0') } end
+if legacy then return { 'new', 0, 'from before topic ids', tonumber(legacy) } end
+return { 'new', 0, '', 0 }
+"#;
 
 /// ARGV: prefix (unused), window, claim tag, then per event: offset, claim key. Returns the
 /// retries' offsets.
