@@ -25,7 +25,10 @@ impl Application {
         let port = listener.local_addr()?.port();
         let http = &config.http;
         // One key cache for ingestion and reads; the pool connects on the first lookup.
-        let keys = Arc::new(crate::auth::KeyStore::new(crate::db::pg_pool(&config.database)));
+        let keys = Arc::new(crate::auth::KeyStore::new(
+            crate::db::pg_pool(&config.database),
+            config.http.unauth_rate_limit_rps,
+        ));
         let state = web::Data::new(AppState {
             producer,
             limiter: RateLimiter::new(http.rate_limit_rps, http.burst()),
@@ -37,6 +40,7 @@ impl Application {
             },
             max_body_bytes: http.max_body_bytes,
             batch_max_body_bytes: http.batch_max_body_bytes,
+            body_read_timeout: http.body_read_timeout(),
             batch_max_events: http.batch_max_events,
             keys: http.auth_required.unwrap_or(true).then(|| keys.clone()),
             api: http.http_api,
@@ -53,11 +57,16 @@ impl Application {
             keys: http.query_auth_required.then_some(keys),
         });
         let api = http.http_api;
+        let request_timeout = http.request_timeout();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(metrics.clone())
                 .app_data(queries.clone())
+                // Inside `observe`, so a request cut short is counted and logged as a 408.
+                .wrap(from_fn(move |req, next| {
+                    http::deadline(req, next, request_timeout)
+                }))
                 .wrap(from_fn(http::observe))
                 .configure(|cfg| http::routes(cfg, api))
                 .default_service(web::to(http::not_found))

@@ -27,6 +27,9 @@ pub enum AuthError {
     Invalid,
     #[error("the API key store is unavailable: {0}")]
     Store(String),
+    /// Too many requests that failed authentication or needed a key looked up.
+    #[error("too many unauthenticated requests")]
+    Throttled(Duration),
 }
 
 /// A key that authenticated: which game it may write, and its own rate limiter.
@@ -53,7 +56,20 @@ pub struct KeyStore {
     /// Key ids looked up and not found, and when: a client retrying a wrong key (or anyone
     /// sending made-up ones) costs one query per id per CACHE_TTL, not one per request.
     unknown: Mutex<HashMap<String, Instant>>,
+    /// UNAUTH_RATE_LIMIT_RPS for requests that fail authentication without a lookup (no key,
+    /// a malformed one, a wrong secret, an id known not to exist): keyless traffic costs at most
+    /// this, and never spends what keyed clients share.
+    unauthenticated: RateLimiter,
+    /// The same rate for PostgreSQL lookups of key ids not in the cache, spent before the query
+    /// (a made-up id is only known to be one afterwards). A bucket of its own, so keyless floods
+    /// can't hold up real keys' lookups; a key already seen rides out a flood of made-up ids on
+    /// its cached entry (see `STALE_LIMIT`).
+    lookups: RateLimiter,
 }
+
+/// How long past CACHE_TTL a known key is still trusted while lookups are throttled: the most
+/// a revocation can be delayed by someone flooding made-up key ids.
+const STALE_LIMIT: Duration = Duration::from_secs(300);
 
 /// Most unknown key ids remembered; past it the table starts over, so made-up ids can't grow it.
 const MAX_UNKNOWN: usize = 10_000;
@@ -75,20 +91,40 @@ struct KeyRow {
 }
 
 impl KeyStore {
-    /// A store reading from `pg`.
-    pub fn new(pg: PgPool) -> Self {
+    /// A store reading from `pg` that answers at most `unauth_rps` failing requests and key
+    /// lookups per second (0: no limit).
+    pub fn new(pg: PgPool, unauth_rps: u32) -> Self {
         KeyStore {
             pg,
             cache: Mutex::new(HashMap::new()),
             unknown: Mutex::new(HashMap::new()),
+            unauthenticated: RateLimiter::new(unauth_rps, unauth_rps),
+            lookups: RateLimiter::new(unauth_rps, unauth_rps),
         }
     }
 
-    /// Checks an `Authorization` header value.
+    /// Checks an `Authorization` header value (`Bearer <key>`, the scheme in any case).
     pub async fn authenticate(&self, header: Option<&str>) -> Result<Authenticated, AuthError> {
+        let mut looked_up = false;
+        let result = self.check(header, &mut looked_up).await;
+        match result {
+            // A lookup already paid for itself.
+            Err(AuthError::Missing | AuthError::Invalid) if !looked_up => {
+                self.spend_unauthenticated().and(result)
+            }
+            _ => result,
+        }
+    }
+
+    fn spend_unauthenticated(&self) -> Result<(), AuthError> {
+        self.unauthenticated.try_acquire().map_err(AuthError::Throttled)
+    }
+
+    async fn check(&self, header: Option<&str>, looked_up: &mut bool) -> Result<Authenticated, AuthError> {
         let token = header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|h| h.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .ok_or(AuthError::Missing)?;
         let (key_id, secret) = split_key(token).ok_or(AuthError::Invalid)?;
         let cached = self
@@ -99,7 +135,7 @@ impl KeyStore {
             .cloned();
         let key = match cached {
             Some(k) if k.fetched.elapsed() < CACHE_TTL => k,
-            _ => {
+            cached => {
                 let known_unknown = self
                     .unknown
                     .lock()
@@ -109,19 +145,30 @@ impl KeyStore {
                 if known_unknown {
                     return Err(AuthError::Invalid);
                 }
-                let Some(fresh) = self.fetch(key_id).await? else {
-                    let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
-                    if unknown.len() >= MAX_UNKNOWN {
-                        unknown.clear();
+                // A lookup costs a query: paid for before it is made (a made-up key id is only
+                // known to be one afterwards). While lookups are throttled, a key seen recently
+                // enough keeps working on what was read.
+                if let Err(wait) = self.lookups.try_acquire() {
+                    match cached {
+                        Some(k) if k.fetched.elapsed() < CACHE_TTL + STALE_LIMIT => k,
+                        _ => return Err(AuthError::Throttled(wait)),
                     }
-                    unknown.insert(key_id.to_owned(), Instant::now());
-                    return Err(AuthError::Invalid);
-                };
-                self.cache
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key_id.to_owned(), fresh.clone());
-                fresh
+                } else {
+                    *looked_up = true;
+                    let Some(fresh) = self.fetch(key_id).await? else {
+                        let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+                        if unknown.len() >= MAX_UNKNOWN {
+                            unknown.clear();
+                        }
+                        unknown.insert(key_id.to_owned(), Instant::now());
+                        return Err(AuthError::Invalid);
+                    };
+                    self.cache
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key_id.to_owned(), fresh.clone());
+                    fresh
+                }
             }
         };
         if key.revoked || !constant_time_eq(sha256_hex(secret).as_bytes(), key.secret_sha256.as_bytes()) {

@@ -81,6 +81,22 @@ pub struct HttpConfig {
     /// Burst size of the token bucket; 0 means one second's worth (RATE_LIMIT_RPS).
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 0)]
     pub rate_limit_burst: u32,
+
+    /// Requests per second this instance answers that fail authentication, and (in a bucket of
+    /// its own) key lookups in PostgreSQL, so keyless traffic and made-up keys can't spend the
+    /// keyed clients' RATE_LIMIT_RPS or flood the database; past it: 429. 0 disables both.
+    #[arg(long, env = "UNAUTH_RATE_LIMIT_RPS", default_value_t = 200)]
+    pub unauth_rate_limit_rps: u32,
+
+    /// Longest time a client may take to send a request body, in milliseconds; past it: 408.
+    #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
+
+    /// Longest time one request may take from its headers to its answer, in milliseconds; past
+    /// it: 408. Keep it above BODY_READ_TIMEOUT_MS plus PRODUCE_TIMEOUT_MS, so that it never
+    /// cuts short a produce (whose own timeout answers 503 with the event_id to retry with).
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
 }
 
 /// The endpoint groups a `serve` process answers (`HTTP_API`).
@@ -103,6 +119,16 @@ impl HttpApi {
 }
 
 impl HttpConfig {
+    /// BODY_READ_TIMEOUT_MS.
+    pub fn body_read_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    /// REQUEST_TIMEOUT_MS.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.request_timeout_ms)
+    }
+
     /// Token bucket capacity after applying the "0 means one second's worth" default.
     pub fn burst(&self) -> u32 {
         if self.rate_limit_burst == 0 {

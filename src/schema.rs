@@ -46,7 +46,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    events (event_id) {
+    events (event_id, game_id) {
         event_id -> Uuid,
         #[max_length = 100]
         event_type -> Varchar,

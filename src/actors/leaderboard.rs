@@ -272,7 +272,7 @@ impl Handler<Consumed> for Leaderboard {
                     offset,
                     ScoreDelta {
                         offset,
-                        event_id: event.event_id,
+                        event_id: event.scoped_id(),
                         game_id: event.game_id.as_str().to_owned(),
                         player_id: event.player_id.as_str().to_owned(),
                         score,

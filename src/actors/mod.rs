@@ -326,7 +326,7 @@ impl RoleConsumerHandle {
             poll.await;
             let _ = done.send(());
         });
-        tracing::info!(role = role.service(), group = role.group_id(), topic = %config.kafka.kafka_topic, "consumer started");
+        tracing::info!(role = role.service(), group = %group, topic = %config.kafka.kafka_topic, "consumer started");
         Ok(RoleConsumerHandle {
             role,
             consumer,

@@ -485,8 +485,10 @@ pub fn parse(payload: Option<&[u8]>) -> Payload {
         };
     };
     // PostgreSQL can't store U+0000 even inside JSONB strings; JSON can only carry it escaped.
-    let has_nul = bytes.windows(6).any(|w| w == b"\\u0000");
-    if !has_nul {
+    // The text search is only a cheap filter (`"\\u0000"` is a backslash and `u0000`); the
+    // decoded strings decide.
+    let maybe_nul = bytes.windows(6).any(|w| w == b"\\u0000");
+    if !maybe_nul {
         // The common case in one pass: straight into the event, no intermediate JSON tree.
         if let Ok(event) = serde_json::from_slice::<GameEvent>(bytes) {
             return Payload::Event(event);
@@ -502,7 +504,7 @@ pub fn parse(payload: Option<&[u8]>) -> Payload {
             };
         }
     };
-    if has_nul {
+    if maybe_nul && crate::domain::contains_nul(&value) {
         let cleaned = value.to_string().replace("\\u0000", "\\ufffd");
         let original = serde_json::from_str(&cleaned).unwrap_or_else(|_| json!({ "raw": cleaned }));
         return Payload::Poison {
@@ -599,6 +601,9 @@ mod tests {
             panic!()
         };
         assert!(reason.contains("\\u0000"));
+        // A backslash followed by `u0000` is six ordinary characters, not a NUL.
+        let escaped = br#"{"event_id":"9b2d1c4e-0000-4000-8000-000000000001","event_type":"t","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:00:00.000000Z","ingested_at":"2024-01-15T10:00:00.000000Z","data":{"s":"\\u0000"}}"#;
+        assert!(matches!(parse(Some(escaped)), Payload::Event(_)));
         assert!(matches!(parse(None), Payload::Poison { .. }));
     }
 }

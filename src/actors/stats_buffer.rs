@@ -225,7 +225,7 @@ impl Handler<Consumed> for StatsBuffer {
             offset,
             StatDelta {
                 offset,
-                event_id: event.event_id,
+                event_id: event.scoped_id(),
                 player_id: event.player_id.as_str().to_owned(),
                 event_type: event.event_type.as_str().to_owned(),
                 timestamp: event.timestamp.to_rfc3339_opts(SecondsFormat::Micros, true),
@@ -235,7 +235,7 @@ impl Handler<Consumed> for StatsBuffer {
             offset,
             StatRow {
                 offset,
-                event_id: event.event_id,
+                event_id: event.scoped_id(),
                 player_id: event.player_id.as_str().to_owned(),
                 event_type: event.event_type.as_str().to_owned(),
                 retry: false,

@@ -38,6 +38,13 @@ impl GameEvent {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// The event's id scoped to its game: what retry claims are keyed by. Ids are unique per game
+    /// (`events` is keyed by id and game), so one game reusing another's id is a different
+    /// event, not a retry. A name-based UUID (v5) keeps the claim key short and fixed in size.
+    pub fn scoped_id(&self) -> Uuid {
+        Uuid::new_v5(&self.event_id, self.game_id.as_str().as_bytes())
+    }
+
     /// Parses a Kafka message value back into an event.
     pub fn from_wire(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
@@ -75,6 +82,16 @@ impl IngestRequest {
     ) -> Result<GameEvent, ValidationError> {
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| ValidationError::body("invalid_json", format!("body is not valid JSON: {e}")))?;
+        if let Some(literal) = oversized_integer(body) {
+            return Err(ValidationError::field(
+                "data",
+                "invalid_field",
+                format!(
+                    "the integer {literal} does not fit in 64 bits and would be stored rounded; \
+                     send it as a string"
+                ),
+            ));
+        }
         Self::from_value(value, limits, now)
     }
 
@@ -102,9 +119,9 @@ impl IngestRequest {
         }
         let now = now.trunc_subsecs(6);
 
-        let event_type = EventType::parse(required_string(&mut obj, "event_type")?)?;
-        let player_id = PlayerId::parse(required_string(&mut obj, "player_id")?)?;
-        let game_id = GameId::parse(required_string(&mut obj, "game_id")?)?;
+        let event_type = EventType::parse(visible(required_string(&mut obj, "event_type")?, "event_type")?)?;
+        let player_id = PlayerId::parse(visible(required_string(&mut obj, "player_id")?, "player_id")?)?;
+        let game_id = GameId::parse(visible(required_string(&mut obj, "game_id")?, "game_id")?)?;
         let event_id = match obj.remove("event_id") {
             None | Some(Value::Null) => Uuid::new_v4(),
             Some(v) => parse_event_id(v)?,
@@ -134,6 +151,72 @@ impl IngestRequest {
             data,
         })
     }
+}
+
+/// Refuses names holding characters that render as nothing or reorder the text around them
+/// (zero-width spaces and joiners, direction marks and overrides, line and paragraph separators,
+/// the byte order mark, tag characters): two ids that look the same must be the same id. Only at
+/// ingest: events already on the topic stay readable.
+fn visible(value: String, field: &str) -> Result<String, ValidationError> {
+    let invisible = |c: char| {
+        matches!(c,
+            '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E007F}')
+    };
+    match value.chars().find(|&c| invisible(c)) {
+        Some(c) => Err(ValidationError::field(
+            field,
+            "invalid_field",
+            format!(
+                "{field} must not contain invisible or text-direction characters (found U+{:04X})",
+                u32::from(c)
+            ),
+        )),
+        None => Ok(value),
+    }
+}
+
+/// The first integer literal in a JSON text that fits neither i64 nor u64. serde_json (like
+/// JavaScript) reads one as a double, so it would be stored rounded without a word.
+fn oversized_integer(json: &[u8]) -> Option<String> {
+    let mut in_string = false;
+    let mut i = 0;
+    while i < json.len() {
+        let b = json[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            i += 1;
+            while i < json.len()
+                && (json[i].is_ascii_digit() || matches!(json[i], b'.' | b'e' | b'E' | b'+' | b'-'))
+            {
+                i += 1;
+            }
+            let literal = std::str::from_utf8(&json[start..i]).unwrap_or_default();
+            let integer = !literal.contains(['.', 'e', 'E']);
+            if integer && literal.parse::<i64>().is_err() && literal.parse::<u64>().is_err() {
+                return Some(literal.to_owned());
+            }
+            continue;
+        }
+        i += 1;
+    }
+    None
 }
 
 fn required_string(obj: &mut Map<String, Value>, field: &str) -> Result<String, ValidationError> {
@@ -216,7 +299,9 @@ fn check_data(map: Map<String, Value>, limits: &EventLimits) -> Result<Map<Strin
         ));
     }
     // JSONB cannot hold U+0000; refusing it here keeps it from becoming a poison message later.
-    if encoded.contains("\\u0000") {
+    // The decoded strings are searched, not the text: `"\\u0000"` (a backslash, then `u0000`)
+    // is harmless.
+    if map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)) {
         return Err(ValidationError::field(
             "data",
             "invalid_field",
@@ -224,6 +309,17 @@ fn check_data(map: Map<String, Value>, limits: &EventLimits) -> Result<Map<Strin
         ));
     }
     Ok(map)
+}
+
+/// True when a string or key anywhere in `v` holds U+0000. Recursion is bounded by
+/// serde_json's nesting limit (128) on everything parsed.
+pub fn contains_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 fn json_kind(v: &Value) -> &'static str {

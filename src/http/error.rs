@@ -62,8 +62,16 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("could not read the request body: {0}")]
     BadBody(String),
-    #[error("rate limit exceeded; retry after {} s", retry_after.as_secs())]
+    #[error("rate limit exceeded; retry after {} s", retry_after_secs(*retry_after))]
     RateLimited { retry_after: Duration },
+    #[error("a batch of {events} events is more than the {limit} the {whose} rate limit can ever allow at once; send at most {limit} per batch")]
+    BatchOverLimit {
+        events: u32,
+        limit: u32,
+        whose: &'static str,
+    },
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("the event could not be written to Kafka ({reason}); retry with the same event_id")]
     KafkaUnavailable { reason: String, event_id: Uuid },
     #[error("Kafka is not reachable: {0}")]
@@ -82,6 +90,11 @@ pub enum ApiError {
     MethodNotAllowed(String),
 }
 
+/// Whole seconds to wait, rounded up and at least 1: what `Retry-After` and the message both say.
+fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs_f64().ceil() as u64).max(1)
+}
+
 impl ApiError {
     fn code(&self) -> &'static str {
         match self {
@@ -89,7 +102,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::BadBody(_) => "invalid_body",
-            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::RateLimited { .. } | ApiError::BatchOverLimit { .. } => "rate_limited",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::KafkaUnavailable { .. } => "kafka_unavailable",
             ApiError::NotReady(_) => "not_ready",
             ApiError::NotFound(_) => "not_found",
@@ -110,7 +124,8 @@ impl ResponseError for ApiError {
             ApiError::Validation(_) | ApiError::BadBody(_) | ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::BatchOverLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::KafkaUnavailable { .. } | ApiError::NotReady(_) | ApiError::StoreUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -140,7 +155,11 @@ impl ResponseError for ApiError {
                 res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
             ApiError::RateLimited { retry_after } => {
-                res.insert_header((header::RETRY_AFTER, retry_after.as_secs().max(1).to_string()));
+                res.insert_header((header::RETRY_AFTER, retry_after_secs(*retry_after).to_string()));
+            }
+            // A client too slow to send its request doesn't keep the connection.
+            ApiError::RequestTimeout(_) => {
+                res.force_close();
             }
             ApiError::KafkaUnavailable { .. } | ApiError::NotReady(_) | ApiError::StoreUnavailable(_) => {
                 res.insert_header((header::RETRY_AFTER, "1"));

@@ -3,6 +3,7 @@
 //! apply to the decompressed body.
 
 use super::error::{ApiError, ErrorBody, ErrorDetail};
+use super::rate_limit::Refusal;
 use super::AppState;
 use crate::domain::IngestRequest;
 use crate::kafka::ProduceError;
@@ -98,13 +99,17 @@ pub enum IngestErrors {
     /// The API key belongs to another game.
     #[response(status = 403)]
     Forbidden(ErrorBody),
+    /// The body did not arrive within BODY_READ_TIMEOUT_MS (the connection is closed).
+    #[response(status = 408)]
+    RequestTimeout(ErrorBody),
     /// The body (after gzip) or the event's `data` is too large.
     #[response(status = 413)]
     TooLarge(ErrorBody),
     /// Content-Type is not application/json.
     #[response(status = 415)]
     UnsupportedMediaType(ErrorBody),
-    /// Over the instance's or the key's rate limit; see Retry-After.
+    /// Over the instance's or the key's rate limit (see Retry-After), a batch larger than the
+    /// key's limit allows at once, or too many failed authentications.
     #[response(status = 429)]
     RateLimited(ErrorBody),
     /// Kafka did not acknowledge in time; retry with the same event_id (see Retry-After).
@@ -128,13 +133,12 @@ pub async fn ingest_event(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Err(retry_after) = state.limiter.try_acquire() {
-        state.metrics.rate_limited.inc();
-        return Err(ApiError::RateLimited { retry_after });
-    }
+    // Authentication first: a request that fails it spends the separate unauthenticated budget
+    // (UNAUTH_RATE_LIMIT_RPS), never the one keyed clients share.
     let key = authenticate(&req, &state).await?;
+    take_tokens(&state, key.as_ref(), 1)?;
     require_json(&req)?;
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, state.body_read_timeout, state.max_body_bytes).await?;
     let event = IngestRequest::parse(&body, &state.limits, chrono::Utc::now())?;
     tracing::Span::current().record("event_id", tracing::field::display(event.event_id));
     if let Some(key) = &key {
@@ -148,10 +152,6 @@ pub async fn ingest_event(
                 "this API key may not write events of game {}",
                 event.game_id
             )));
-        }
-        if let Some(Err(retry_after)) = key.limiter.as_ref().map(|l| l.try_acquire()) {
-            state.metrics.rate_limited.inc();
-            return Err(ApiError::RateLimited { retry_after });
         }
     }
 
@@ -190,9 +190,23 @@ fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
-/// Reads the body (inflating gzip), refusing it as soon as it passes `limit`.
-async fn read_body(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let raw = read_raw(req, payload, limit).await?;
+/// Reads the body (inflating gzip), refusing it as soon as it passes `limit` or when it hasn't
+/// all arrived within `timeout` (a client that announces a length and sends less would otherwise
+/// hold its connection forever).
+async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    timeout: std::time::Duration,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let raw = tokio::time::timeout(timeout, read_raw(req, payload, limit))
+        .await
+        .map_err(|_| {
+            ApiError::RequestTimeout(format!(
+                "the request body did not arrive within {} ms (BODY_READ_TIMEOUT_MS)",
+                timeout.as_millis()
+            ))
+        })??;
     let encoding = req
         .headers()
         .get(header::CONTENT_ENCODING)
@@ -267,48 +281,47 @@ pub async fn ingest_batch(
 ) -> Result<HttpResponse, ApiError> {
     let key = authenticate(&req, &state).await?;
     require_json(&req)?;
-    let body = read_body(&req, payload, state.batch_max_body_bytes).await?;
-    let items: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
-        Ok(serde_json::Value::Array(items)) => items,
-        Ok(_) => return Err(ApiError::BadBody("a batch must be a JSON array of events".into())),
-        Err(e) => return Err(ApiError::BadBody(format!("body is not valid JSON: {e}"))),
-    };
-    if items.is_empty() || items.len() > state.batch_max_events {
-        return Err(ApiError::BadBody(format!(
-            "a batch holds 1 to {} events, got {}",
-            state.batch_max_events,
-            items.len()
-        )));
-    }
-    // The key's own limit first, then the instance's: both must have room for every event.
-    let n = u32::try_from(items.len()).unwrap_or(u32::MAX);
-    let key_limiter = key.as_ref().and_then(|k| k.limiter.as_ref());
-    if let Err(retry_after) = key_limiter
-        .map_or(Ok(()), |l| l.try_acquire_n(n))
-        .and_then(|()| state.limiter.try_acquire_n(n))
-    {
-        state.metrics.rate_limited.inc();
-        return Err(ApiError::RateLimited { retry_after });
-    }
+    let body = read_body(&req, payload, state.body_read_timeout, state.batch_max_body_bytes).await?;
+    // Items stay slices of the body until each is parsed on its own, and the array is counted
+    // as it is read: a small body of deeply nested or tiny values can't become a large tree.
+    let items = bounded_items(&body, state.batch_max_events)?;
+    take_tokens(
+        &state,
+        key.as_ref(),
+        u32::try_from(items.len()).unwrap_or(u32::MAX),
+    )?;
     let now = chrono::Utc::now();
-    let parsed: Vec<_> = items
-        .into_iter()
-        .map(|v| {
-            let event = IngestRequest::from_value(v, &state.limits, now)?;
+    let parsed: Vec<Result<crate::kafka::WireEvent, crate::domain::ValidationError>> = items
+        .iter()
+        .map(|raw| {
+            if raw.get().len() > state.max_body_bytes {
+                return Err(crate::domain::ValidationError::body(
+                    "too_large",
+                    format!(
+                        "this event is {} bytes; one event may be at most {} (MAX_BODY_BYTES)",
+                        raw.get().len(),
+                        state.max_body_bytes
+                    ),
+                ));
+            }
+            let event = IngestRequest::parse(raw.get().as_bytes(), &state.limits, now)?;
             match &key {
                 Some(k) if k.game_id != event.game_id.as_str() => Err(crate::domain::ValidationError {
                     field: Some("game_id".into()),
                     code: "forbidden_game",
                     message: format!("this API key may not write events of game {}", event.game_id),
                 }),
-                _ => Ok(event),
+                // Kept serialized: the parsed tree is dropped here, item by item.
+                _ => Ok(crate::kafka::WireEvent::from(&event)),
             }
         })
         .collect();
+    drop(items);
+    drop(body);
     let producer = &state.producer;
     let sends = parsed.iter().map(|p| async move {
         match p {
-            Ok(event) => Some(producer.send(event).await),
+            Ok(event) => Some(producer.send_wire(event).await),
             Err(_) => None,
         }
     });
@@ -351,6 +364,76 @@ pub async fn ingest_batch(
         accepted,
         results,
     }))
+}
+
+/// Takes one token per event from the key's own bucket and then from the instance's; refused
+/// if either can't cover all of them now (429 with Retry-After) or ever (429 saying the most a
+/// batch may hold). Nothing is taken when refused.
+fn take_tokens(state: &AppState, key: Option<&crate::auth::Authenticated>, n: u32) -> Result<(), ApiError> {
+    let refused = |refusal, whose| {
+        state.metrics.rate_limited.inc();
+        match refusal {
+            Refusal::Wait(retry_after) => ApiError::RateLimited { retry_after },
+            Refusal::Never { burst } => ApiError::BatchOverLimit {
+                events: n,
+                limit: burst,
+                whose,
+            },
+        }
+    };
+    let key_limiter = key.and_then(|k| k.limiter.as_deref());
+    if let Some(limiter) = key_limiter {
+        limiter.try_acquire_n(n).map_err(|r| refused(r, "API key's"))?;
+    }
+    state.limiter.try_acquire_n(n).map_err(|r| {
+        if let Some(limiter) = key_limiter {
+            limiter.refund(n);
+        }
+        refused(r, "instance's")
+    })
+}
+
+/// The top-level array's items as slices of the body, refusing an array of more than `max`
+/// items as soon as the reader passes it, so the count costs no more memory than `max` slices.
+fn bounded_items(body: &[u8], max: usize) -> Result<Vec<&serde_json::value::RawValue>, ApiError> {
+    use serde::de::{DeserializeSeed, Error, SeqAccess, Visitor};
+    struct Bounded(usize);
+    impl<'de> Visitor<'de> for Bounded {
+        type Value = Vec<&'de serde_json::value::RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a JSON array of 1 to {} events", self.0)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                if items.len() == self.0 {
+                    return Err(A::Error::custom(format!(
+                        "a batch holds at most {} events",
+                        self.0
+                    )));
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Bounded {
+        type Value = Vec<&'de serde_json::value::RawValue>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let items = Bounded(max)
+        .deserialize(&mut de)
+        .and_then(|items| de.end().map(|()| items))
+        .map_err(|e| ApiError::BadBody(format!("a batch must be a JSON array of 1 to {max} events: {e}")))?;
+    if items.is_empty() {
+        return Err(ApiError::BadBody(format!(
+            "a batch holds 1 to {max} events, got 0"
+        )));
+    }
+    Ok(items)
 }
 
 /// Checks the API key when the deployment requires one; `None` when it doesn't.

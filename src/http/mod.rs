@@ -42,6 +42,8 @@ pub struct AppState {
     pub limits: EventLimits,
     pub max_body_bytes: usize,
     pub batch_max_body_bytes: usize,
+    /// BODY_READ_TIMEOUT_MS.
+    pub body_read_timeout: std::time::Duration,
     pub batch_max_events: usize,
     /// Present when ingestion requires an API key.
     pub keys: Option<Arc<KeyStore>>,
@@ -95,6 +97,10 @@ pub async fn authenticate(
     keys.authenticate(header).await.map_err(|e| {
         let reason = match e {
             AuthError::Store(_) => return ApiError::StoreUnavailable(e.to_string()),
+            AuthError::Throttled(retry_after) => {
+                metrics.rate_limited.inc();
+                return ApiError::RateLimited { retry_after };
+            }
             AuthError::Missing => "missing",
             AuthError::Invalid => "invalid",
         };
@@ -120,7 +126,46 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 }
 
 async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(req.method().to_string()))
+    // Any token is a method: echo a bounded part of it.
+    Err(ApiError::MethodNotAllowed(
+        req.method().as_str().chars().take(32).collect(),
+    ))
+}
+
+/// The `method` label: the methods of RFC 9110 and PATCH, every other one `other`. A client may
+/// send any token as a method, and each distinct label value is a series kept for the life of
+/// the process: taken from the request, it was an unauthenticated memory leak.
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Answers 408 to a request that takes longer than `limit` in all (REQUEST_TIMEOUT_MS), so no
+/// request, whatever it waits on, holds its connection and worker slot forever.
+pub async fn deadline(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+    limit: std::time::Duration,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    match tokio::time::timeout(limit, next.call(req)).await {
+        Ok(res) => res,
+        Err(_) => Err(ApiError::RequestTimeout(format!(
+            "the request took longer than {} ms (REQUEST_TIMEOUT_MS)",
+            limit.as_millis()
+        ))
+        .into()),
+    }
 }
 
 /// Opens the request span (handlers add `event_id` to it) and records count and latency.
@@ -128,7 +173,7 @@ pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let span = tracing::info_span!(
         "http_request",
@@ -151,7 +196,7 @@ pub async fn observe(
     span.record("status", status.as_u16());
     if let Some(m) = metrics {
         m.http_requests
-            .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+            .with_label_values(&[route.as_str(), method, status.as_str()])
             .inc();
         m.http_latency
             .with_label_values(&[route.as_str()])

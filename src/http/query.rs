@@ -481,7 +481,7 @@ pub async fn event(
     let mut pg = pg_conn(&q).await?;
     let rows: Vec<Row> = diesel::sql_query(
         "SELECT event_type::text, player_id::text, game_id::text, event_timestamp, ingested_at, created_at, data \
-         FROM events WHERE event_id = $1",
+         FROM events WHERE event_id = $1 ORDER BY ingested_at, game_id",
     )
     .bind::<SqlUuid, _>(id)
     .load(&mut pg)
@@ -513,19 +513,40 @@ fn board_of(params: &HashMap<String, String>) -> Result<(Period, String), ApiErr
     let board = match (period, params.get("date"), params.get("week")) {
         ("alltime" | "daily" | "weekly", None, None) => period.to_owned(),
         ("daily", Some(d), None) => {
-            chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
-                .map_err(|_| ApiError::BadQuery(format!("date must be YYYY-MM-DD, got {d}")))?;
+            // Exactly the board key's form: chrono alone also takes `2026-1-5`, which names no board.
+            let digits =
+                |r: std::ops::Range<usize>| d.get(r).is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()));
+            let ok = d.len() == 10
+                && digits(0..4)
+                && digits(5..7)
+                && digits(8..10)
+                && chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok();
+            if !ok {
+                return Err(ApiError::BadQuery(format!(
+                    "date must be a date as YYYY-MM-DD, got {d}"
+                )));
+            }
             format!("daily:{d}")
         }
         ("weekly", None, Some(w)) => {
             let b = w.as_bytes();
+            let digits =
+                |r: std::ops::Range<usize>| w.get(r).is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()));
             let ok = b.len() == 8
                 && b[4] == b'-'
                 && b[5] == b'W'
-                && w[..4].parse::<u16>().is_ok()
-                && w[6..].parse::<u8>().is_ok();
+                && digits(0..4)
+                && digits(6..8)
+                && match (w[..4].parse::<i32>(), w[6..].parse::<u32>()) {
+                    (Ok(year), Ok(week)) => {
+                        chrono::NaiveDate::from_isoywd_opt(year, week, chrono::Weekday::Mon).is_some()
+                    }
+                    _ => false,
+                };
             if !ok {
-                return Err(ApiError::BadQuery(format!("week must be YYYY-Www, got {w}")));
+                return Err(ApiError::BadQuery(format!(
+                    "week must be an ISO week as YYYY-Www (W01 to W52 or W53), got {w}"
+                )));
             }
             format!("weekly:{w}")
         }
@@ -666,7 +687,11 @@ pub async fn player_events(
             let bad = || ApiError::BadQuery(format!("before must be a cursor from a previous page, got {c}"));
             let (micros, id) = c.split_once('_').ok_or_else(bad)?;
             let micros: i64 = micros.parse().map_err(|_| bad())?;
-            let ts = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(bad)?;
+            // Event timestamps are RFC 3339, years 0 to 9999; beyond that PostgreSQL can't even
+            // hold the value, and the query would fail as if the store were down.
+            let ts = DateTime::<Utc>::from_timestamp_micros(micros)
+                .filter(|t| (0..=9999).contains(&chrono::Datelike::year(t)))
+                .ok_or_else(bad)?;
             Some((ts, uuid::Uuid::parse_str(id).map_err(|_| bad())?))
         }
     };

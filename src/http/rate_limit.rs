@@ -1,4 +1,5 @@
-//! A token bucket: the instance-wide ingest rate limit.
+//! A token bucket: the instance-wide ingest rate limit, each API key's own, and the limit on
+//! requests that fail authentication.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,15 +32,24 @@ impl RateLimiter {
 
     /// Takes a token, or says how long until one is available.
     pub fn try_acquire(&self) -> Result<(), Duration> {
-        self.try_acquire_n(1)
+        self.try_acquire_n(1).map_err(|refusal| match refusal {
+            Refusal::Wait(wait) => wait,
+            // One token always fits a bucket of at least one.
+            Refusal::Never { .. } => Duration::from_secs(1),
+        })
     }
 
-    /// Takes `n` tokens at once (a batch of `n` events), or says how long until they are there.
-    pub fn try_acquire_n(&self, n: u32) -> Result<(), Duration> {
-        // A batch larger than the bucket could never pass: it takes the whole bucket instead.
-        let n = f64::from(n.max(1)).min(self.burst);
+    /// Takes `n` tokens at once (a batch of `n` events: one token per event), or says how long
+    /// until they are there, or that they never will be (`n` is more than the bucket holds).
+    pub fn try_acquire_n(&self, n: u32) -> Result<(), Refusal> {
         if self.rate <= 0.0 {
             return Ok(());
+        }
+        let n = f64::from(n.max(1));
+        if n > self.burst {
+            return Err(Refusal::Never {
+                burst: self.burst as u32,
+            });
         }
         // A poisoned lock only means another thread panicked mid-update; the bucket is still
         // two plain numbers, so keep using it.
@@ -52,9 +62,27 @@ impl RateLimiter {
             b.tokens -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((n - b.tokens) / self.rate))
+            Err(Refusal::Wait(Duration::from_secs_f64((n - b.tokens) / self.rate)))
         }
     }
+
+    /// Gives back `n` tokens taken by a request that another limit then refused.
+    pub fn refund(&self, n: u32) {
+        if self.rate <= 0.0 {
+            return;
+        }
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        b.tokens = (b.tokens + f64::from(n)).min(self.burst);
+    }
+}
+
+/// Why [`RateLimiter::try_acquire_n`] refused.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Refusal {
+    /// The tokens will be there after this long.
+    Wait(Duration),
+    /// More tokens than the bucket holds: never, however long the wait.
+    Never { burst: u32 },
 }
 
 #[cfg(test)]
@@ -72,6 +100,16 @@ mod tests {
             wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
             "{wait:?}"
         );
+    }
+
+    #[test]
+    fn a_batch_takes_one_token_per_event_and_never_more_than_the_bucket() {
+        let rl = RateLimiter::new(5, 5);
+        assert_eq!(rl.try_acquire_n(6), Err(Refusal::Never { burst: 5 }));
+        assert_eq!(rl.try_acquire_n(5), Ok(()));
+        assert!(matches!(rl.try_acquire_n(1), Err(Refusal::Wait(_))));
+        rl.refund(2);
+        assert_eq!(rl.try_acquire_n(2), Ok(()));
     }
 
     #[test]

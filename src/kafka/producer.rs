@@ -85,6 +85,11 @@ impl EventProducer {
 
     /// Writes one event and waits until every in-sync replica has it (or the timeout passes).
     pub async fn send(&self, event: &GameEvent) -> Result<Delivery, ProduceError> {
+        self.send_wire(&WireEvent::from(event)).await
+    }
+
+    /// [`Self::send`] for an event already serialized.
+    pub async fn send_wire(&self, event: &WireEvent) -> Result<Delivery, ProduceError> {
         let span = tracing::info_span!("produce", event_id = %event.event_id, topic = %self.topic);
         async {
             let started = Instant::now();
@@ -105,8 +110,7 @@ impl EventProducer {
         .await
     }
 
-    async fn send_inner(&self, event: &GameEvent) -> Result<Delivery, ProduceError> {
-        let payload = event.to_wire();
+    async fn send_inner(&self, event: &WireEvent) -> Result<Delivery, ProduceError> {
         let event_id = event.event_id.to_string();
         let headers = OwnedHeaders::new_with_capacity(2)
             .insert(Header {
@@ -119,7 +123,7 @@ impl EventProducer {
             });
         let record = FutureRecord::to(&self.topic)
             .key(event.player_id.as_str())
-            .payload(&payload)
+            .payload(&event.payload)
             .headers(headers);
         // The outer timeout is a guard against a hang the delivery timeout somehow misses: the
         // API promises an answer, never a stuck connection.
@@ -171,5 +175,28 @@ fn classify(err: KafkaError, timeout: Duration) -> ProduceError {
         Some(RDKafkaErrorCode::QueueFull) => ProduceError::QueueFull,
         Some(RDKafkaErrorCode::MessageSizeTooLarge) => ProduceError::TooLarge,
         _ => ProduceError::Kafka(err),
+    }
+}
+
+/// An event as written to Kafka: its message value and what the key and headers need. A batch
+/// keeps its events in this form, a few hundred bytes each, rather than as parsed JSON trees,
+/// which can take many times the size of their text.
+#[derive(Debug, Clone)]
+pub struct WireEvent {
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+    pub player_id: String,
+    /// [`GameEvent::to_wire`].
+    pub payload: Vec<u8>,
+}
+
+impl From<&GameEvent> for WireEvent {
+    fn from(event: &GameEvent) -> Self {
+        WireEvent {
+            event_id: event.event_id,
+            event_type: event.event_type.as_str().to_owned(),
+            player_id: event.player_id.as_str().to_owned(),
+            payload: event.to_wire(),
+        }
     }
 }

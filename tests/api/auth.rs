@@ -194,7 +194,7 @@ async fn an_unknown_key_id_costs_one_lookup_per_cache_period() {
     use diesel_async::RunQueryDsl;
     let mut config = test_config();
     isolated_database(&mut config).await;
-    let store = auth::KeyStore::new(gamemetrics::db::pg_pool(&config.database));
+    let store = auth::KeyStore::new(gamemetrics::db::pg_pool(&config.database), 0);
     let bogus = Some("Bearer gmk_nosuchkey_abc");
     assert!(matches!(
         store.authenticate(bogus).await,

@@ -7,6 +7,7 @@ mod consumers;
 mod contract;
 mod crash;
 mod helpers;
+mod hostile;
 mod ingest;
 mod migrations;
 mod model;

@@ -27,7 +27,7 @@ async fn migrations_create_the_seed_tables_and_run_twice() {
         .await
         .expect("PostgreSQL reachable");
     let first = run_migrations(&url).await.expect("first run");
-    assert_eq!(first.len(), 5, "every migration applied: {first:?}");
+    assert_eq!(first.len(), 6, "every migration applied: {first:?}");
     let second = run_migrations(&url).await.expect("second run is a no-op");
     assert!(second.is_empty());
 

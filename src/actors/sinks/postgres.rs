@@ -61,7 +61,8 @@ pub struct WriteEvents {
 #[derive(Debug, Clone)]
 pub struct StatRow {
     pub offset: i64,
-    /// A retry of an event already counted (same id, other offset) must not count again.
+    /// A retry of an event already counted (same id, other offset) must not count again; the
+    /// id scoped to its game ([`crate::domain::GameEvent::scoped_id`]).
     pub event_id: uuid::Uuid,
     pub player_id: String,
     pub event_type: String,
@@ -323,7 +324,7 @@ impl EventColumns {
             "INSERT INTO events (event_id, event_type, player_id, game_id, event_timestamp, ingested_at, data) \
              SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], \
                                   $5::timestamptz[], $6::timestamptz[], $7::jsonb[]) \
-             ON CONFLICT (event_id) DO NOTHING",
+             ON CONFLICT (event_id, game_id) DO NOTHING",
         )
         .bind::<Array<SqlUuid>, _>(self.ids)
         .bind::<Array<Varchar>, _>(self.types)

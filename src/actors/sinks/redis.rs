@@ -105,7 +105,8 @@ fn redis_err(e: impl std::fmt::Display) -> SinkError {
 #[derive(Debug, Clone)]
 pub struct StatDelta {
     pub offset: i64,
-    /// A retry of an event already counted (same id, other offset) must not count again.
+    /// A retry of an event already counted (same id, other offset) must not count again; the
+    /// id scoped to its game ([`crate::domain::GameEvent::scoped_id`]).
     pub event_id: uuid::Uuid,
     pub player_id: String,
     pub event_type: String,
@@ -151,7 +152,8 @@ impl redis::FromRedisValue for StatsApplied {
 #[derive(Debug, Clone)]
 pub struct ScoreDelta {
     pub offset: i64,
-    /// A retry of an event already scored (same id, other offset) must not score again.
+    /// A retry of an event already scored (same id, other offset) must not score again; the id
+    /// scoped to its game ([`crate::domain::GameEvent::scoped_id`]).
     pub event_id: uuid::Uuid,
     pub game_id: String,
     pub player_id: String,
