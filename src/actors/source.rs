@@ -127,6 +127,8 @@ pub struct PartitionSource {
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest wait between two attempts to open a partition's log.
 const MAX_OPEN_WAIT: Duration = Duration::from_secs(30);
+/// How long opening a partition's log may take before the partition is paused meanwhile.
+const HOLD_AFTER: Duration = Duration::from_millis(250);
 /// How often an open partition checks that its topic is still the same log.
 const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -203,19 +205,27 @@ impl PartitionSource {
         self.role = None;
         self.dispatched_next = -1;
         self.applied_next = -1;
-        if !self.paused {
-            self.set_paused(true, "opening the partition's log");
-        }
+        // Opening normally takes a few round trips; pausing at once would make librdkafka drop
+        // and re-fetch what it already has (a long-poll later). Only an open that takes longer
+        // holds the partition, so records held meanwhile can't grow without bound.
+        let hold = ctx.run_later(HOLD_AFTER, |act, _| {
+            if act.role.is_none() && !act.paused {
+                act.set_paused(true, "opening the partition's log takes long");
+            }
+        });
         let opening = open_log(
             self.consumer.clone(),
             self.factory.clone(),
             self.position.clone(),
             self.metrics.clone(),
         );
-        ctx.spawn(opening.into_actor(self).map(|position, act, ctx| {
+        ctx.spawn(opening.into_actor(self).map(move |position, act, ctx| {
+            ctx.cancel_future(hold);
             act.position = position;
             act.role = Some(act.factory.spawn(act.position.clone(), ctx.address().recipient()));
-            act.set_paused(false, "partition's log open");
+            if act.paused {
+                act.set_paused(false, "partition's log open");
+            }
             for msg in std::mem::take(&mut act.stash) {
                 act.dispatch(msg, ctx);
             }
@@ -317,6 +327,7 @@ async fn open_log(
     let component = PartitionSource::component(&position);
     let labels = [position.service.to_owned(), position.partition.to_string()];
     let mut wait = Duration::from_millis(250);
+    let started = std::time::Instant::now();
     loop {
         let (c, topic, partition) = (consumer.clone(), position.topic.clone(), position.partition);
         let lookup = tokio::task::spawn_blocking(move || {
@@ -339,7 +350,8 @@ async fn open_log(
                             tracing::info!(component, log = %position.log, "partition unblocked");
                         }
                         tracing::info!(service = position.service, partition = position.partition,
-                            log = %position.log, next_offset, log_end, "partition's log open");
+                            log = %position.log, next_offset, log_end, took_ms = started.elapsed().as_millis() as u64,
+                            "partition's log open");
                         return position;
                     }
                     Ok(LogState::Behind { stored, log_end }) => format!(
