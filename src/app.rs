@@ -3,9 +3,10 @@
 
 use crate::config::Config;
 use crate::domain::EventLimits;
-use crate::http::{self, query::QueryState, rate_limit::RateLimiter, AppState};
+use crate::http::{self, query::QueryState, AppState};
 use crate::kafka::EventProducer;
 use crate::metrics::Metrics;
+use crate::rate_limit::RateLimiter;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
@@ -53,8 +54,8 @@ impl Application {
             pg: crate::db::pg_pool(&config.database),
             stats: redis_reader(0)?,
             boards: redis_reader(1)?,
-            prefix: config.redis.redis_key_prefix.clone(),
-            keys: http.query_auth_required.then_some(keys),
+            keys: crate::db::redis_keys::RedisKeys::new(&config.redis.redis_key_prefix),
+            auth: http.query_auth_required.then_some(keys),
         });
         let api = http.http_api;
         let request_timeout = http.request_timeout();
@@ -63,6 +64,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(metrics.clone())
                 .app_data(queries.clone())
+                .app_data(web::QueryConfig::default().error_handler(http::query::query_error))
                 // Inside `observe`, so a request cut short is counted and logged as a 408.
                 .wrap(from_fn(move |req, next| {
                     http::deadline(req, next, request_timeout)

@@ -4,12 +4,8 @@
 //! is stored and it is compared in constant time. The key itself is printed once, by
 //! `gamemetrics keys create`, and never logged.
 
-use crate::db::PgPool;
-use crate::http::rate_limit::RateLimiter;
-use chrono::{DateTime, Utc};
-use diesel::sql_types::{Integer, Nullable, Text, Timestamptz};
-use diesel::QueryableByName;
-use diesel_async::RunQueryDsl;
+use crate::db::{self, PgPool};
+use crate::rate_limit::RateLimiter;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -73,22 +69,6 @@ const STALE_LIMIT: Duration = Duration::from_secs(300);
 
 /// Most unknown key ids remembered; past it the table starts over, so made-up ids can't grow it.
 const MAX_UNKNOWN: usize = 10_000;
-
-#[derive(QueryableByName)]
-struct KeyRow {
-    #[diesel(sql_type = Text)]
-    key_id: String,
-    #[diesel(sql_type = Text)]
-    game_id: String,
-    #[diesel(sql_type = Text)]
-    secret_sha256: String,
-    #[diesel(sql_type = Nullable<Integer>)]
-    rate_limit_rps: Option<i32>,
-    #[diesel(sql_type = Timestamptz)]
-    created_at: DateTime<Utc>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    revoked_at: Option<DateTime<Utc>>,
-}
 
 impl KeyStore {
     /// A store reading from `pg` that answers at most `unauth_rps` failing requests and key
@@ -182,16 +162,9 @@ impl KeyStore {
     }
 
     async fn fetch(&self, key_id: &str) -> Result<Option<CachedKey>, AuthError> {
-        let mut conn = self.pg.get().await.map_err(|e| AuthError::Store(e.to_string()))?;
-        let rows: Vec<KeyRow> = diesel::sql_query(
-            "SELECT key_id::text, game_id::text, secret_sha256::text, rate_limit_rps, created_at, revoked_at \
-             FROM api_keys WHERE key_id = $1",
-        )
-        .bind::<Text, _>(key_id)
-        .load(&mut conn)
-        .await
-        .map_err(|e| AuthError::Store(e.to_string()))?;
-        Ok(rows.into_iter().next().map(|r| CachedKey {
+        let mut conn = self.pg.get().await.map_err(store_err)?;
+        let row = db::api_keys::find(&mut conn, key_id).await.map_err(store_err)?;
+        Ok(row.map(|r| CachedKey {
             game_id: r.game_id,
             secret_sha256: r.secret_sha256,
             revoked: r.revoked_at.is_some(),
@@ -202,6 +175,10 @@ impl KeyStore {
             fetched: Instant::now(),
         }))
     }
+}
+
+fn store_err(e: impl std::fmt::Display) -> AuthError {
+    AuthError::Store(e.to_string())
 }
 
 fn split_key(token: &str) -> Option<(&str, &str)> {
@@ -236,42 +213,24 @@ pub async fn create_key(
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    let mut conn = pg.get().await.map_err(|e| AuthError::Store(e.to_string()))?;
-    diesel::sql_query(
-        "INSERT INTO api_keys (key_id, game_id, secret_sha256, rate_limit_rps) VALUES ($1, $2, $3, $4)",
-    )
-    .bind::<Text, _>(&key_id)
-    .bind::<Text, _>(game_id)
-    .bind::<Text, _>(sha256_hex(&secret))
-    .bind::<Nullable<Integer>, _>(rate_limit_rps.and_then(|n| i32::try_from(n).ok()))
-    .execute(&mut conn)
-    .await
-    .map_err(|e| AuthError::Store(e.to_string()))?;
+    let mut conn = pg.get().await.map_err(store_err)?;
+    let rps = rate_limit_rps.and_then(|n| i32::try_from(n).ok());
+    db::api_keys::insert(&mut conn, &key_id, game_id, &sha256_hex(&secret), rps)
+        .await
+        .map_err(store_err)?;
     Ok(format!("gmk_{key_id}_{secret}"))
 }
 
 /// Revokes a key by id; answers whether a live key was revoked.
 pub async fn revoke_key(pg: &PgPool, key_id: &str) -> Result<bool, AuthError> {
-    let mut conn = pg.get().await.map_err(|e| AuthError::Store(e.to_string()))?;
-    let n =
-        diesel::sql_query("UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL")
-            .bind::<Text, _>(key_id)
-            .execute(&mut conn)
-            .await
-            .map_err(|e| AuthError::Store(e.to_string()))?;
-    Ok(n > 0)
+    let mut conn = pg.get().await.map_err(store_err)?;
+    db::api_keys::revoke(&mut conn, key_id).await.map_err(store_err)
 }
 
 /// Lists keys (never secrets): id, game, rate limit, created, revoked.
 pub async fn list_keys(pg: &PgPool) -> Result<Vec<serde_json::Value>, AuthError> {
-    let mut conn = pg.get().await.map_err(|e| AuthError::Store(e.to_string()))?;
-    let rows: Vec<KeyRow> = diesel::sql_query(
-        "SELECT key_id::text, game_id::text, secret_sha256::text, rate_limit_rps, created_at, revoked_at \
-         FROM api_keys ORDER BY created_at",
-    )
-    .load(&mut conn)
-    .await
-    .map_err(|e| AuthError::Store(e.to_string()))?;
+    let mut conn = pg.get().await.map_err(store_err)?;
+    let rows = db::api_keys::all(&mut conn).await.map_err(store_err)?;
     Ok(rows
         .into_iter()
         .map(|r| {

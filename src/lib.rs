@@ -40,5 +40,6 @@ pub mod domain;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod rate_limit;
 pub mod schema;
 pub mod telemetry;

@@ -7,12 +7,11 @@ use clap::Parser;
 use gamemetrics::actors::leaderboard::Leaderboard;
 use gamemetrics::actors::logger::Logger;
 use gamemetrics::actors::messages::*;
-use gamemetrics::actors::sinks::postgres::{BoardTop, UpsertStats, WriteBoards, WriteEvents};
-use gamemetrics::actors::sinks::redis::{ApplyScores, ApplyStats, ClaimFirst, ReadTop, StatsApplied};
 use gamemetrics::actors::sinks::SinkError;
 use gamemetrics::actors::stats_buffer::StatsBuffer;
 use gamemetrics::actors::{Role, RoleSettings};
 use gamemetrics::config::ConsumerConfig;
+use gamemetrics::domain::leaderboard::{BoardTop, Period};
 use gamemetrics::domain::IngestRequest;
 use gamemetrics::metrics::Metrics;
 use serde_json::json;
@@ -173,7 +172,7 @@ impl Handler<ReadTop> for FakeSinks {
             .into_iter()
             .map(|g| BoardTop {
                 game_id: g,
-                period: "alltime",
+                period: Period::Alltime,
                 entries: vec![],
             })
             .collect())

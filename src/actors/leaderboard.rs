@@ -12,18 +12,12 @@
 
 use super::lane::{Lane, Watermarks};
 use super::messages::*;
-use super::sinks::postgres::WriteBoards;
-use super::sinks::redis::{ApplyScores, ReadTop, ScoreDelta};
 use super::sinks::SinkError;
 use super::RoleSettings;
-use crate::domain::GameEvent;
+use crate::domain::leaderboard::{periods_of, score_of};
 use actix::prelude::*;
-use chrono::{DateTime, Datelike, Duration as Days, NaiveDate, Utc};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-
-/// The largest score one event may add; far below 2^53, where Redis's doubles stop being exact.
-pub const MAX_SCORE: i64 = 1_000_000_000;
 
 /// Work waiting for the next write to PostgreSQL.
 #[derive(Debug, Clone)]
@@ -213,39 +207,6 @@ impl Leaderboard {
     }
 }
 
-/// The score an event adds, or why it can't add one.
-pub fn score_of(event: &GameEvent) -> Result<i64, String> {
-    match event.data.get("score") {
-        None => Err(format!("scoring event {} has no data.score", event.event_type)),
-        Some(v) => match v.as_i64() {
-            Some(s) if (0..=MAX_SCORE).contains(&s) => Ok(s),
-            _ => Err(format!(
-                "data.score must be an integer from 0 to {MAX_SCORE}, got {v}"
-            )),
-        },
-    }
-}
-
-/// The UTC day (`2024-01-15`) and ISO week (`2024-W03`) an event counts toward, with the Unix
-/// times their dated boards expire: the end of the period plus the retention.
-pub fn periods_of(ts: DateTime<Utc>, retention_days: u32) -> (String, i64, String, i64) {
-    let day = ts.date_naive();
-    let keep = Days::days(i64::from(retention_days));
-    let end_of = |d: NaiveDate| {
-        d.and_hms_opt(0, 0, 0)
-            .map(|t| (t + keep).and_utc().timestamp())
-            .unwrap_or(i64::MAX)
-    };
-    let iso = day.iso_week();
-    let next_monday = day + Days::days(7 - i64::from(day.weekday().num_days_from_monday()));
-    (
-        day.format("%Y-%m-%d").to_string(),
-        end_of(day + Days::days(1)),
-        format!("{}-W{:02}", iso.year(), iso.week()),
-        end_of(next_monday),
-    )
-}
-
 impl Actor for Leaderboard {
     type Context = Context<Self>;
 }
@@ -266,8 +227,7 @@ impl Handler<Consumed> for Leaderboard {
         };
         match score_of(&event) {
             Ok(score) => {
-                let (day, day_expires_at, week, week_expires_at) =
-                    periods_of(event.timestamp, self.settings.config.leaderboard_retention_days);
+                let periods = periods_of(event.timestamp, self.settings.config.leaderboard_retention_days);
                 self.scores.push(
                     offset,
                     ScoreDelta {
@@ -276,10 +236,10 @@ impl Handler<Consumed> for Leaderboard {
                         game_id: event.game_id.as_str().to_owned(),
                         player_id: event.player_id.as_str().to_owned(),
                         score,
-                        day,
-                        day_expires_at,
-                        week,
-                        week_expires_at,
+                        day: periods.day,
+                        day_expires_at: periods.day_expires_at,
+                        week: periods.week,
+                        week_expires_at: periods.week_expires_at,
                     },
                 );
                 if self.scores.pending_len() >= self.settings.config.logger_flush_events {
@@ -329,32 +289,5 @@ impl Handler<GetProgress> for Leaderboard {
             applied_next: self.marks.reported_next,
             seen_next: self.marks.seen_next,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn periods_follow_the_utc_day_and_iso_week() {
-        let last: DateTime<Utc> = "2024-12-29T23:59:59Z".parse().unwrap(); // a Sunday
-        let first: DateTime<Utc> = "2024-12-30T00:00:00Z".parse().unwrap(); // Monday, ISO 2025-W01
-        let (d1, d1_exp, w1, w1_exp) = periods_of(last, 0);
-        let (d2, _, w2, _) = periods_of(first, 0);
-        assert_eq!((d1.as_str(), w1.as_str()), ("2024-12-29", "2024-W52"));
-        assert_eq!((d2.as_str(), w2.as_str()), ("2024-12-30", "2025-W01"));
-        assert_eq!(
-            d1_exp,
-            first.timestamp(),
-            "a day's board expires at the next midnight plus retention"
-        );
-        assert_eq!(
-            w1_exp,
-            first.timestamp(),
-            "a week's board expires at the next Monday plus retention"
-        );
-        let (_, kept, _, _) = periods_of(last, 2);
-        assert_eq!(kept - d1_exp, 2 * 86_400);
     }
 }

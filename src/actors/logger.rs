@@ -5,7 +5,6 @@
 
 use super::lane::{Lane, Watermarks};
 use super::messages::*;
-use super::sinks::postgres::WriteEvents;
 use super::sinks::SinkError;
 use super::RoleSettings;
 use actix::prelude::*;

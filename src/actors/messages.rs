@@ -1,5 +1,7 @@
-//! Messages between actors. Every message has named fields; results say what the sender waits for.
+//! Messages between actors: source ↔ role actors, and role actors → sinks. Every message has
+//! named fields; results say what the sender waits for.
 
+use crate::domain::leaderboard::BoardTop;
 use crate::domain::GameEvent;
 use actix::prelude::*;
 use serde_json::Value;
@@ -15,6 +17,18 @@ pub struct Position {
     /// another log whose offsets start over, so every stored offset is kept per log.
     pub log: Arc<str>,
     pub partition: i32,
+}
+
+impl Position {
+    /// Where this position's offsets are kept.
+    pub fn partition_log(&self) -> crate::db::PartitionLog<'_> {
+        crate::db::PartitionLog {
+            service: self.service,
+            topic: &self.topic,
+            partition: self.partition,
+            log: &self.log,
+        }
+    }
 }
 
 /// One Kafka record after parsing: an event, or the reason it can never be one.
@@ -73,10 +87,194 @@ impl Progress {
     }
 }
 
-/// A dead-letter entry: a record that can never be applied, and why.
+pub use crate::db::dlq::DlqEntry;
+
+/// Why a sink write failed. All of them are retried by the role actor with backoff; none sends
+/// a record to the DLQ, because a database being down says nothing about the record.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    #[error("Redis: {0}")]
+    Redis(String),
+    #[error("sink unavailable: {0}")]
+    Mailbox(#[from] actix::MailboxError),
+    #[error("{store} write took longer than {after:?}")]
+    Timeout {
+        store: &'static str,
+        after: std::time::Duration,
+    },
+}
+
+// ---- Opening a partition's log (source → sinks) ----
+
+pub use crate::db::offsets::LogState;
+
+/// Source → PostgreSQL sink before a partition's first record: get `consumer_offsets` ready for
+/// its log.
+#[derive(Message)]
+#[rtype(result = "Result<LogState, SinkError>")]
+pub struct OpenLogPg {
+    pub position: Position,
+    /// The partition's high watermark now: no offset of this log is stored beyond it.
+    pub log_end: i64,
+}
+
+// ---- PostgreSQL sink ----
+
+/// Logger: insert events (deduplicated on event_id) and dead letters, and the partition offset.
+#[derive(Message)]
+#[rtype(result = "Result<usize, SinkError>")]
+pub struct WriteEvents {
+    pub position: Position,
+    pub records: Arc<Vec<Record>>,
+}
+
+/// One stats record for the batched player_statistics upsert.
 #[derive(Debug, Clone)]
-pub struct DlqEntry {
+pub struct StatRow {
     pub offset: i64,
-    pub original: Value,
-    pub reason: String,
+    /// A retry of an event already counted (same id, other offset) must not count again; the
+    /// id scoped to its game ([`crate::domain::GameEvent::scoped_id`]).
+    pub event_id: uuid::Uuid,
+    pub player_id: String,
+    pub event_type: String,
+    /// A retry of an event already counted ([`ClaimFirst`]): it only moves the offset.
+    pub retry: bool,
+}
+
+/// Stats aggregator: add a batch of events to player_statistics, once.
+#[derive(Message)]
+#[rtype(result = "Result<usize, SinkError>")]
+pub struct UpsertStats {
+    pub position: Position,
+    pub rows: Arc<Vec<StatRow>>,
+}
+
+/// Leaderboard manager: replace the stored top N of every period of some games with what Redis
+/// holds, and write dead letters.
+#[derive(Message)]
+#[rtype(result = "Result<(), SinkError>")]
+pub struct WriteBoards {
+    pub position: Position,
+    pub game_ids: Vec<String>,
+    pub n: usize,
+    /// Where the snapshot is read from, inside the transaction, after the boards are locked:
+    /// two writers of one board then always write in the order they read.
+    pub reader: Recipient<ReadTop>,
+    pub dlq: Vec<DlqEntry>,
+}
+
+// ---- Redis sink ----
+
+/// One event's contribution to `player_stats:{player_id}`.
+#[derive(Debug, Clone)]
+pub struct StatDelta {
+    pub offset: i64,
+    /// A retry of an event already counted (same id, other offset) must not count again; the
+    /// id scoped to its game ([`crate::domain::GameEvent::scoped_id`]).
+    pub event_id: uuid::Uuid,
+    pub player_id: String,
+    pub event_type: String,
+    /// RFC 3339 UTC with microseconds, so string order is time order.
+    pub timestamp: String,
+}
+
+/// Apply stats deltas to Redis DB 0, skipping offsets already applied and retries.
+#[derive(Message)]
+#[rtype(result = "Result<StatsApplied, SinkError>")]
+pub struct ApplyStats {
+    pub position: Position,
+    pub deltas: Arc<Vec<StatDelta>>,
+}
+
+/// What [`ApplyStats`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsApplied {
+    /// Deltas counted.
+    pub applied: usize,
+    /// Offsets at or above this were checked for retries (below it they were already applied
+    /// before, and skipped unchecked).
+    pub checked_from: i64,
+    /// The checked offsets that are retries of an event counted at another offset.
+    pub retries: Vec<i64>,
+}
+
+impl redis::FromRedisValue for StatsApplied {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        let all: Vec<i64> = redis::FromRedisValue::from_redis_value(v)?;
+        match all.as_slice() {
+            [applied, checked_from, retries @ ..] => Ok(StatsApplied {
+                applied: usize::try_from(*applied).unwrap_or(0),
+                checked_from: *checked_from,
+                retries: retries.to_vec(),
+            }),
+            _ => Err("the stats script answers at least two integers".into()),
+        }
+    }
+}
+
+/// One scoring event's contribution to a game's boards.
+#[derive(Debug, Clone)]
+pub struct ScoreDelta {
+    pub offset: i64,
+    /// A retry of an event already scored (same id, other offset) must not score again; the id
+    /// scoped to its game ([`crate::domain::GameEvent::scoped_id`]).
+    pub event_id: uuid::Uuid,
+    pub game_id: String,
+    pub player_id: String,
+    pub score: i64,
+    /// `YYYY-MM-DD` of the event's UTC day, and the Unix time its dated board expires.
+    pub day: String,
+    pub day_expires_at: i64,
+    /// `YYYY-Www` of the event's ISO week, and the Unix time its dated board expires.
+    pub week: String,
+    pub week_expires_at: i64,
+}
+
+/// Apply score deltas to Redis DB 1, skipping offsets already applied. Answers how many applied.
+#[derive(Message)]
+#[rtype(result = "Result<usize, SinkError>")]
+pub struct ApplyScores {
+    pub position: Position,
+    pub deltas: Arc<Vec<ScoreDelta>>,
+}
+
+/// Stats' PostgreSQL lane asks which of its event ids are retries of an event
+/// already seen at another offset (its Redis lane asks inside its own script). Answers the
+/// offsets of the retries, which must not be counted.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<i64>, SinkError>")]
+pub struct ClaimFirst {
+    pub position: Position,
+    /// (offset, event_id)
+    pub items: Vec<(i64, uuid::Uuid)>,
+}
+
+/// Which Redis database a role keeps its offsets in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveDb {
+    /// DB 0: player stats.
+    Stats,
+    /// DB 1: leaderboards.
+    Boards,
+}
+
+/// Source → sink before a partition's first record: get the role's Redis offset ready for the
+/// partition's current log (see [`OpenLogPg`]).
+#[derive(Message)]
+#[rtype(result = "Result<LogState, SinkError>")]
+pub struct OpenLogRedis {
+    pub position: Position,
+    /// The partition's high watermark now: no offset of this log is stored beyond it.
+    pub log_end: i64,
+    pub db: LiveDb,
+}
+
+/// Read the current top N of every period of some games.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<BoardTop>, SinkError>")]
+pub struct ReadTop {
+    pub game_ids: Vec<String>,
+    pub n: usize,
 }

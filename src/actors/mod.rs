@@ -33,11 +33,11 @@ use crate::config::{Config, ConsumerConfig};
 use crate::metrics::Metrics;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use messages::{Applied, Consumed, FlushAll, GetProgress, Position};
+use messages::{Applied, Consumed, FlushAll, GetProgress, LiveDb, LogState, Position};
 use rdkafka::consumer::{CommitMode, Consumer};
 use sinks::postgres::PgSink;
 use sinks::redis::RedisSink;
-use sinks::{LogState, SinkError};
+use sinks::SinkError;
 use source::{PartitionSource, RoleConsumer, SourceContext};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -206,15 +206,14 @@ impl RoleFactory {
     /// they hold of it: `Behind` if any store claims more than the log has, else the lowest
     /// offset every store has applied.
     pub async fn open_log(&self, position: &Position, log_end: i64) -> Result<LogState, SinkError> {
-        use sinks::redis::LiveDb;
         let pg = || {
-            self.pg.send(sinks::postgres::OpenLog {
+            self.pg.send(messages::OpenLogPg {
                 position: position.clone(),
                 log_end,
             })
         };
         let redis = |db| {
-            self.redis.send(sinks::redis::OpenLog {
+            self.redis.send(messages::OpenLogRedis {
                 position: position.clone(),
                 log_end,
                 db,

@@ -10,7 +10,6 @@
 //! kept because one loop reads a partition's records in order and actix mailboxes are FIFO.
 
 use super::messages::*;
-use super::sinks::LogState;
 use super::{RoleFactory, RoleHandle};
 use crate::domain::GameEvent;
 use crate::kafka::{describe_topic_id, KafkaContext};

@@ -6,8 +6,6 @@
 
 use super::lane::{Lane, Watermarks};
 use super::messages::*;
-use super::sinks::postgres::{StatRow, UpsertStats};
-use super::sinks::redis::{ApplyStats, ClaimFirst, StatDelta};
 use super::sinks::SinkError;
 use super::RoleSettings;
 use actix::prelude::*;

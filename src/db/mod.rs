@@ -1,6 +1,14 @@
-//! PostgreSQL and Redis access: embedded migrations and connection pools.
+//! PostgreSQL and Redis access: embedded migrations, connection pools, every Redis key
+//! ([`redis_keys`]) and the queries the HTTP tier and the sinks run.
 
+pub mod api_keys;
+pub mod boards;
+pub mod dlq;
+pub mod events;
+pub mod offsets;
 mod pool;
+pub mod redis_keys;
+pub mod stats;
 pub use pool::{pg_pool, redis_pool, redis_reader, PgPool, RedisPool, RedisReader};
 
 use crate::config::SecretUrl;
@@ -11,6 +19,18 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 /// The SQL in `migrations/`, compiled into the binary so a deployment can't run stale files.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// One consumer's place in one partition's log: whose offsets `consumer_offsets` and the Redis
+/// offset keys keep.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionLog<'a> {
+    /// The consumer service (`event-logger`, …).
+    pub service: &'a str,
+    pub topic: &'a str,
+    pub partition: i32,
+    /// The topic's id: offsets are kept per log.
+    pub log: &'a str,
+}
 
 /// Database errors at start-up.
 #[derive(Debug, thiserror::Error)]

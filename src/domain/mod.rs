@@ -4,6 +4,7 @@
 //! `GameEvent::from_wire` (Kafka), so nothing downstream re-checks a field.
 
 mod event;
+pub mod leaderboard;
 mod names;
 
 pub use event::{contains_nul, EventLimits, GameEvent, IngestRequest};

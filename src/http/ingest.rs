@@ -3,10 +3,10 @@
 //! apply to the decompressed body.
 
 use super::error::{ApiError, ErrorBody, ErrorDetail};
-use super::rate_limit::Refusal;
 use super::AppState;
 use crate::domain::IngestRequest;
 use crate::kafka::ProduceError;
+use crate::rate_limit::Refusal;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;

@@ -315,7 +315,8 @@ async fn a_stalled_sink_pauses_the_partition_and_it_resumes_after() {
 async fn the_current_daily_board_follows_event_days_but_not_past_the_server_clock() {
     use actix::Actor;
     use gamemetrics::actors::messages::Position;
-    use gamemetrics::actors::sinks::redis::{ApplyScores, RedisSink, ScoreDelta};
+    use gamemetrics::actors::messages::{ApplyScores, ScoreDelta};
+    use gamemetrics::actors::sinks::redis::RedisSink;
     use redis::AsyncCommands;
     let config = test_config();
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
@@ -384,7 +385,8 @@ async fn the_current_daily_board_follows_event_days_but_not_past_the_server_cloc
 async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() {
     use actix::Actor;
     use gamemetrics::actors::messages::Position;
-    use gamemetrics::actors::sinks::redis::{ApplyStats, ClaimFirst, RedisSink, StatDelta, StatsApplied};
+    use gamemetrics::actors::messages::{ApplyStats, ClaimFirst, StatDelta, StatsApplied};
+    use gamemetrics::actors::sinks::redis::RedisSink;
     use redis::AsyncCommands;
     let config = test_config();
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());

@@ -278,9 +278,9 @@ async fn offsets_stored_before_topic_ids_are_adopted_only_by_a_log_that_reached_
     use actix::Actor;
     use diesel_async::RunQueryDsl;
     use gamemetrics::actors::messages::Position;
-    use gamemetrics::actors::sinks::postgres::{OpenLog as OpenPg, PgSink};
-    use gamemetrics::actors::sinks::redis::{LiveDb, OpenLog as OpenRedis, RedisSink};
-    use gamemetrics::actors::sinks::LogState;
+    use gamemetrics::actors::messages::{LiveDb, LogState, OpenLogPg as OpenPg, OpenLogRedis as OpenRedis};
+    use gamemetrics::actors::sinks::postgres::PgSink;
+    use gamemetrics::actors::sinks::redis::RedisSink;
     use redis::AsyncCommands;
     let config = config().await;
     let prefix = config.redis.redis_key_prefix.clone();

@@ -13,44 +13,10 @@ use actix::prelude::*;
 use std::future::Future;
 use std::time::Duration;
 
-/// What a store holds of a partition's current log, answered when a source opens it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogState {
-    /// Every record of this log below `next_offset` is applied (0 for a log new to the store).
-    Open { next_offset: i64 },
-    /// The store says it applied more of this log than the log holds (a log truncated by an
-    /// unclean leader election, or a store restored from elsewhere): records at offsets it
-    /// thinks applied would be skipped, so the partition must not be consumed.
-    Behind { stored: i64, log_end: i64 },
-}
-
-impl LogState {
-    /// The state of a log of which `stored` was applied and `log_end` exists.
-    pub fn of(stored: i64, log_end: i64) -> Self {
-        if stored > log_end {
-            LogState::Behind { stored, log_end }
-        } else {
-            LogState::Open { next_offset: stored }
-        }
-    }
-}
-
 /// Consecutive failures after which a sink stops itself to be restarted by its supervisor.
 const RESTART_AFTER_FAILURES: u32 = 5;
 
-/// Why a sink write failed. All of them are retried by the role actor with backoff; none sends
-/// a record to the DLQ, because a database being down says nothing about the record.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("PostgreSQL: {0}")]
-    Postgres(String),
-    #[error("Redis: {0}")]
-    Redis(String),
-    #[error("sink unavailable: {0}")]
-    Mailbox(#[from] actix::MailboxError),
-    #[error("{store} write took longer than {WRITE_TIMEOUT:?}")]
-    Timeout { store: &'static str },
-}
+pub use super::messages::SinkError;
 
 /// The longest one sink write may take before it counts as failed and is retried. Without it a
 /// half-open connection during an outage would hold a partition's lane forever; the offset
@@ -81,7 +47,10 @@ where
     let write = async move {
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(res) => res,
-            Err(_) => Err(SinkError::Timeout { store: A::STORE }),
+            Err(_) => Err(SinkError::Timeout {
+                store: A::STORE,
+                after: WRITE_TIMEOUT,
+            }),
         }
     };
     Box::pin(write.into_actor(sink).map(|res, sink, ctx| {

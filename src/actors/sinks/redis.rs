@@ -3,11 +3,14 @@
 //!
 //! The scripts touch keys they compute from their arguments, which a single Redis (or a primary
 //! with replicas, as ElastiCache without cluster mode) allows; Redis Cluster would need hash tags.
+//! Every key, or the prefix and suffixes a script completes one with, comes from
+//! [`crate::db::redis_keys`].
 
-use super::postgres::BoardTop;
-use super::{tracked, LogState, SinkError, Tracked};
-use crate::actors::messages::Position;
+use super::{tracked, SinkError, Tracked};
+use crate::actors::messages::*;
+use crate::db::redis_keys::{self, RedisKeys};
 use crate::db::RedisPool;
+use crate::domain::leaderboard::{periods_of, Board, BoardTop, Period};
 use actix::prelude::*;
 use redis::Script;
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use std::sync::Arc;
 pub struct RedisSink {
     stats: RedisPool,
     boards: RedisPool,
-    prefix: Arc<str>,
+    keys: RedisKeys,
     stats_script: Arc<Script>,
     scores_script: Arc<Script>,
     claim_script: Arc<Script>,
@@ -33,7 +36,7 @@ impl RedisSink {
         RedisSink {
             stats,
             boards,
-            prefix: prefix.into(),
+            keys: RedisKeys::new(prefix),
             stats_script: Arc::new(Script::new(STATS_LUA)),
             scores_script: Arc::new(Script::new(SCORES_LUA)),
             claim_script: Arc::new(Script::new(CLAIM_LUA)),
@@ -43,36 +46,15 @@ impl RedisSink {
         }
     }
 
-    /// The key a script claims for an event id, `{prefix}gamemetrics:seen:{id}`; empty (no
-    /// claim) when deduplication is off. Built here rather than in Lua, where every
-    /// concatenation is one more string to hash and intern per event.
-    fn claim_id(&self, id: uuid::Uuid) -> String {
+    /// The key a script claims for an event id; empty (no claim) when deduplication is off.
+    /// Built here rather than in Lua, where every concatenation is one more string to hash and
+    /// intern per event.
+    fn claim_key(&self, scoped_id: uuid::Uuid) -> String {
         if self.dedup_window_secs > 0 {
-            format!("{}gamemetrics:seen:{}", self.prefix, id.simple())
+            self.keys.claim(scoped_id)
         } else {
             String::new()
         }
-    }
-
-    /// Where a partition's offsets were kept before they were kept per log; the key of the
-    /// log's own offset is this, `:`, and the log.
-    fn legacy_offset_key(&self, p: &Position) -> String {
-        format!(
-            "{}gamemetrics:offsets:{}:{}:{}",
-            self.prefix, p.service, p.topic, p.partition
-        )
-    }
-
-    fn offset_key(&self, p: &Position) -> String {
-        format!("{}:{}", self.legacy_offset_key(p), p.log)
-    }
-
-    /// Names the log a partition was last opened on, so a start-over can say what it left.
-    fn log_key(&self, p: &Position) -> String {
-        format!(
-            "{}gamemetrics:log:{}:{}:{}",
-            self.prefix, p.service, p.topic, p.partition
-        )
     }
 }
 
@@ -101,124 +83,9 @@ fn redis_err(e: impl std::fmt::Display) -> SinkError {
     SinkError::Redis(e.to_string())
 }
 
-/// One event's contribution to `player_stats:{player_id}`.
-#[derive(Debug, Clone)]
-pub struct StatDelta {
-    pub offset: i64,
-    /// A retry of an event already counted (same id, other offset) must not count again; the
-    /// id scoped to its game ([`crate::domain::GameEvent::scoped_id`]).
-    pub event_id: uuid::Uuid,
-    pub player_id: String,
-    pub event_type: String,
-    /// RFC 3339 UTC with microseconds, so string order is time order.
-    pub timestamp: String,
-}
-
-/// Apply stats deltas to Redis DB 0, skipping offsets already applied and retries.
-#[derive(Message)]
-#[rtype(result = "Result<StatsApplied, SinkError>")]
-pub struct ApplyStats {
-    pub position: Position,
-    pub deltas: Arc<Vec<StatDelta>>,
-}
-
-/// What [`ApplyStats`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StatsApplied {
-    /// Deltas counted.
-    pub applied: usize,
-    /// Offsets at or above this were checked for retries (below it they were already applied
-    /// before, and skipped unchecked).
-    pub checked_from: i64,
-    /// The checked offsets that are retries of an event counted at another offset.
-    pub retries: Vec<i64>,
-}
-
-impl redis::FromRedisValue for StatsApplied {
-    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
-        let all: Vec<i64> = redis::FromRedisValue::from_redis_value(v)?;
-        match all.as_slice() {
-            [applied, checked_from, retries @ ..] => Ok(StatsApplied {
-                applied: usize::try_from(*applied).unwrap_or(0),
-                checked_from: *checked_from,
-                retries: retries.to_vec(),
-            }),
-            _ => Err("the stats script answers at least two integers".into()),
-        }
-    }
-}
-
-/// One scoring event's contribution to a game's boards.
-#[derive(Debug, Clone)]
-pub struct ScoreDelta {
-    pub offset: i64,
-    /// A retry of an event already scored (same id, other offset) must not score again; the id
-    /// scoped to its game ([`crate::domain::GameEvent::scoped_id`]).
-    pub event_id: uuid::Uuid,
-    pub game_id: String,
-    pub player_id: String,
-    pub score: i64,
-    /// `YYYY-MM-DD` of the event's UTC day, and the Unix time its dated board expires.
-    pub day: String,
-    pub day_expires_at: i64,
-    /// `YYYY-Www` of the event's ISO week, and the Unix time its dated board expires.
-    pub week: String,
-    pub week_expires_at: i64,
-}
-
-/// Apply score deltas to Redis DB 1, skipping offsets already applied. Answers how many applied.
-#[derive(Message)]
-#[rtype(result = "Result<usize, SinkError>")]
-pub struct ApplyScores {
-    pub position: Position,
-    pub deltas: Arc<Vec<ScoreDelta>>,
-}
-
-/// Stats' PostgreSQL lane asks which of its event ids are retries of an event
-/// already seen at another offset (its Redis lane asks inside its own script). Answers the
-/// offsets of the retries, which must not be counted.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<i64>, SinkError>")]
-pub struct ClaimFirst {
-    pub position: Position,
-    /// (offset, event_id)
-    pub items: Vec<(i64, uuid::Uuid)>,
-}
-
-/// Which Redis database a role keeps its offsets in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LiveDb {
-    /// DB 0: player stats.
-    Stats,
-    /// DB 1: leaderboards.
-    Boards,
-}
-
-/// Source → sink before a partition's first record: get the role's Redis offset ready for the
-/// partition's current log (see [`super::postgres::OpenLog`]).
-#[derive(Message)]
-#[rtype(result = "Result<LogState, SinkError>")]
-pub struct OpenLog {
-    pub position: Position,
-    /// The partition's high watermark now: no offset of this log is stored beyond it.
-    pub log_end: i64,
-    pub db: LiveDb,
-}
-
-/// Read the current top N of every period of some games.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<BoardTop>, SinkError>")]
-pub struct ReadTop {
-    pub game_ids: Vec<String>,
-    pub n: usize,
-}
-
-/// The periods each game has a board for; `daily` and `weekly` are the newest day and week.
-pub const PERIODS: [&str; 3] = ["daily", "weekly", "alltime"];
-
 impl RedisSink {
     /// Runs one of the offset-guarded scripts: KEYS[1] is the partition's offset key, ARGV the
-    /// key prefix, the dedup window, the partition's claim tag, then whatever `fill` adds.
+    /// dedup window, the partition's claim tag, then whatever `fill` adds.
     fn apply_guarded<T: redis::FromRedisValue + 'static>(
         &mut self,
         pool: RedisPool,
@@ -226,11 +93,11 @@ impl RedisSink {
         position: &Position,
         fill: impl for<'a> FnOnce(&mut redis::ScriptInvocation<'a>) + 'static,
     ) -> ResponseActFuture<Self, Result<T, SinkError>> {
-        let (key, prefix) = (self.offset_key(position), self.prefix.clone());
+        let key = self.keys.offsets(position.partition_log());
         let (window, tag) = (self.dedup_window_secs, claim_tag(position));
         tracked(self, async move {
             let mut invocation = script.key(key);
-            invocation.arg(prefix.as_ref()).arg(window).arg(tag);
+            invocation.arg(window).arg(tag);
             fill(&mut invocation);
             let mut conn = pool.get().await.map_err(redis_err)?;
             invocation.invoke_async::<T>(&mut *conn).await.map_err(redis_err)
@@ -243,8 +110,10 @@ impl Handler<ApplyStats> for RedisSink {
 
     fn handle(&mut self, msg: ApplyStats, _: &mut Context<Self>) -> Self::Result {
         let (pool, script) = (self.stats.clone(), self.stats_script.clone());
-        let ids: Vec<String> = msg.deltas.iter().map(|d| self.claim_id(d.event_id)).collect();
+        let ids: Vec<String> = msg.deltas.iter().map(|d| self.claim_key(d.event_id)).collect();
+        let stats_prefix = self.keys.player_stats_prefix();
         self.apply_guarded(pool, script, &msg.position, move |inv| {
+            inv.arg(stats_prefix);
             for (d, id) in msg.deltas.iter().zip(ids) {
                 inv.arg(d.offset)
                     .arg(id)
@@ -261,14 +130,24 @@ impl Handler<ApplyScores> for RedisSink {
 
     fn handle(&mut self, msg: ApplyScores, _: &mut Context<Self>) -> Self::Result {
         let (pool, script) = (self.boards.clone(), self.scores_script.clone());
-        let (today, _, this_week, _) = crate::actors::leaderboard::periods_of(chrono::Utc::now(), 0);
-        let ids: Vec<String> = msg.deltas.iter().map(|d| self.claim_id(d.event_id)).collect();
+        let now = periods_of(chrono::Utc::now(), 0);
+        let ids: Vec<String> = msg.deltas.iter().map(|d| self.claim_key(d.event_id)).collect();
+        let bases: Vec<String> = msg
+            .deltas
+            .iter()
+            .map(|d| self.keys.board_base(&d.game_id))
+            .collect();
         self.apply_guarded(pool, script, &msg.position, move |inv| {
-            inv.arg(today).arg(this_week);
-            for (d, id) in msg.deltas.iter().zip(ids) {
+            inv.arg(now.day).arg(now.week);
+            for period in Period::ALL {
+                inv.arg(RedisKeys::period_suffix(period));
+            }
+            inv.arg(redis_keys::DATED_SEPARATOR)
+                .arg(redis_keys::CURRENT_MARKER_SUFFIX);
+            for ((d, id), base) in msg.deltas.iter().zip(ids).zip(bases) {
                 inv.arg(d.offset)
                     .arg(id)
-                    .arg(&d.game_id)
+                    .arg(base)
                     .arg(&d.player_id)
                     .arg(d.score)
                     .arg(&d.day)
@@ -280,16 +159,21 @@ impl Handler<ApplyScores> for RedisSink {
     }
 }
 
-impl Handler<OpenLog> for RedisSink {
+impl Handler<OpenLogRedis> for RedisSink {
     type Result = ResponseActFuture<Self, Result<LogState, SinkError>>;
 
-    fn handle(&mut self, msg: OpenLog, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: OpenLogRedis, _: &mut Context<Self>) -> Self::Result {
         let pool = match msg.db {
             LiveDb::Stats => self.stats.clone(),
             LiveDb::Boards => self.boards.clone(),
         };
         let p = msg.position;
-        let keys = [self.offset_key(&p), self.legacy_offset_key(&p), self.log_key(&p)];
+        let o = p.partition_log();
+        let keys = [
+            self.keys.offsets(o),
+            self.keys.legacy_offsets(o),
+            self.keys.last_log(o),
+        ];
         let script = self.open_script.clone();
         tracked(self, async move {
             let mut conn = pool.get().await.map_err(redis_err)?;
@@ -321,15 +205,15 @@ impl Handler<ClaimFirst> for RedisSink {
     type Result = ResponseActFuture<Self, Result<Vec<i64>, SinkError>>;
 
     fn handle(&mut self, msg: ClaimFirst, _: &mut Context<Self>) -> Self::Result {
-        let (pool, script, prefix) = (self.stats.clone(), self.claim_script.clone(), self.prefix.clone());
+        let (pool, script) = (self.stats.clone(), self.claim_script.clone());
         let (window, tag) = (self.dedup_window_secs, claim_tag(&msg.position));
-        let keys: Vec<String> = msg.items.iter().map(|(_, id)| self.claim_id(*id)).collect();
+        let keys: Vec<String> = msg.items.iter().map(|(_, id)| self.claim_key(*id)).collect();
         tracked(self, async move {
             if window == 0 || msg.items.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut invocation = script.arg(prefix.as_ref());
-            invocation.arg(window).arg(tag);
+            let mut invocation = script.arg(window);
+            invocation.arg(tag);
             for ((offset, _), key) in msg.items.iter().zip(keys) {
                 invocation.arg(*offset).arg(key);
             }
@@ -348,7 +232,7 @@ impl Handler<ClaimFirst> for RedisSink {
 /// is part of it because offsets repeat across logs: with the topic's name alone, an id claimed
 /// at offset 7 of a deleted topic and seen again at offset 7 of its successor would look like a
 /// replay of its first sighting and count twice. An id claimed on an earlier log is a retry on
-/// the new one, as `events` (keyed by the id alone) also says: see docs/decisions.md.
+/// the new one, as `events` also says: see docs/decisions.md.
 fn claim_tag(p: &Position) -> String {
     format!("{}:{}:", p.log, p.partition)
 }
@@ -358,21 +242,20 @@ impl Handler<ReadTop> for RedisSink {
 
     fn handle(&mut self, msg: ReadTop, _: &mut Context<Self>) -> Self::Result {
         let pool = self.boards.clone();
-        let prefix = self.prefix.clone();
+        let mut pipe = redis::pipe();
+        let stop = isize::try_from(msg.n).unwrap_or(isize::MAX) - 1;
+        for game in &msg.game_ids {
+            for period in Period::ALL {
+                pipe.zrevrange_withscores(self.keys.board(game, &Board::Current(period)), 0, stop);
+            }
+        }
         tracked(self, async move {
             let mut conn = pool.get().await.map_err(redis_err)?;
-            let stop = isize::try_from(msg.n).unwrap_or(isize::MAX) - 1;
-            let mut pipe = redis::pipe();
-            for game in &msg.game_ids {
-                for period in PERIODS {
-                    pipe.zrevrange_withscores(board_key(&prefix, game, period), 0, stop);
-                }
-            }
             let tops: Vec<Vec<(String, f64)>> = pipe.query_async(&mut *conn).await.map_err(redis_err)?;
             let mut tops = tops.into_iter();
             let mut out = Vec::new();
             for game in msg.game_ids {
-                for period in PERIODS {
+                for period in Period::ALL {
                     let entries = tops.next().unwrap_or_default();
                     out.push(BoardTop {
                         game_id: game.clone(),
@@ -387,43 +270,55 @@ impl Handler<ReadTop> for RedisSink {
     }
 }
 
-/// The Redis key of a game's current board for a period: `leaderboard:{game_id}:{period}`.
-pub fn board_key(prefix: &str, game_id: &str, period: &str) -> String {
-    format!("{prefix}leaderboard:{game_id}:{period}")
-}
-
 /// The retry check shared by every script: `first(key, offset)` is true unless the event id's
 /// claim `key` (empty: no check) was already taken by a different sighting. The claim stores
-/// where the id was first seen (`log:partition:offset`) for ARGV[2] seconds; claiming again from
+/// where the id was first seen (`log:partition:offset`) for ARGV[1] seconds; claiming again from
 /// the same place (a replay after a crash) still answers true, so a replayed first sighting is
 /// counted exactly once by the offset guard. Every later sighting renews the window, so a lane
 /// that asks later (the stats PostgreSQL lane after a restart) still finds the claim the others
-/// relied on. ARGV[3] is the partition's claim tag, `log:partition:`.
+/// relied on. ARGV[2] is the partition's claim tag, `log:partition:`.
 macro_rules! claim_fn {
     () => {
         r#"
 local function first(key, off)
   if key == '' then return true end
-  local pos = ARGV[3] .. off
-  local prev = redis.call('SET', key, pos, 'NX', 'GET', 'EX', ARGV[2])
+  local pos = ARGV[2] .. off
+  local prev = redis.call('SET', key, pos, 'NX', 'GET', 'EX', ARGV[1])
   if not prev then return true end
-  redis.call('EXPIRE', key, ARGV[2])
+  redis.call('EXPIRE', key, ARGV[1])
   return prev == pos
 end
 "#
     };
 }
 
-/// ARGV: prefix, window, claim tag, then per event: offset, claim key, player_id, event_type,
-/// timestamp.
-/// Answers {counted, first offset checked, retry offsets...}: the stats PostgreSQL lane reuses
-/// these answers instead of asking again.
+/// The offset guard around a guarded script's loop: `applied` is where the partition stands,
+/// a record at or above it is new, `nxt` is where it will stand; KEYS[1] is its offset key.
+macro_rules! guard_open {
+    () => {
+        r#"
+local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
+local nxt, n = applied, 0
+"#
+    };
+}
+
+/// Moves the partition's offset past the records the loop saw (see `guard_open!`).
+macro_rules! guard_close {
+    () => {
+        r#"
+if nxt > applied then redis.call('SET', KEYS[1], nxt) end
+"#
+    };
+}
+
+/// ARGV: window, claim tag, the stats key prefix, then per event: offset, claim key, player_id,
+/// event_type, timestamp. Answers {counted, first offset checked, retry offsets...}: the stats
+/// PostgreSQL lane reuses these answers instead of asking again.
 const STATS_LUA: &str = concat!(
     claim_fn!(),
+    guard_open!(),
     r#"
-local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
-local prefix = ARGV[1]
-local nxt, n = applied, 0
 local out = { 0, applied }
 for i = 4, #ARGV, 5 do
   local off = tonumber(ARGV[i])
@@ -431,7 +326,7 @@ for i = 4, #ARGV, 5 do
     if not first(ARGV[i + 1], ARGV[i]) then
       out[#out + 1] = off
     else
-      local key = prefix .. 'player_stats:' .. ARGV[i + 2]
+      local key = ARGV[3] .. ARGV[i + 2]
       redis.call('HINCRBY', key, 'total_events', 1)
       redis.call('HINCRBY', key, 'event_' .. ARGV[i + 3], 1)
       local last = redis.call('HGET', key, 'last_event')
@@ -441,7 +336,9 @@ for i = 4, #ARGV, 5 do
     if off + 1 > nxt then nxt = off + 1 end
   end
 end
-if nxt > applied then redis.call('SET', KEYS[1], nxt) end
+"#,
+    guard_close!(),
+    r#"
 out[1] = n
 return out
 "#
@@ -468,49 +365,47 @@ if legacy then return { 'new', 0, 'from before topic ids', tonumber(legacy) } en
 return { 'new', 0, '', 0 }
 "#;
 
-/// ARGV: prefix (unused), window, claim tag, then per event: offset, claim key. Returns the
-/// retries' offsets.
+/// ARGV: window, claim tag, then per event: offset, claim key. Returns the retries' offsets.
 const CLAIM_LUA: &str = concat!(
     claim_fn!(),
     r#"
 local retries = {}
-for i = 4, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   if not first(ARGV[i + 1], ARGV[i]) then retries[#retries + 1] = tonumber(ARGV[i]) end
 end
 return retries
 "#
 );
 
-/// ARGV: prefix, window, claim tag, the server's current day and ISO week, then per event:
-/// offset, claim key, game, player, score, day, week, day expiry, week expiry. The dated boards (`…:daily:2024-01-15`) keep past
-/// periods until their retention ends; `…:daily` is the board of the newest day seen that is not
-/// ahead of the server's clock (a client clock running fast must not end today early). When it
-/// moves to a newer day it starts as that day's dated board, which already holds this event and
-/// any that arrived early; a dated board already past retention is gone, so then it starts with
-/// this event alone.
+/// ARGV: window, claim tag, the server's current day and ISO week, the board key suffixes of
+/// daily, weekly and alltime, the dated-board separator and the current-marker suffix, then per
+/// event: offset, claim key, the game's board base key, player, score, day, week, day expiry,
+/// week expiry. The dated boards (`…:daily:2024-01-15`) keep past periods until their retention
+/// ends; `…:daily` is the board of the newest day seen that is not ahead of the server's clock
+/// (a client clock running fast must not end today early). When it moves to a newer day it
+/// starts as that day's dated board, which already holds this event and any that arrived early;
+/// a dated board already past retention is gone, so then it starts with this event alone.
 const SCORES_LUA: &str = concat!(
     claim_fn!(),
+    guard_open!(),
     r#"
-local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
-local prefix = ARGV[1]
-local server = { daily = ARGV[4], weekly = ARGV[5] }
-local nxt, n = applied, 0
-for i = 6, #ARGV, 9 do
+local server = { ARGV[3], ARGV[4] }
+local suffix = { ARGV[5], ARGV[6] }
+local alltime, sep, marker_suffix = ARGV[7], ARGV[8], ARGV[9]
+for i = 10, #ARGV, 9 do
   local off = tonumber(ARGV[i])
   if off >= applied and first(ARGV[i + 1], ARGV[i]) then
-    local j = i + 1
-    local base = prefix .. 'leaderboard:' .. ARGV[j + 1]
-    local player, score = ARGV[j + 2], ARGV[j + 3]
-    redis.call('ZINCRBY', base .. ':alltime', score, player)
-    local periods = { { 'daily', ARGV[j + 4], ARGV[j + 6] }, { 'weekly', ARGV[j + 5], ARGV[j + 7] } }
-    for _, p in ipairs(periods) do
-      local current, stamp, expires = base .. ':' .. p[1], p[2], p[3]
-      local dated = current .. ':' .. stamp
+    local base, player, score = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    redis.call('ZINCRBY', base .. alltime, score, player)
+    local periods = { { ARGV[i + 5], ARGV[i + 7] }, { ARGV[i + 6], ARGV[i + 8] } }
+    for k, p in ipairs(periods) do
+      local current, stamp, expires = base .. suffix[k], p[1], p[2]
+      local dated = current .. sep .. stamp
       redis.call('ZINCRBY', dated, score, player)
       redis.call('EXPIREAT', dated, expires)
-      local marker = current .. ':current'
+      local marker = current .. marker_suffix
       local cur = redis.call('GET', marker)
-      if stamp <= server[p[1]] and ((not cur) or stamp > cur) then
+      if stamp <= server[k] and ((not cur) or stamp > cur) then
         redis.call('SET', marker, stamp)
         if redis.call('EXISTS', dated) == 1 then
           redis.call('ZUNIONSTORE', current, 1, dated)
@@ -526,7 +421,9 @@ for i = 6, #ARGV, 9 do
   end
   if off >= applied and off + 1 > nxt then nxt = off + 1 end
 end
-if nxt > applied then redis.call('SET', KEYS[1], nxt) end
+"#,
+    guard_close!(),
+    r#"
 return n
 "#
 );
