@@ -14,7 +14,7 @@ use gamemetrics::config::ConsumerConfig;
 use gamemetrics::domain::leaderboard::{BoardTop, Period};
 use gamemetrics::domain::IngestRequest;
 use gamemetrics::metrics::Metrics;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -245,6 +245,22 @@ fn start_stats_with(
     .start()
 }
 
+/// Sends events at `offsets` (of type `ty`, in `game`) to a role actor in order, then lets `wait`
+/// of paused time pass for its timers and sink round trips.
+async fn feed<A>(
+    actor: &Addr<A>,
+    offsets: std::ops::Range<i64>,
+    (ty, game, data): (&str, &str, Value),
+    wait: Duration,
+) where
+    A: Actor<Context = Context<A>> + Handler<Consumed>,
+{
+    for o in offsets {
+        actor.send(event(o, ty, game, data.clone())).await.unwrap();
+    }
+    settle(wait).await;
+}
+
 /// Lets timers due by now fire and their sink round trips finish.
 async fn settle(d: Duration) {
     tokio::time::sleep(d).await;
@@ -262,13 +278,13 @@ async fn stats_upserts_player_statistics_at_the_100th_event_not_before() {
     let applied = Log::default();
     let source = Source(applied.clone()).start();
     let stats = start_stats(sinks, source);
-    for o in 0..99 {
-        stats
-            .send(event(o, "session_start", "g", json!({})))
-            .await
-            .unwrap();
-    }
-    settle(Duration::from_secs(1)).await;
+    feed(
+        &stats,
+        0..99,
+        ("session_start", "g", json!({})),
+        Duration::from_secs(1),
+    )
+    .await;
     assert!(pg_log.all().is_empty(), "99 events and 1 s: no upsert yet");
     assert_eq!(
         redis_log.all().concat(),
@@ -281,11 +297,13 @@ async fn stats_upserts_player_statistics_at_the_100th_event_not_before() {
         applied.all()
     );
 
-    stats
-        .send(event(99, "session_start", "g", json!({})))
-        .await
-        .unwrap();
-    settle(Duration::from_millis(50)).await;
+    feed(
+        &stats,
+        99..100,
+        ("session_start", "g", json!({})),
+        Duration::from_millis(50),
+    )
+    .await;
     assert_eq!(pg_log.all(), vec![(0..100).collect::<Vec<_>>()]);
     assert_eq!(applied.all().last(), Some(&100));
 }
@@ -336,13 +354,13 @@ async fn the_postgres_lane_waits_for_redis_only_when_retries_are_deduplicated() 
         config.dedup_window_secs = window;
         let settings = RoleSettings::new(&config, Metrics::new().expect("metrics"), Role::Stats);
         let stats = start_stats_with(sinks.start(), Source(Log::default()).start(), settings);
-        for o in 0..100 {
-            stats
-                .send(event(o, "session_start", "g", json!({})))
-                .await
-                .unwrap();
-        }
-        settle(Duration::from_secs(2)).await;
+        feed(
+            &stats,
+            0..100,
+            ("session_start", "g", json!({})),
+            Duration::from_secs(2),
+        )
+        .await;
         if window == 0 {
             assert_eq!(
                 pg_log.all().concat().len(),
@@ -369,13 +387,13 @@ async fn stats_upserts_after_30_seconds_when_fewer_than_100_arrive() {
     let sinks = sinks.start();
     let source = Source(Log::default()).start();
     let stats = start_stats(sinks, source);
-    for o in 0..5 {
-        stats
-            .send(event(o, "session_start", "g", json!({})))
-            .await
-            .unwrap();
-    }
-    settle(Duration::from_millis(29_900)).await;
+    feed(
+        &stats,
+        0..5,
+        ("session_start", "g", json!({})),
+        Duration::from_millis(29_900),
+    )
+    .await;
     assert!(pg_log.all().is_empty(), "not before 30 s");
     settle(Duration::from_millis(200)).await;
     assert_eq!(pg_log.all(), vec![vec![0, 1, 2, 3, 4]]);
@@ -433,19 +451,10 @@ async fn back_to_back_batches_of_50_are_written_no_closer_than_the_gap() {
     let sinks = sinks.start();
     let source = Source(Log::default()).start();
     let lb = start_leaderboard(sinks, source);
-    for o in 0..50 {
-        lb.send(event(o, "player_score", "g1", json!({"score": 1})))
-            .await
-            .unwrap();
-    }
-    settle(Duration::from_millis(20)).await;
+    let score = |game| ("player_score", game, json!({"score": 1}));
+    feed(&lb, 0..50, score("g1"), Duration::from_millis(20)).await;
     assert_eq!(boards.all().len(), 1, "the first 50 are written at once");
-    for o in 50..100 {
-        lb.send(event(o, "player_score", "g2", json!({"score": 1})))
-            .await
-            .unwrap();
-    }
-    settle(Duration::from_millis(40)).await;
+    feed(&lb, 50..100, score("g2"), Duration::from_millis(40)).await;
     assert_eq!(
         boards.all().len(),
         1,
@@ -484,13 +493,13 @@ async fn a_failed_write_is_retried_with_the_same_batch_and_only_then_reported() 
     let applied = Log::default();
     let source = Source(applied.clone()).start();
     let logger = start_logger(sinks.recipient(), source);
-    for o in 10..13 {
-        logger
-            .send(event(o, "session_start", "g", json!({})))
-            .await
-            .unwrap();
-    }
-    settle(Duration::from_millis(20)).await;
+    feed(
+        &logger,
+        10..13,
+        ("session_start", "g", json!({})),
+        Duration::from_millis(20),
+    )
+    .await;
     assert_eq!(attempts.all(), vec![vec![10, 11, 12]]);
     assert!(applied.all().is_empty(), "a failed write reports nothing");
     settle(Duration::from_secs(2)).await;
@@ -546,13 +555,13 @@ async fn a_crashed_sink_is_restarted_and_the_batch_it_held_is_written() {
     let applied = Log::default();
     let source = Source(applied.clone()).start();
     let logger = start_logger(sink.recipient(), source);
-    for o in 0..4 {
-        logger
-            .send(event(o, "session_start", "g", json!({})))
-            .await
-            .unwrap();
-    }
-    settle(Duration::from_secs(2)).await;
+    feed(
+        &logger,
+        0..4,
+        ("session_start", "g", json!({})),
+        Duration::from_secs(2),
+    )
+    .await;
     assert_eq!(
         starts.load(Ordering::SeqCst),
         2,

@@ -10,24 +10,10 @@
 mod helpers;
 
 use serde_json::{json, Value};
-use std::process::Command;
 use std::time::Duration;
 
 fn kafka(args: &[&str]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka");
-    let status = Command::new(script)
-        .args(args)
-        .status()
-        .expect("run scripts/kafka");
-    assert!(status.success(), "scripts/kafka {args:?} failed");
-}
-
-/// Restarts the broker even if an assertion fails while it is down, so later runs find it up.
-struct RestartOnDrop;
-impl Drop for RestartOnDrop {
-    fn drop(&mut self) {
-        kafka(&["start"]);
-    }
+    helpers::run_script("kafka", args, &[]);
 }
 
 #[tokio::test]
@@ -36,7 +22,7 @@ async fn a_broker_outage_gives_503_and_the_api_recovers_when_it_returns() {
     let ev = |p: &str| json!({"event_type":"player_score","player_id":p,"game_id":"g","data":{"score":1}});
     assert_eq!(app.post_event(&ev("before")).await.status(), 200);
 
-    let guard = RestartOnDrop;
+    let guard = helpers::OnDrop::run("kafka", &["start"]);
     kafka(&["stop"]);
     let res = app.post_event(&ev("during")).await;
     assert_eq!(res.status(), 503);

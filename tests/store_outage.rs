@@ -15,24 +15,10 @@ use gamemetrics::actors::Role;
 use helpers::*;
 use model::{assert_state, count, events, Model};
 use serde_json::Value;
-use std::process::Command;
 use std::time::Duration;
 
 fn services(args: &[&str]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services");
-    let status = Command::new(script)
-        .args(args)
-        .status()
-        .expect("run scripts/services");
-    assert!(status.success(), "scripts/services {args:?} failed");
-}
-
-/// Brings both stores back even if an assertion fails while one is down.
-struct RestartOnDrop;
-impl Drop for RestartOnDrop {
-    fn drop(&mut self) {
-        services(&["start"]);
-    }
+    run_script("services", args, &[]);
 }
 
 #[actix_web::test]
@@ -69,7 +55,7 @@ async fn postgres_and_redis_outages_delay_but_never_lose_or_dead_letter() {
     })
     .await;
 
-    let guard = RestartOnDrop;
+    let guard = OnDrop::run("services", &["start"]);
     services(&["kill", "redis"]);
     accepted.extend(post(&evs[200..400]).await);
     tokio::time::sleep(Duration::from_secs(3)).await;

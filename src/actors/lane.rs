@@ -4,6 +4,9 @@
 //! sink in offset order (the sinks' offset guards depend on it). A failed batch stays in flight
 //! and is sent again, unchanged, after a backoff: it is never dropped.
 
+use super::messages::SinkError;
+use actix::prelude::*;
+use futures::future::LocalBoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -95,21 +98,131 @@ impl<T> Lane<T> {
     }
 }
 
-/// Offset bookkeeping every role actor shares: what it has seen and reported as applied.
+/// Offset bookkeeping every role actor shares: what it has seen and reported as applied, and
+/// whether it was asked to drain.
 #[derive(Debug, Default)]
 pub struct Watermarks {
     pub seen_next: i64,
     pub reported_next: i64,
+    /// Set by `FlushAll` (shutdown, tests): write whatever is pending as soon as a sink is free
+    /// instead of waiting for batch sizes and timers. Ends once everything seen then is durable,
+    /// so a drained actor goes back to batching as production runs it.
+    drain_until: Option<i64>,
 }
 
 impl Watermarks {
     /// The durable offset given the lanes' lowest unapplied offsets; reports it when it moved.
     pub fn advance(&mut self, lowest: impl IntoIterator<Item = Option<i64>>) -> Option<i64> {
         let durable = lowest.into_iter().flatten().min().unwrap_or(self.seen_next);
+        if self.drain_until.is_some_and(|until| durable >= until) {
+            self.drain_until = None;
+        }
         (durable > self.reported_next).then(|| {
             self.reported_next = durable;
             durable
         })
+    }
+
+    /// Drains everything seen so far.
+    pub fn drain(&mut self) {
+        self.drain_until = (self.seen_next > self.reported_next).then_some(self.seen_next);
+    }
+
+    /// True while draining.
+    pub fn draining(&self) -> bool {
+        self.drain_until.is_some()
+    }
+
+    /// The answer to [`GetProgress`](super::messages::GetProgress).
+    pub fn progress(&self) -> super::messages::Progress {
+        super::messages::Progress {
+            applied_next: self.reported_next,
+            seen_next: self.seen_next,
+        }
+    }
+}
+
+/// A role actor, as [`flush_lane`] needs it.
+pub trait RoleActor: Actor<Context = Context<Self>> {
+    /// The longest backoff after a failed write (SINK_RETRY_MAX_MS).
+    fn retry_max(&self) -> Duration;
+    /// The partition, for logs.
+    fn partition(&self) -> i32;
+}
+
+/// Writing one batch: what a lane's write answers, once durable.
+pub type Write<R> = LocalBoxFuture<'static, Result<R, SinkError>>;
+
+/// What follows a durable batch: the actor, the batch, the write's answer, when it started.
+pub type Done<A, T, R> = fn(&mut A, Arc<Vec<T>>, R, std::time::Instant, &mut Context<A>);
+
+/// One lane of a role actor: where it lives, how a batch is written, what follows.
+pub struct LaneOps<A: Actor<Context = Context<A>>, T, R> {
+    /// What the lane writes, for logs.
+    pub what: &'static str,
+    pub lane: fn(&mut A) -> &mut Lane<T>,
+    /// Starts writing a batch (and takes what it needs from the actor first).
+    pub write: fn(&mut A, Arc<Vec<T>>) -> Write<R>,
+    /// The batch is durable and the lane knows it; `Instant` is when the write started.
+    pub done: Done<A, T, R>,
+    /// The lane's flush entry point, called again after a failed write's backoff.
+    pub again: fn(&mut A, &mut Context<A>),
+}
+
+/// Sends the lane's next batch (the failed one again, or what is pending): on success the lane
+/// forgets it and `done` runs, in the same callback; on failure it stays in the lane and `again`
+/// runs after the lane's backoff. Nothing while a batch is in flight or backing off.
+pub fn flush_lane<A: RoleActor, T: 'static, R: 'static>(
+    act: &mut A,
+    ctx: &mut Context<A>,
+    ops: &'static LaneOps<A, T, R>,
+) {
+    if let Some(batch) = (ops.lane)(act).take() {
+        send_taken(act, ctx, ops, batch);
+    }
+}
+
+/// [`flush_lane`] for a batch already taken from the lane (and held back for a while).
+pub fn send_taken<A: RoleActor, T: 'static, R: 'static>(
+    act: &mut A,
+    ctx: &mut Context<A>,
+    ops: &'static LaneOps<A, T, R>,
+    batch: Arc<Vec<T>>,
+) {
+    let started = std::time::Instant::now();
+    let write = (ops.write)(act, batch.clone());
+    ctx.spawn(write.into_actor(act).map(move |res, act, ctx| match res {
+        Ok(r) => {
+            (ops.lane)(act).succeeded();
+            (ops.done)(act, batch, r, started, ctx);
+        }
+        Err(e) => {
+            let max = act.retry_max();
+            let wait = (ops.lane)(act).failed(max);
+            tracing::warn!(error = %e, retry_in = ?wait, partition = act.partition(), lane = ops.what, "batch not written; it will be retried");
+            ctx.run_later(wait, move |act, ctx| (ops.again)(act, ctx));
+        }
+    }));
+}
+
+/// After a record joined a live lane: flush now if `pending` reached `cap`, else make sure a
+/// LIVE_FLUSH_MS timer is armed (unless a batch is in flight, whose end flushes again).
+pub fn flush_or_arm<A: RoleActor>(
+    act: &mut A,
+    ctx: &mut Context<A>,
+    (pending, cap, sending): (usize, usize, bool),
+    window: Duration,
+    timer: fn(&mut A) -> &mut Option<SpawnHandle>,
+    flush: fn(&mut A, &mut Context<A>),
+) {
+    if pending >= cap {
+        flush(act, ctx);
+    } else if timer(act).is_none() && !sending {
+        let handle = ctx.run_later(window, move |act, ctx| {
+            *timer(act) = None;
+            flush(act, ctx);
+        });
+        *timer(act) = Some(handle);
     }
 }
 
@@ -151,11 +264,29 @@ mod tests {
     fn watermarks_report_the_lowest_unapplied_offset_once() {
         let mut w = Watermarks {
             seen_next: 20,
-            reported_next: 0,
+            ..Watermarks::default()
         };
         assert_eq!(w.advance([Some(12), None]), Some(12));
         assert_eq!(w.advance([Some(12)]), None);
         assert_eq!(w.advance([None, None]), Some(20));
+    }
+
+    #[test]
+    fn draining_ends_once_what_was_seen_is_durable() {
+        let mut w = Watermarks {
+            seen_next: 10,
+            ..Watermarks::default()
+        };
+        w.drain();
+        assert!(w.draining());
+        w.advance([Some(5)]);
+        assert!(w.draining());
+        w.seen_next = 12;
+        w.advance([Some(11)]);
+        assert!(!w.draining(), "everything seen when asked is durable");
+        w.drain();
+        w.advance([None]);
+        assert!(!w.draining());
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,9 +10,8 @@
 //! The score is `data.score`, an integer from 0 to 1,000,000,000. A scoring event without one, or
 //! with anything else, can never score: it goes to the DLQ as `leaderboard-manager`.
 
-use super::lane::{Lane, Watermarks};
+use super::lane::{flush_lane, flush_or_arm, Lane, LaneOps, RoleActor, Watermarks};
 use super::messages::*;
-use super::sinks::SinkError;
 use super::RoleSettings;
 use crate::domain::leaderboard::{periods_of, score_of};
 use actix::prelude::*;
@@ -45,8 +44,70 @@ pub struct Leaderboard {
     board_timer: Option<SpawnHandle>,
     /// When the last board write started, for LEADERBOARD_MIN_FLUSH_GAP_MS.
     last_board_flush: Option<Instant>,
-    draining: bool,
 }
+
+/// Scores to Redis DB 1, within LIVE_FLUSH_MS.
+const SCORES: LaneOps<Leaderboard, ScoreDelta, usize> = LaneOps {
+    what: "scores to Redis",
+    lane: |act| &mut act.scores,
+    write: |act, deltas| {
+        let write = act.scores_sink.send(ApplyScores {
+            position: act.position.clone(),
+            deltas,
+        });
+        Box::pin(async move { write.await? })
+    },
+    done: |act, deltas, applied, started, ctx| {
+        act.settings
+            .observe_flush("redis", started, deltas.len(), applied);
+        // The scores lane forgot these offsets in this same callback: they move to the boards
+        // lane without a moment in which neither holds them.
+        for d in deltas.iter() {
+            act.boards.push(d.offset, BoardWork::Touched(d.game_id.clone()));
+        }
+        act.scored_since_flush += deltas.len();
+        act.after_board_work(ctx);
+        act.flush_scores(ctx);
+    },
+    again: |act, ctx| act.flush_scores(ctx),
+};
+
+/// The top N of touched boards, and dead letters, to PostgreSQL.
+const BOARDS: LaneOps<Leaderboard, BoardWork, ()> = LaneOps {
+    what: "leaderboards to PostgreSQL",
+    lane: |act| &mut act.boards,
+    write: |act, work| {
+        act.scored_since_flush = 0;
+        act.last_board_flush = Some(Instant::now());
+        let mut games = BTreeSet::new();
+        let mut dlq = Vec::new();
+        for w in work.iter() {
+            match w {
+                BoardWork::Touched(g) => {
+                    games.insert(g.clone());
+                }
+                BoardWork::Dead(d) => dlq.push(d.clone()),
+            }
+        }
+        let write = act.pg.send(WriteBoards {
+            position: act.position.clone(),
+            game_ids: games.into_iter().collect(),
+            n: act.settings.config.leaderboard_top_n,
+            reader: act.top_sink.clone(),
+            dlq,
+        });
+        Box::pin(async move { write.await? })
+    },
+    done: |act, work, (), started, ctx| {
+        act.settings
+            .observe_flush("postgres", started, work.len(), work.len());
+        act.report();
+        if act.boards.pending_len() > 0 {
+            act.after_board_work(ctx);
+        }
+    },
+    again: |act, ctx| act.flush_boards(ctx),
+};
 
 impl Leaderboard {
     /// A leaderboard manager for `position`, reporting durable offsets to `source`.
@@ -72,7 +133,6 @@ impl Leaderboard {
             live_timer: None,
             board_timer: None,
             last_board_flush: None,
-            draining: false,
         }
     }
 
@@ -80,44 +140,19 @@ impl Leaderboard {
         if let Some(t) = self.live_timer.take() {
             ctx.cancel_future(t);
         }
-        let Some(deltas) = self.scores.take() else { return };
-        let (started, size) = (Instant::now(), deltas.len());
-        let write = self.scores_sink.send(ApplyScores {
-            position: self.position.clone(),
-            deltas: deltas.clone(),
-        });
-        ctx.spawn(write.into_actor(self).map(move |res, act, ctx| {
-            match res.map_err(SinkError::from).and_then(|r| r) {
-                Ok(applied) => {
-                    act.settings.observe_flush("redis", started, size, applied);
-                    // Same callback, no await in between: the offsets move from one lane to the
-                    // other without a moment in which neither holds them.
-                    act.scores.succeeded();
-                    for d in deltas.iter() {
-                        act.boards.push(d.offset, BoardWork::Touched(d.game_id.clone()));
-                    }
-                    act.scored_since_flush += size;
-                    act.after_board_work(ctx);
-                    act.flush_scores(ctx);
-                }
-                Err(e) => {
-                    let wait = act.scores.failed(act.settings.retry_max);
-                    tracing::warn!(error = %e, retry_in = ?wait, "scores not applied to Redis");
-                    ctx.run_later(wait, |act, ctx| act.flush_scores(ctx));
-                }
-            }
-        }));
+        flush_lane(self, ctx, &SCORES);
     }
 
     fn after_board_work(&mut self, ctx: &mut Context<Self>) {
         let config = &self.settings.config;
         let gap = Duration::from_millis(config.leaderboard_min_flush_gap_ms);
         let since_last = self.last_board_flush.map_or(gap, |t| t.elapsed());
-        let due_now = self.draining || self.scored_since_flush >= config.leaderboard_flush_events;
+        let draining = self.marks.draining();
+        let due_now = draining || self.scored_since_flush >= config.leaderboard_flush_events;
         if due_now {
             // Every 50 scoring events, but not more often than the gap allows: under load a
             // flush per 50 events would rewrite thousands of top-N rows per second.
-            let wait = if self.draining {
+            let wait = if draining {
                 Duration::ZERO
             } else {
                 gap.saturating_sub(since_last)
@@ -146,52 +181,7 @@ impl Leaderboard {
         if let Some(t) = self.board_timer.take() {
             ctx.cancel_future(t);
         }
-        let Some(work) = self.boards.take() else { return };
-        self.scored_since_flush = 0;
-        self.last_board_flush = Some(Instant::now());
-        let mut games = BTreeSet::new();
-        let mut dlq = Vec::new();
-        for w in work.iter() {
-            match w {
-                BoardWork::Touched(g) => {
-                    games.insert(g.clone());
-                }
-                BoardWork::Dead(d) => dlq.push(d.clone()),
-            }
-        }
-        let (redis, pg, position) = (self.top_sink.clone(), self.pg.clone(), self.position.clone());
-        let n = self.settings.config.leaderboard_top_n;
-        let started = Instant::now();
-        let size = work.len();
-        let write = async move {
-            pg.send(WriteBoards {
-                position,
-                game_ids: games.into_iter().collect(),
-                n,
-                reader: redis,
-                dlq,
-            })
-            .await?
-        };
-        ctx.spawn(
-            write
-                .into_actor(self)
-                .map(move |res: Result<(), SinkError>, act, ctx| match res {
-                    Ok(()) => {
-                        act.settings.observe_flush("postgres", started, size, size);
-                        act.boards.succeeded();
-                        act.report();
-                        if act.boards.pending_len() > 0 {
-                            act.after_board_work(ctx);
-                        }
-                    }
-                    Err(e) => {
-                        let wait = act.boards.failed(act.settings.retry_max);
-                        tracing::warn!(error = %e, retry_in = ?wait, "leaderboards not written");
-                        ctx.run_later(wait, |act, ctx| act.flush_boards(ctx));
-                    }
-                }),
-        );
+        flush_lane(self, ctx, &BOARDS);
     }
 
     fn report(&mut self) {
@@ -204,6 +194,15 @@ impl Leaderboard {
                 next_offset: next,
             });
         }
+    }
+}
+
+impl RoleActor for Leaderboard {
+    fn retry_max(&self) -> Duration {
+        self.settings.retry_max
+    }
+    fn partition(&self) -> i32 {
+        self.position.partition
     }
 }
 
@@ -242,14 +241,19 @@ impl Handler<Consumed> for Leaderboard {
                         week_expires_at: periods.week_expires_at,
                     },
                 );
-                if self.scores.pending_len() >= self.settings.config.logger_flush_events {
-                    self.flush_scores(ctx);
-                } else if self.live_timer.is_none() && !self.scores.is_sending() {
-                    self.live_timer = Some(ctx.run_later(self.settings.live_flush(), |act, ctx| {
-                        act.live_timer = None;
-                        act.flush_scores(ctx);
-                    }));
-                }
+                let state = (
+                    self.scores.pending_len(),
+                    self.settings.config.logger_flush_events,
+                    self.scores.is_sending(),
+                );
+                flush_or_arm(
+                    self,
+                    ctx,
+                    state,
+                    self.settings.live_flush(),
+                    |a| &mut a.live_timer,
+                    Self::flush_scores,
+                );
             }
             Err(reason) => {
                 self.settings
@@ -276,7 +280,7 @@ impl Handler<Consumed> for Leaderboard {
 impl Handler<FlushAll> for Leaderboard {
     type Result = ();
     fn handle(&mut self, _: FlushAll, ctx: &mut Context<Self>) {
-        self.draining = true;
+        self.marks.drain();
         self.flush_scores(ctx);
         self.flush_boards(ctx);
     }
@@ -285,9 +289,6 @@ impl Handler<FlushAll> for Leaderboard {
 impl Handler<GetProgress> for Leaderboard {
     type Result = Progress;
     fn handle(&mut self, _: GetProgress, _: &mut Context<Self>) -> Progress {
-        Progress {
-            applied_next: self.marks.reported_next,
-            seen_next: self.marks.seen_next,
-        }
+        self.marks.progress()
     }
 }

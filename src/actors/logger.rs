@@ -3,9 +3,8 @@
 //! Batches of up to LOGGER_FLUSH_EVENTS, or whatever arrived within LIVE_FLUSH_MS, go to the
 //! PostgreSQL sink in one transaction with the partition's offset.
 
-use super::lane::{Lane, Watermarks};
+use super::lane::{flush_lane, flush_or_arm, Lane, LaneOps, RoleActor, Watermarks};
 use super::messages::*;
-use super::sinks::SinkError;
 use super::RoleSettings;
 use actix::prelude::*;
 
@@ -20,6 +19,31 @@ pub struct Logger {
     /// Armed while a micro-batch waits for LIVE_FLUSH_MS.
     timer: Option<SpawnHandle>,
 }
+
+/// Records to `events` and `dlq`.
+const EVENTS: LaneOps<Logger, Record, usize> = LaneOps {
+    what: "events",
+    lane: |act| &mut act.lane,
+    write: |act, records| {
+        let write = act.pg.send(WriteEvents {
+            position: act.position.clone(),
+            records,
+        });
+        Box::pin(async move { write.await? })
+    },
+    done: |act, records, applied, started, ctx| {
+        act.settings
+            .observe_flush("postgres", started, records.len(), applied);
+        act.settings
+            .observe_latency(records.iter().filter_map(|r| match &r.payload {
+                Payload::Event(e) => Some(e.ingested_at),
+                Payload::Poison { .. } => None,
+            }));
+        act.report();
+        act.flush(ctx);
+    },
+    again: |act, ctx| act.flush(ctx),
+};
 
 impl Logger {
     /// A logger for `position`, reporting durable offsets to `source`.
@@ -44,32 +68,7 @@ impl Logger {
         if let Some(t) = self.timer.take() {
             ctx.cancel_future(t);
         }
-        let Some(records) = self.lane.take() else { return };
-        let started = std::time::Instant::now();
-        let size = records.len();
-        let write = self.pg.send(WriteEvents {
-            position: self.position.clone(),
-            records: records.clone(),
-        });
-        ctx.spawn(write.into_actor(self).map(move |res, act, ctx| {
-            match res.map_err(SinkError::from).and_then(|r| r) {
-                Ok(applied) => {
-                    act.settings.observe_flush("postgres", started, size, applied);
-                    act.settings.observe_latency(records.iter().filter_map(|r| match &r.payload {
-                        Payload::Event(e) => Some(e.ingested_at),
-                        Payload::Poison { .. } => None,
-                    }));
-                    act.lane.succeeded();
-                    act.report();
-                    act.flush(ctx);
-                }
-                Err(e) => {
-                    let wait = act.lane.failed(act.settings.retry_max);
-                    tracing::warn!(error = %e, retry_in = ?wait, partition = act.position.partition, "logger batch not written");
-                    ctx.run_later(wait, |act, ctx| act.flush(ctx));
-                }
-            }
-        }));
+        flush_lane(self, ctx, &EVENTS);
     }
 
     fn report(&mut self) {
@@ -79,6 +78,15 @@ impl Logger {
                 next_offset: next,
             });
         }
+    }
+}
+
+impl RoleActor for Logger {
+    fn retry_max(&self) -> std::time::Duration {
+        self.settings.retry_max
+    }
+    fn partition(&self) -> i32 {
+        self.position.partition
     }
 }
 
@@ -101,20 +109,26 @@ impl Handler<Consumed> for Logger {
         }
         self.lane.push(offset, msg.record);
         self.marks.seen_next = offset + 1;
-        if self.lane.pending_len() >= self.settings.config.logger_flush_events {
-            self.flush(ctx);
-        } else if self.timer.is_none() && !self.lane.is_sending() {
-            self.timer = Some(ctx.run_later(self.settings.live_flush(), |act, ctx| {
-                act.timer = None;
-                act.flush(ctx);
-            }));
-        }
+        let state = (
+            self.lane.pending_len(),
+            self.settings.config.logger_flush_events,
+            self.lane.is_sending(),
+        );
+        flush_or_arm(
+            self,
+            ctx,
+            state,
+            self.settings.live_flush(),
+            |a| &mut a.timer,
+            Self::flush,
+        );
     }
 }
 
 impl Handler<FlushAll> for Logger {
     type Result = ();
     fn handle(&mut self, _: FlushAll, ctx: &mut Context<Self>) {
+        self.marks.drain();
         self.flush(ctx);
     }
 }
@@ -122,9 +136,6 @@ impl Handler<FlushAll> for Logger {
 impl Handler<GetProgress> for Logger {
     type Result = Progress;
     fn handle(&mut self, _: GetProgress, _: &mut Context<Self>) -> Progress {
-        Progress {
-            applied_next: self.marks.reported_next,
-            seen_next: self.marks.seen_next,
-        }
+        self.marks.progress()
     }
 }

@@ -4,15 +4,14 @@
 //! the batch lane holds STATS_FLUSH_EVENTS events or STATS_FLUSH_INTERVAL_MS, whichever comes
 //! first, then becomes one upsert. The partition's durable offset is the lower of the two.
 
-use super::lane::{Lane, Watermarks};
+use super::lane::{flush_lane, flush_or_arm, send_taken, Lane, LaneOps, RoleActor, Watermarks};
 use super::messages::*;
-use super::sinks::SinkError;
 use super::RoleSettings;
 use actix::prelude::*;
 use chrono::SecondsFormat;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The stats-aggregator role for one partition.
 pub struct StatsBuffer {
@@ -30,14 +29,92 @@ pub struct StatsBuffer {
     checked: BTreeMap<i64, bool>,
     /// One past the newest offset the live lane has written (and so answered for).
     live_done_next: i64,
-    /// A batch waiting for the live lane to answer for its newest records.
+    /// A batch taken from the batch lane, waiting for the live lane to answer for its newest
+    /// records (at most LIVE_FLUSH_MS away).
     parked: Option<Arc<Vec<StatRow>>>,
     marks: Watermarks,
     live_timer: Option<SpawnHandle>,
     batch_timer: Option<SpawnHandle>,
-    /// Set by `FlushAll`: flush whatever is pending as soon as the sink is free.
-    draining: bool,
 }
+
+/// Counts to Redis DB 0, within LIVE_FLUSH_MS.
+const LIVE: LaneOps<StatsBuffer, StatDelta, StatsApplied> = LaneOps {
+    what: "stats to Redis",
+    lane: |act| &mut act.live,
+    write: |act, deltas| {
+        let write = act.redis.send(ApplyStats {
+            position: act.position.clone(),
+            deltas,
+        });
+        Box::pin(async move { write.await? })
+    },
+    done: |act, deltas, done, started, ctx| {
+        act.settings
+            .observe_flush("redis", started, deltas.len(), done.applied);
+        let retries: HashSet<i64> = done.retries.into_iter().collect();
+        for d in deltas.iter().filter(|d| d.offset >= done.checked_from) {
+            act.checked.insert(d.offset, retries.contains(&d.offset));
+        }
+        if let Some(newest) = deltas.iter().map(|d| d.offset).max() {
+            act.live_done_next = act.live_done_next.max(newest + 1);
+        }
+        if let Some(batch) = act.parked.take() {
+            act.send_batch(batch, ctx);
+        }
+        act.report();
+        act.flush_live(ctx);
+    },
+    again: |act, ctx| act.flush_live(ctx),
+};
+
+/// Counts to `player_statistics`, every STATS_FLUSH_EVENTS or STATS_FLUSH_INTERVAL_MS.
+const BATCH: LaneOps<StatsBuffer, StatRow, usize> = LaneOps {
+    what: "stats to PostgreSQL",
+    lane: |act| &mut act.batch,
+    write: |act, batch| {
+        let mut rows: Vec<StatRow> = batch.iter().cloned().collect();
+        let mut unchecked = Vec::new();
+        for r in &mut rows {
+            match act.checked.get(&r.offset) {
+                Some(&retry) => r.retry = retry,
+                None => unchecked.push((r.offset, r.event_id)),
+            }
+        }
+        let (pg, claims, position) = (act.pg.clone(), act.claims.clone(), act.position.clone());
+        Box::pin(async move {
+            if !unchecked.is_empty() {
+                let retries = claims
+                    .send(ClaimFirst {
+                        position: position.clone(),
+                        items: unchecked,
+                    })
+                    .await??;
+                let retries: HashSet<i64> = retries.into_iter().collect();
+                for r in rows.iter_mut().filter(|r| retries.contains(&r.offset)) {
+                    r.retry = true;
+                }
+            }
+            let rows = Arc::new(rows);
+            pg.send(UpsertStats { position, rows }).await?
+        })
+    },
+    done: |act, batch, applied, started, ctx| {
+        act.settings
+            .observe_flush("postgres", started, batch.len(), applied);
+        if let Some(last) = batch.last() {
+            act.checked = act.checked.split_off(&(last.offset + 1));
+        }
+        act.report();
+        // Whatever piled up meanwhile waits for its own trigger, as the seed's "every 100
+        // events or 30 s" asks; a full buffer goes at once.
+        if act.marks.draining() || act.batch.pending_len() >= act.settings.config.stats_flush_events {
+            act.flush_batch(ctx);
+        } else {
+            act.arm_batch_timer(ctx);
+        }
+    },
+    again: |act, ctx| act.flush_batch(ctx),
+};
 
 impl StatsBuffer {
     /// A stats buffer for `position`, reporting durable offsets to `source`.
@@ -64,7 +141,6 @@ impl StatsBuffer {
             marks: Watermarks::default(),
             live_timer: None,
             batch_timer: None,
-            draining: false,
         }
     }
 
@@ -72,45 +148,16 @@ impl StatsBuffer {
         if let Some(t) = self.live_timer.take() {
             ctx.cancel_future(t);
         }
-        let Some(deltas) = self.live.take() else { return };
-        let (started, size) = (Instant::now(), deltas.len());
-        let write = self.redis.send(ApplyStats {
-            position: self.position.clone(),
-            deltas: deltas.clone(),
-        });
-        ctx.spawn(write.into_actor(self).map(move |res, act, ctx| {
-            match res.map_err(SinkError::from).and_then(|r| r) {
-                Ok(done) => {
-                    act.settings.observe_flush("redis", started, size, done.applied);
-                    let retries: HashSet<i64> = done.retries.into_iter().collect();
-                    for d in deltas.iter().filter(|d| d.offset >= done.checked_from) {
-                        act.checked.insert(d.offset, retries.contains(&d.offset));
-                    }
-                    if let Some(newest) = deltas.iter().map(|d| d.offset).max() {
-                        act.live_done_next = act.live_done_next.max(newest + 1);
-                    }
-                    if let Some(batch) = act.parked.take() {
-                        act.send_batch(batch, ctx);
-                    }
-                    act.live.succeeded();
-                    act.report();
-                    act.flush_live(ctx);
-                }
-                Err(e) => {
-                    let wait = act.live.failed(act.settings.retry_max);
-                    tracing::warn!(error = %e, retry_in = ?wait, "stats not applied to Redis");
-                    ctx.run_later(wait, |act, ctx| act.flush_live(ctx));
-                }
-            }
-        }));
+        flush_lane(self, ctx, &LIVE);
     }
 
     fn flush_batch(&mut self, ctx: &mut Context<Self>) {
         if let Some(t) = self.batch_timer.take() {
             ctx.cancel_future(t);
         }
-        let Some(batch) = self.batch.take() else { return };
-        self.send_batch(batch, ctx);
+        if let Some(batch) = self.batch.take() {
+            self.send_batch(batch, ctx);
+        }
     }
 
     /// Upserts a taken batch once the live lane has answered the retry question for all of it,
@@ -122,63 +169,7 @@ impl StatsBuffer {
             self.parked = Some(batch);
             return;
         }
-        let (started, size) = (Instant::now(), batch.len());
-        let mut rows: Vec<StatRow> = batch.iter().cloned().collect();
-        let mut unchecked = Vec::new();
-        for r in &mut rows {
-            match self.checked.get(&r.offset) {
-                Some(&retry) => r.retry = retry,
-                None => unchecked.push((r.offset, r.event_id)),
-            }
-        }
-        let last = rows.last().map(|r| r.offset);
-        let (pg, claims, position) = (self.pg.clone(), self.claims.clone(), self.position.clone());
-        let write = async move {
-            if !unchecked.is_empty() {
-                let retries = claims
-                    .send(ClaimFirst {
-                        position: position.clone(),
-                        items: unchecked,
-                    })
-                    .await??;
-                let retries: HashSet<i64> = retries.into_iter().collect();
-                for r in rows.iter_mut().filter(|r| retries.contains(&r.offset)) {
-                    r.retry = true;
-                }
-            }
-            let rows = Arc::new(rows);
-            pg.send(UpsertStats { position, rows }).await?
-        };
-        ctx.spawn(
-            write
-                .into_actor(self)
-                .map(move |res: Result<usize, SinkError>, act, ctx| {
-                    match res {
-                        Ok(applied) => {
-                            act.settings.observe_flush("postgres", started, size, applied);
-                            if let Some(last) = last {
-                                act.checked = act.checked.split_off(&(last + 1));
-                            }
-                            act.batch.succeeded();
-                            act.report();
-                            // Whatever piled up meanwhile waits for its own trigger, as the seed's
-                            // "every 100 events or 30 s" asks; a full buffer goes at once.
-                            if act.draining
-                                || act.batch.pending_len() >= act.settings.config.stats_flush_events
-                            {
-                                act.flush_batch(ctx);
-                            } else {
-                                act.arm_batch_timer(ctx);
-                            }
-                        }
-                        Err(e) => {
-                            let wait = act.batch.failed(act.settings.retry_max);
-                            tracing::warn!(error = %e, retry_in = ?wait, "stats batch not upserted");
-                            ctx.run_later(wait, |act, ctx| act.flush_batch(ctx));
-                        }
-                    }
-                }),
-        );
+        send_taken(self, ctx, &BATCH, batch);
     }
 
     fn arm_batch_timer(&mut self, ctx: &mut Context<Self>) {
@@ -204,6 +195,15 @@ impl StatsBuffer {
     }
 }
 
+impl RoleActor for StatsBuffer {
+    fn retry_max(&self) -> Duration {
+        self.settings.retry_max
+    }
+    fn partition(&self) -> i32 {
+        self.position.partition
+    }
+}
+
 impl Actor for StatsBuffer {
     type Context = Context<Self>;
 }
@@ -219,11 +219,12 @@ impl Handler<Consumed> for StatsBuffer {
             self.report();
             return;
         };
+        let scoped = event.scoped_id();
         self.live.push(
             offset,
             StatDelta {
                 offset,
-                event_id: event.scoped_id(),
+                event_id: scoped,
                 player_id: event.player_id.as_str().to_owned(),
                 event_type: event.event_type.as_str().to_owned(),
                 timestamp: event.timestamp.to_rfc3339_opts(SecondsFormat::Micros, true),
@@ -233,7 +234,7 @@ impl Handler<Consumed> for StatsBuffer {
             offset,
             StatRow {
                 offset,
-                event_id: event.scoped_id(),
+                event_id: scoped,
                 player_id: event.player_id.as_str().to_owned(),
                 event_type: event.event_type.as_str().to_owned(),
                 retry: false,
@@ -244,21 +245,26 @@ impl Handler<Consumed> for StatsBuffer {
         } else {
             self.arm_batch_timer(ctx);
         }
-        if self.live.pending_len() >= self.settings.config.logger_flush_events {
-            self.flush_live(ctx);
-        } else if self.live_timer.is_none() && !self.live.is_sending() {
-            self.live_timer = Some(ctx.run_later(self.settings.live_flush(), |act, ctx| {
-                act.live_timer = None;
-                act.flush_live(ctx);
-            }));
-        }
+        let state = (
+            self.live.pending_len(),
+            self.settings.config.logger_flush_events,
+            self.live.is_sending(),
+        );
+        flush_or_arm(
+            self,
+            ctx,
+            state,
+            self.settings.live_flush(),
+            |a| &mut a.live_timer,
+            Self::flush_live,
+        );
     }
 }
 
 impl Handler<FlushAll> for StatsBuffer {
     type Result = ();
     fn handle(&mut self, _: FlushAll, ctx: &mut Context<Self>) {
-        self.draining = true;
+        self.marks.drain();
         self.flush_live(ctx);
         self.flush_batch(ctx);
     }
@@ -267,9 +273,6 @@ impl Handler<FlushAll> for StatsBuffer {
 impl Handler<GetProgress> for StatsBuffer {
     type Result = Progress;
     fn handle(&mut self, _: GetProgress, _: &mut Context<Self>) -> Progress {
-        Progress {
-            applied_next: self.marks.reported_next,
-            seen_next: self.marks.seen_next,
-        }
+        self.marks.progress()
     }
 }

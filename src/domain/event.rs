@@ -61,7 +61,7 @@ pub struct EventLimits {
 }
 
 /// The fields a client may send; anything else is refused so typos don't pass silently.
-const ALLOWED_FIELDS: [&str; 6] = [
+pub const ALLOWED_FIELDS: [&str; 6] = [
     "event_id",
     "event_type",
     "player_id",

@@ -7,7 +7,7 @@ mod event;
 pub mod leaderboard;
 mod names;
 
-pub use event::{contains_nul, EventLimits, GameEvent, IngestRequest};
+pub use event::{contains_nul, EventLimits, GameEvent, IngestRequest, ALLOWED_FIELDS};
 pub use names::{EventType, GameId, PlayerId, MAX_NAME_CHARS};
 
 /// Why an incoming event was refused: which field, which rule, in words a client can act on.

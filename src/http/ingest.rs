@@ -446,3 +446,21 @@ async fn authenticate(
         Some(keys) => super::authenticate(req, keys, &state.metrics).await.map(Some),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_event_fields_are_the_accepted_ones() {
+        let schema = <EventRequest as utoipa::PartialSchema>::schema();
+        let utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(object)) = schema else {
+            panic!("EventRequest is documented as an object");
+        };
+        let mut documented: Vec<&str> = object.properties.keys().map(String::as_str).collect();
+        let mut accepted = crate::domain::ALLOWED_FIELDS.to_vec();
+        documented.sort_unstable();
+        accepted.sort_unstable();
+        assert_eq!(documented, accepted);
+    }
+}

@@ -399,3 +399,46 @@ pub fn committed_total(config: &Config, group: &str) -> i64 {
         })
         .sum()
 }
+
+/// Runs one of the project's scripts (`kafka`, `services`) with `args` and extra environment,
+/// and fails the test if it fails.
+pub fn run_script(name: &str, args: &[&str], env: &[(&str, &str)]) {
+    let path = format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(&path)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("run {path}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{name} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a script when dropped, whatever happened meanwhile: brings a shared service a test
+/// stopped back even when an assertion fails while it is down, so later tests find it up.
+pub struct OnDrop {
+    pub script: &'static str,
+    pub args: &'static [&'static str],
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl OnDrop {
+    /// `scripts/<script> <args>` at drop, with no extra environment.
+    #[allow(dead_code)] // the outage test binaries use it; the api binary only builds with env
+    pub fn run(script: &'static str, args: &'static [&'static str]) -> Self {
+        OnDrop {
+            script,
+            args,
+            env: Vec::new(),
+        }
+    }
+}
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run_script(self.script, self.args, &env);
+    }
+}

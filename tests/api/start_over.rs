@@ -12,7 +12,6 @@ use gamemetrics::kafka::{EmbeddedKafka, TopicSpec};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use serde_json::Value;
-use std::process::Command;
 use std::time::Duration;
 
 /// A pipeline configuration whose 2024 events keep their dated boards for the checks.
@@ -117,43 +116,33 @@ async fn the_embedded_broker_after_a_real_one_is_applied_from_its_start() {
 
 /// A second, separate Kafka cluster on ports of its own, stopped and wiped when dropped.
 struct SecondCluster {
-    state: String,
+    _stop: OnDrop,
 }
 
 impl SecondCluster {
-    const PORT_BASE: u16 = 19092;
-
-    fn kafka(&self, args: &[&str]) -> std::process::Output {
-        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka"))
-            .args(args)
-            .env("KAFKA_STATE_DIR", &self.state)
-            .env("KAFKA_PORT_BASE", Self::PORT_BASE.to_string())
-            .env("KAFKA_HEAP", "-Xmx384m -Xms128m")
-            .output()
-            .expect("run scripts/kafka")
-    }
+    const PORT_BASE: &'static str = "19092";
 
     fn start() -> Self {
-        let cluster = SecondCluster {
-            state: format!("/tmp/gamemetrics-kafka-second-{}", std::process::id()),
+        let env = vec![
+            (
+                "KAFKA_STATE_DIR",
+                format!("/tmp/gamemetrics-kafka-second-{}", std::process::id()),
+            ),
+            ("KAFKA_PORT_BASE", Self::PORT_BASE.to_owned()),
+            ("KAFKA_HEAP", "-Xmx384m -Xms128m".to_owned()),
+        ];
+        let stop = OnDrop {
+            script: "kafka",
+            args: &["stop", "--wipe"],
+            env,
         };
-        let out = cluster.kafka(&["start"]);
-        assert!(
-            out.status.success(),
-            "second cluster: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        cluster
+        let env: Vec<(&str, &str)> = stop.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run_script("kafka", &["start"], &env);
+        SecondCluster { _stop: stop }
     }
 
     fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", Self::PORT_BASE)
-    }
-}
-
-impl Drop for SecondCluster {
-    fn drop(&mut self) {
-        let _ = self.kafka(&["stop", "--wipe"]);
     }
 }
 
