@@ -11,13 +11,19 @@
 //!    in-sync replicas have it, 503 with `Retry-After` when they don't in time.
 //! 3. **The topic** `player.events.raw` (created by `gamemetrics migrate`, see [`kafka::ensure_topic`])
 //!    is read by three consumer groups (logger, stats, leaderboard): the actor tree in [`actors`],
-//!    one source actor per partition feeding a role actor that batches and flushes through
-//!    supervised PostgreSQL and Redis sinks, with exactly-once effects.
-//! 4. **Storage**: PostgreSQL tables from `migrations/` ([`schema`]), Redis DB 0 for stats and
-//!    DB 1 for leaderboards.
+//!    one source actor per partition (which first ties the partition's offsets to the topic's
+//!    id, its log) feeding a role actor that batches and flushes through supervised PostgreSQL
+//!    and Redis sinks, with exactly-once effects.
+//! 4. **Storage** ([`db`]): PostgreSQL tables from `migrations/` ([`schema`]) and the queries on
+//!    them; Redis DB 0 for stats and DB 1 for leaderboards, every key built by
+//!    [`db::redis_keys`]. What a board, a period and a score are: [`domain::leaderboard`].
 //! 5. **Reads** ([`http::query`]): player stats (Redis, falling back to PostgreSQL), leaderboards
 //!    and ranks (Redis), events (PostgreSQL). Ingestion, and optionally reads, can require
-//!    per-game API keys ([`auth`]). The contract is [`http::openapi`], served at `/openapi.json`.
+//!    per-game API keys ([`auth`]), and every ingest request spends [`rate_limit`] tokens after
+//!    authentication. The contract is [`http::openapi`], served at `/openapi.json`.
+//!
+//! Arrows point one way: [`http`] and [`actors`] use [`domain`], [`db`], [`kafka`], [`auth`]
+//! and [`rate_limit`]; none of those uses `http` or `actors`.
 //!
 //! # Errors
 //!

@@ -4,6 +4,7 @@
 
 use actix::prelude::*;
 use clap::Parser;
+use gamemetrics::actors::lane::RoleCore;
 use gamemetrics::actors::leaderboard::Leaderboard;
 use gamemetrics::actors::logger::Logger;
 use gamemetrics::actors::messages::*;
@@ -199,28 +200,26 @@ impl Handler<Applied> for Source {
     }
 }
 
+/// The core of a role actor of `role` with `settings`, reporting to `source`.
+fn core(role: Role, settings: RoleSettings, source: Addr<Source>) -> RoleCore {
+    RoleCore::new(position(role.service()), settings, source.recipient())
+}
+
 /// A leaderboard actor wired to the recording sinks and source.
 fn start_leaderboard(sinks: Addr<FakeSinks>, source: Addr<Source>) -> Addr<Leaderboard> {
+    let core = core(Role::Leaderboard, settings(Role::Leaderboard), source);
     Leaderboard::new(
-        position("leaderboard-manager"),
-        settings(Role::Leaderboard),
+        core,
         sinks.clone().recipient(),
         sinks.clone().recipient(),
         sinks.recipient(),
-        source.recipient(),
     )
     .start()
 }
 
 /// A logger writing to `sink` and reporting to `source`.
 fn start_logger(sink: Recipient<WriteEvents>, source: Addr<Source>) -> Addr<Logger> {
-    Logger::new(
-        position("event-logger"),
-        settings(Role::Logger),
-        sink,
-        source.recipient(),
-    )
-    .start()
+    Logger::new(core(Role::Logger, settings(Role::Logger), source), sink).start()
 }
 
 /// A stats buffer wired to the recording sinks and source.
@@ -234,13 +233,12 @@ fn start_stats_with(
     source: Addr<Source>,
     settings: RoleSettings,
 ) -> Addr<StatsBuffer> {
+    let core = core(Role::Stats, settings, source);
     StatsBuffer::new(
-        position("stats-aggregator"),
-        settings,
+        core,
         sinks.clone().recipient(),
         sinks.clone().recipient(),
         sinks.recipient(),
-        source.recipient(),
     )
     .start()
 }

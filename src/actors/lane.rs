@@ -142,28 +142,104 @@ impl Watermarks {
     }
 }
 
-/// A role actor, as [`flush_lane`] needs it.
-pub trait RoleActor: Actor<Context = Context<Self>> {
-    /// The longest backoff after a failed write (SINK_RETRY_MAX_MS).
-    fn retry_max(&self) -> Duration;
-    /// The partition, for logs.
-    fn partition(&self) -> i32;
+/// What every role actor has besides its lanes: its partition, settings, where it reports
+/// durable offsets, and its watermarks.
+pub struct RoleCore {
+    pub position: super::messages::Position,
+    pub settings: super::RoleSettings,
+    source: Recipient<super::messages::Applied>,
+    pub marks: Watermarks,
 }
+
+impl RoleCore {
+    /// The core of a role actor for `position`, reporting to `source`.
+    pub fn new(
+        position: super::messages::Position,
+        settings: super::RoleSettings,
+        source: Recipient<super::messages::Applied>,
+    ) -> Self {
+        RoleCore {
+            position,
+            settings,
+            source,
+            marks: Watermarks::default(),
+        }
+    }
+
+    /// Tells the source the durable offset, given the lanes' lowest unapplied ones, when it moved.
+    pub fn report(&mut self, lowest: impl IntoIterator<Item = Option<i64>>) {
+        if let Some(next) = self.marks.advance(lowest) {
+            self.source.do_send(super::messages::Applied {
+                log: self.position.log.clone(),
+                next_offset: next,
+            });
+        }
+    }
+}
+
+/// A role actor, as [`flush_lane`] and [`arm_live`] need it.
+pub trait RoleActor: Actor<Context = Context<Self>> {
+    /// Its [`RoleCore`].
+    fn core(&self) -> &RoleCore;
+}
+
+/// `role_actor!(Type)`: the `Actor`, [`RoleActor`] and `GetProgress` impls every role actor
+/// shares, for a type with a `core: RoleCore` field.
+macro_rules! role_actor {
+    ($t:ty) => {
+        impl actix::Actor for $t {
+            type Context = actix::Context<Self>;
+        }
+
+        impl $crate::actors::lane::RoleActor for $t {
+            fn core(&self) -> &$crate::actors::lane::RoleCore {
+                &self.core
+            }
+        }
+
+        impl actix::Handler<$crate::actors::messages::GetProgress> for $t {
+            type Result = $crate::actors::messages::Progress;
+            fn handle(
+                &mut self,
+                _: $crate::actors::messages::GetProgress,
+                _: &mut actix::Context<Self>,
+            ) -> Self::Result {
+                self.core.marks.progress()
+            }
+        }
+    };
+}
+pub(crate) use role_actor;
 
 /// Writing one batch: what a lane's write answers, once durable.
 pub type Write<R> = LocalBoxFuture<'static, Result<R, SinkError>>;
 
-/// What follows a durable batch: the actor, the batch, the write's answer, when it started.
-pub type Done<A, T, R> = fn(&mut A, Arc<Vec<T>>, R, std::time::Instant, &mut Context<A>);
+/// A lane write that is one message to a sink.
+pub fn send<M, R>(to: &Recipient<M>, msg: M) -> Write<R>
+where
+    M: actix::Message<Result = Result<R, SinkError>> + Send + 'static,
+    R: Send + 'static,
+{
+    let request = to.send(msg);
+    Box::pin(async move { request.await? })
+}
+
+/// What follows a durable batch: the actor, the batch, the write's answer.
+pub type Done<A, T, R> = fn(&mut A, Arc<Vec<T>>, R, &mut Context<A>);
 
 /// One lane of a role actor: where it lives, how a batch is written, what follows.
 pub struct LaneOps<A: Actor<Context = Context<A>>, T, R> {
     /// What the lane writes, for logs.
     pub what: &'static str,
+    /// The store written, for the flush metrics (`postgres`, `redis`).
+    pub sink: &'static str,
+    /// How many records of a batch of this size the write's answer says it applied (the rest
+    /// were redeliveries skipped by the offset guard).
+    pub applied: fn(&R, usize) -> usize,
     pub lane: fn(&mut A) -> &mut Lane<T>,
     /// Starts writing a batch (and takes what it needs from the actor first).
     pub write: fn(&mut A, Arc<Vec<T>>) -> Write<R>,
-    /// The batch is durable and the lane knows it; `Instant` is when the write started.
+    /// The batch is durable, the lane knows it and the flush is counted.
     pub done: Done<A, T, R>,
     /// The lane's flush entry point, called again after a failed write's backoff.
     pub again: fn(&mut A, &mut Context<A>),
@@ -194,27 +270,39 @@ pub fn send_taken<A: RoleActor, T: 'static, R: 'static>(
     ctx.spawn(write.into_actor(act).map(move |res, act, ctx| match res {
         Ok(r) => {
             (ops.lane)(act).succeeded();
-            (ops.done)(act, batch, r, started, ctx);
+            let size = batch.len();
+            act.core()
+                .settings
+                .observe_flush(ops.sink, started, size, (ops.applied)(&r, size));
+            (ops.done)(act, batch, r, ctx);
         }
         Err(e) => {
-            let max = act.retry_max();
+            let (max, partition) = (act.core().settings.retry_max, act.core().position.partition);
             let wait = (ops.lane)(act).failed(max);
-            tracing::warn!(error = %e, retry_in = ?wait, partition = act.partition(), lane = ops.what, "batch not written; it will be retried");
+            tracing::warn!(error = %e, retry_in = ?wait, partition, lane = ops.what, "batch not written; it will be retried");
             ctx.run_later(wait, move |act, ctx| (ops.again)(act, ctx));
         }
     }));
 }
 
-/// After a record joined a live lane: flush now if `pending` reached `cap`, else make sure a
-/// LIVE_FLUSH_MS timer is armed (unless a batch is in flight, whose end flushes again).
-pub fn flush_or_arm<A: RoleActor>(
+/// After a record joined a live lane: flush now if it holds LOGGER_FLUSH_EVENTS records, else
+/// make sure a LIVE_FLUSH_MS timer is armed (unless a batch is in flight, whose end flushes
+/// again).
+pub fn arm_live<A: RoleActor, T>(
     act: &mut A,
     ctx: &mut Context<A>,
-    (pending, cap, sending): (usize, usize, bool),
-    window: Duration,
+    lane: fn(&mut A) -> &mut Lane<T>,
     timer: fn(&mut A) -> &mut Option<SpawnHandle>,
     flush: fn(&mut A, &mut Context<A>),
 ) {
+    let (cap, window) = {
+        let settings = &act.core().settings;
+        (settings.config.logger_flush_events, settings.live_flush())
+    };
+    let (pending, sending) = {
+        let lane = lane(act);
+        (lane.pending_len(), lane.is_sending())
+    };
     if pending >= cap {
         flush(act, ctx);
     } else if timer(act).is_none() && !sending {

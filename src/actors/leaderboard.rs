@@ -10,9 +10,8 @@
 //! The score is `data.score`, an integer from 0 to 1,000,000,000. A scoring event without one, or
 //! with anything else, can never score: it goes to the DLQ as `leaderboard-manager`.
 
-use super::lane::{flush_lane, flush_or_arm, Lane, LaneOps, RoleActor, Watermarks};
+use super::lane::{arm_live, flush_lane, role_actor, send, Lane, LaneOps, RoleCore};
 use super::messages::*;
-use super::RoleSettings;
 use crate::domain::leaderboard::{periods_of, score_of};
 use actix::prelude::*;
 use std::collections::BTreeSet;
@@ -29,15 +28,12 @@ pub enum BoardWork {
 
 /// The leaderboard-manager role for one partition.
 pub struct Leaderboard {
-    position: Position,
-    settings: RoleSettings,
+    core: RoleCore,
     pg: Recipient<WriteBoards>,
     scores_sink: Recipient<ApplyScores>,
     top_sink: Recipient<ReadTop>,
-    source: Recipient<Applied>,
     scores: Lane<ScoreDelta>,
     boards: Lane<BoardWork>,
-    marks: Watermarks,
     /// Scoring events applied to Redis since the last board write started.
     scored_since_flush: usize,
     live_timer: Option<SpawnHandle>,
@@ -49,17 +45,14 @@ pub struct Leaderboard {
 /// Scores to Redis DB 1, within LIVE_FLUSH_MS.
 const SCORES: LaneOps<Leaderboard, ScoreDelta, usize> = LaneOps {
     what: "scores to Redis",
+    sink: "redis",
+    applied: |applied, _| *applied,
     lane: |act| &mut act.scores,
     write: |act, deltas| {
-        let write = act.scores_sink.send(ApplyScores {
-            position: act.position.clone(),
-            deltas,
-        });
-        Box::pin(async move { write.await? })
+        let position = act.core.position.clone();
+        send(&act.scores_sink, ApplyScores { position, deltas })
     },
-    done: |act, deltas, applied, started, ctx| {
-        act.settings
-            .observe_flush("redis", started, deltas.len(), applied);
+    done: |act, deltas, _, ctx| {
         // The scores lane forgot these offsets in this same callback: they move to the boards
         // lane without a moment in which neither holds them.
         for d in deltas.iter() {
@@ -75,6 +68,9 @@ const SCORES: LaneOps<Leaderboard, ScoreDelta, usize> = LaneOps {
 /// The top N of touched boards, and dead letters, to PostgreSQL.
 const BOARDS: LaneOps<Leaderboard, BoardWork, ()> = LaneOps {
     what: "leaderboards to PostgreSQL",
+    sink: "postgres",
+    // A snapshot of Redis: every item is applied, none is a redelivery to skip.
+    applied: |(), size| size,
     lane: |act| &mut act.boards,
     write: |act, work| {
         act.scored_since_flush = 0;
@@ -89,18 +85,16 @@ const BOARDS: LaneOps<Leaderboard, BoardWork, ()> = LaneOps {
                 BoardWork::Dead(d) => dlq.push(d.clone()),
             }
         }
-        let write = act.pg.send(WriteBoards {
-            position: act.position.clone(),
+        let boards = WriteBoards {
+            position: act.core.position.clone(),
             game_ids: games.into_iter().collect(),
-            n: act.settings.config.leaderboard_top_n,
+            n: act.core.settings.config.leaderboard_top_n,
             reader: act.top_sink.clone(),
             dlq,
-        });
-        Box::pin(async move { write.await? })
+        };
+        send(&act.pg, boards)
     },
-    done: |act, work, (), started, ctx| {
-        act.settings
-            .observe_flush("postgres", started, work.len(), work.len());
+    done: |act, _, (), ctx| {
         act.report();
         if act.boards.pending_len() > 0 {
             act.after_board_work(ctx);
@@ -110,25 +104,21 @@ const BOARDS: LaneOps<Leaderboard, BoardWork, ()> = LaneOps {
 };
 
 impl Leaderboard {
-    /// A leaderboard manager for `position`, reporting durable offsets to `source`.
+    /// A leaderboard manager writing boards through `pg`, scores through `scores_sink`, and
+    /// reading the top N from `top_sink`.
     pub fn new(
-        position: Position,
-        settings: RoleSettings,
+        core: RoleCore,
         pg: Recipient<WriteBoards>,
         scores_sink: Recipient<ApplyScores>,
         top_sink: Recipient<ReadTop>,
-        source: Recipient<Applied>,
     ) -> Self {
         Leaderboard {
-            position,
-            settings,
+            core,
             pg,
             scores_sink,
             top_sink,
-            source,
             scores: Lane::default(),
             boards: Lane::default(),
-            marks: Watermarks::default(),
             scored_since_flush: 0,
             live_timer: None,
             board_timer: None,
@@ -144,10 +134,10 @@ impl Leaderboard {
     }
 
     fn after_board_work(&mut self, ctx: &mut Context<Self>) {
-        let config = &self.settings.config;
+        let config = &self.core.settings.config;
         let gap = Duration::from_millis(config.leaderboard_min_flush_gap_ms);
         let since_last = self.last_board_flush.map_or(gap, |t| t.elapsed());
-        let draining = self.marks.draining();
+        let draining = self.core.marks.draining();
         let due_now = draining || self.scored_since_flush >= config.leaderboard_flush_events;
         if due_now {
             // Every 50 scoring events, but not more often than the gap allows: under load a
@@ -185,39 +175,21 @@ impl Leaderboard {
     }
 
     fn report(&mut self) {
-        if let Some(next) = self
-            .marks
-            .advance([self.scores.lowest_unapplied(), self.boards.lowest_unapplied()])
-        {
-            self.source.do_send(Applied {
-                log: self.position.log.clone(),
-                next_offset: next,
-            });
-        }
+        self.core
+            .report([self.scores.lowest_unapplied(), self.boards.lowest_unapplied()]);
     }
 }
 
-impl RoleActor for Leaderboard {
-    fn retry_max(&self) -> Duration {
-        self.settings.retry_max
-    }
-    fn partition(&self) -> i32 {
-        self.position.partition
-    }
-}
-
-impl Actor for Leaderboard {
-    type Context = Context<Self>;
-}
+role_actor!(Leaderboard);
 
 impl Handler<Consumed> for Leaderboard {
     type Result = ();
 
     fn handle(&mut self, msg: Consumed, ctx: &mut Context<Self>) {
         let offset = msg.record.offset;
-        self.marks.seen_next = offset + 1;
+        self.core.marks.seen_next = offset + 1;
         let event = match msg.record.payload {
-            Payload::Event(e) if self.settings.scoring.contains(e.event_type.as_str()) => e,
+            Payload::Event(e) if self.core.settings.scoring.contains(e.event_type.as_str()) => e,
             // Not a scoring event, or poison (the logger's to dead-letter): nothing to do.
             _ => {
                 self.report();
@@ -226,7 +198,10 @@ impl Handler<Consumed> for Leaderboard {
         };
         match score_of(&event) {
             Ok(score) => {
-                let periods = periods_of(event.timestamp, self.settings.config.leaderboard_retention_days);
+                let periods = periods_of(
+                    event.timestamp,
+                    self.core.settings.config.leaderboard_retention_days,
+                );
                 self.scores.push(
                     offset,
                     ScoreDelta {
@@ -241,25 +216,20 @@ impl Handler<Consumed> for Leaderboard {
                         week_expires_at: periods.week_expires_at,
                     },
                 );
-                let state = (
-                    self.scores.pending_len(),
-                    self.settings.config.logger_flush_events,
-                    self.scores.is_sending(),
-                );
-                flush_or_arm(
+                arm_live(
                     self,
                     ctx,
-                    state,
-                    self.settings.live_flush(),
+                    |a| &mut a.scores,
                     |a| &mut a.live_timer,
                     Self::flush_scores,
                 );
             }
             Err(reason) => {
-                self.settings
+                self.core
+                    .settings
                     .metrics
                     .consumer_dlq
-                    .with_label_values(&[self.position.service])
+                    .with_label_values(&[self.core.position.service])
                     .inc();
                 let original = serde_json::to_value(&event).unwrap_or_default();
                 self.boards.push(
@@ -280,15 +250,8 @@ impl Handler<Consumed> for Leaderboard {
 impl Handler<FlushAll> for Leaderboard {
     type Result = ();
     fn handle(&mut self, _: FlushAll, ctx: &mut Context<Self>) {
-        self.marks.drain();
+        self.core.marks.drain();
         self.flush_scores(ctx);
         self.flush_boards(ctx);
-    }
-}
-
-impl Handler<GetProgress> for Leaderboard {
-    type Result = Progress;
-    fn handle(&mut self, _: GetProgress, _: &mut Context<Self>) -> Progress {
-        self.marks.progress()
     }
 }

@@ -3,19 +3,15 @@
 //! Batches of up to LOGGER_FLUSH_EVENTS, or whatever arrived within LIVE_FLUSH_MS, go to the
 //! PostgreSQL sink in one transaction with the partition's offset.
 
-use super::lane::{flush_lane, flush_or_arm, Lane, LaneOps, RoleActor, Watermarks};
+use super::lane::{arm_live, flush_lane, role_actor, send, Lane, LaneOps, RoleCore};
 use super::messages::*;
-use super::RoleSettings;
 use actix::prelude::*;
 
 /// The event-logger role for one partition.
 pub struct Logger {
-    position: Position,
-    settings: RoleSettings,
+    core: RoleCore,
     pg: Recipient<WriteEvents>,
-    source: Recipient<Applied>,
     lane: Lane<Record>,
-    marks: Watermarks,
     /// Armed while a micro-batch waits for LIVE_FLUSH_MS.
     timer: Option<SpawnHandle>,
 }
@@ -23,18 +19,16 @@ pub struct Logger {
 /// Records to `events` and `dlq`.
 const EVENTS: LaneOps<Logger, Record, usize> = LaneOps {
     what: "events",
+    sink: "postgres",
+    applied: |applied, _| *applied,
     lane: |act| &mut act.lane,
     write: |act, records| {
-        let write = act.pg.send(WriteEvents {
-            position: act.position.clone(),
-            records,
-        });
-        Box::pin(async move { write.await? })
+        let position = act.core.position.clone();
+        send(&act.pg, WriteEvents { position, records })
     },
-    done: |act, records, applied, started, ctx| {
-        act.settings
-            .observe_flush("postgres", started, records.len(), applied);
-        act.settings
+    done: |act, records, _, ctx| {
+        act.core
+            .settings
             .observe_latency(records.iter().filter_map(|r| match &r.payload {
                 Payload::Event(e) => Some(e.ingested_at),
                 Payload::Poison { .. } => None,
@@ -46,20 +40,12 @@ const EVENTS: LaneOps<Logger, Record, usize> = LaneOps {
 };
 
 impl Logger {
-    /// A logger for `position`, reporting durable offsets to `source`.
-    pub fn new(
-        position: Position,
-        settings: RoleSettings,
-        pg: Recipient<WriteEvents>,
-        source: Recipient<Applied>,
-    ) -> Self {
+    /// A logger writing through `pg`.
+    pub fn new(core: RoleCore, pg: Recipient<WriteEvents>) -> Self {
         Logger {
-            position,
-            settings,
+            core,
             pg,
-            source,
             lane: Lane::default(),
-            marks: Watermarks::default(),
             timer: None,
         }
     }
@@ -72,27 +58,11 @@ impl Logger {
     }
 
     fn report(&mut self) {
-        if let Some(next) = self.marks.advance([self.lane.lowest_unapplied()]) {
-            self.source.do_send(Applied {
-                log: self.position.log.clone(),
-                next_offset: next,
-            });
-        }
+        self.core.report([self.lane.lowest_unapplied()]);
     }
 }
 
-impl RoleActor for Logger {
-    fn retry_max(&self) -> std::time::Duration {
-        self.settings.retry_max
-    }
-    fn partition(&self) -> i32 {
-        self.position.partition
-    }
-}
-
-impl Actor for Logger {
-    type Context = Context<Self>;
-}
+role_actor!(Logger);
 
 impl Handler<Consumed> for Logger {
     type Result = ();
@@ -100,42 +70,24 @@ impl Handler<Consumed> for Logger {
     fn handle(&mut self, msg: Consumed, ctx: &mut Context<Self>) {
         let offset = msg.record.offset;
         if let Payload::Poison { reason, .. } = &msg.record.payload {
-            self.settings
+            self.core
+                .settings
                 .metrics
                 .consumer_dlq
-                .with_label_values(&[self.position.service])
+                .with_label_values(&[self.core.position.service])
                 .inc();
-            tracing::warn!(partition = self.position.partition, offset, reason = %reason, "poison message to dlq");
+            tracing::warn!(partition = self.core.position.partition, offset, reason = %reason, "poison message to dlq");
         }
         self.lane.push(offset, msg.record);
-        self.marks.seen_next = offset + 1;
-        let state = (
-            self.lane.pending_len(),
-            self.settings.config.logger_flush_events,
-            self.lane.is_sending(),
-        );
-        flush_or_arm(
-            self,
-            ctx,
-            state,
-            self.settings.live_flush(),
-            |a| &mut a.timer,
-            Self::flush,
-        );
+        self.core.marks.seen_next = offset + 1;
+        arm_live(self, ctx, |a| &mut a.lane, |a| &mut a.timer, Self::flush);
     }
 }
 
 impl Handler<FlushAll> for Logger {
     type Result = ();
     fn handle(&mut self, _: FlushAll, ctx: &mut Context<Self>) {
-        self.marks.drain();
+        self.core.marks.drain();
         self.flush(ctx);
-    }
-}
-
-impl Handler<GetProgress> for Logger {
-    type Result = Progress;
-    fn handle(&mut self, _: GetProgress, _: &mut Context<Self>) -> Progress {
-        self.marks.progress()
     }
 }

@@ -2,11 +2,17 @@
 //!
 //! ```text
 //!   poll loop (one StreamConsumer per role, consumer group per role, on the role's own arbiter)
-//!     └─ PartitionSource  (one per assigned partition; parses, stores offsets, pauses)
-//!          └─ Logger | StatsBuffer | Leaderboard   (batching state lives here)
-//!               ├─ PgSink     (supervised; PostgreSQL through a diesel-async bb8 pool)
-//!               └─ RedisSink  (supervised; Redis DB 0 stats, DB 1 leaderboards, bb8-redis)
+//!     └─ PartitionSource  (source.rs; one per assigned partition: opens the partition's log,
+//!        │                 parses, stores offsets, pauses)
+//!        └─ Logger | StatsBuffer | Leaderboard   (batching state lives here, in lanes: lane.rs)
+//!             ├─ PgSink     (sinks/postgres.rs; supervised; SQL in db/, diesel-async bb8 pool)
+//!             └─ RedisSink  (sinks/redis.rs; supervised; DB 0 stats, DB 1 leaderboards)
 //! ```
+//!
+//! Every message between them is in [`messages`]. A role actor is a [`lane::RoleCore`] (its
+//! partition, settings and watermarks) plus one [`lane::Lane`] per sink it writes; every lane is
+//! flushed by [`lane::flush_lane`], which a lane's [`lane::LaneOps`] tells where the lane lives,
+//! how a batch is written and what follows.
 //!
 //! Exactly-once effects from at-least-once delivery: every event, stats and score write carries
 //! its records' offsets and, in the same PostgreSQL transaction or Redis Lua script, skips those
@@ -169,31 +175,25 @@ pub struct RoleFactory {
 impl RoleFactory {
     /// Starts the role actor for `position`.
     pub fn spawn(&self, position: Position, source: Recipient<Applied>) -> RoleHandle {
-        let s = self.settings.clone();
-        let (pg, redis) = (&self.pg, &self.redis);
+        let core = lane::RoleCore::new(position, self.settings.clone(), source);
+        let (pg, redis) = (self.pg.clone(), self.redis.clone());
         match self.role {
-            Role::Logger => {
-                RoleHandle::of(logger::Logger::new(position, s, pg.clone().recipient(), source).start())
-            }
+            Role::Logger => RoleHandle::of(logger::Logger::new(core, pg.recipient()).start()),
             Role::Stats => RoleHandle::of(
                 stats_buffer::StatsBuffer::new(
-                    position,
-                    s,
-                    pg.clone().recipient(),
+                    core,
+                    pg.recipient(),
                     redis.clone().recipient(),
-                    redis.clone().recipient(),
-                    source,
+                    redis.recipient(),
                 )
                 .start(),
             ),
             Role::Leaderboard => RoleHandle::of(
                 leaderboard::Leaderboard::new(
-                    position,
-                    s,
-                    pg.clone().recipient(),
+                    core,
+                    pg.recipient(),
                     redis.clone().recipient(),
-                    redis.clone().recipient(),
-                    source,
+                    redis.recipient(),
                 )
                 .start(),
             ),

@@ -4,9 +4,8 @@
 //! the batch lane holds STATS_FLUSH_EVENTS events or STATS_FLUSH_INTERVAL_MS, whichever comes
 //! first, then becomes one upsert. The partition's durable offset is the lower of the two.
 
-use super::lane::{flush_lane, flush_or_arm, send_taken, Lane, LaneOps, RoleActor, Watermarks};
+use super::lane::{arm_live, flush_lane, role_actor, send, send_taken, Lane, LaneOps, RoleCore};
 use super::messages::*;
-use super::RoleSettings;
 use actix::prelude::*;
 use chrono::SecondsFormat;
 use std::collections::{BTreeMap, HashSet};
@@ -15,12 +14,10 @@ use std::time::Duration;
 
 /// The stats-aggregator role for one partition.
 pub struct StatsBuffer {
-    position: Position,
-    settings: RoleSettings,
+    core: RoleCore,
     pg: Recipient<UpsertStats>,
     redis: Recipient<ApplyStats>,
     claims: Recipient<ClaimFirst>,
-    source: Recipient<Applied>,
     live: Lane<StatDelta>,
     batch: Lane<StatRow>,
     /// Offset -> "is a retry", as the live lane's script answered: the batch lane reuses these
@@ -32,7 +29,6 @@ pub struct StatsBuffer {
     /// A batch taken from the batch lane, waiting for the live lane to answer for its newest
     /// records (at most LIVE_FLUSH_MS away).
     parked: Option<Arc<Vec<StatRow>>>,
-    marks: Watermarks,
     live_timer: Option<SpawnHandle>,
     batch_timer: Option<SpawnHandle>,
 }
@@ -40,17 +36,14 @@ pub struct StatsBuffer {
 /// Counts to Redis DB 0, within LIVE_FLUSH_MS.
 const LIVE: LaneOps<StatsBuffer, StatDelta, StatsApplied> = LaneOps {
     what: "stats to Redis",
+    sink: "redis",
+    applied: |done, _| done.applied,
     lane: |act| &mut act.live,
     write: |act, deltas| {
-        let write = act.redis.send(ApplyStats {
-            position: act.position.clone(),
-            deltas,
-        });
-        Box::pin(async move { write.await? })
+        let position = act.core.position.clone();
+        send(&act.redis, ApplyStats { position, deltas })
     },
-    done: |act, deltas, done, started, ctx| {
-        act.settings
-            .observe_flush("redis", started, deltas.len(), done.applied);
+    done: |act, deltas, done, ctx| {
         let retries: HashSet<i64> = done.retries.into_iter().collect();
         for d in deltas.iter().filter(|d| d.offset >= done.checked_from) {
             act.checked.insert(d.offset, retries.contains(&d.offset));
@@ -70,6 +63,8 @@ const LIVE: LaneOps<StatsBuffer, StatDelta, StatsApplied> = LaneOps {
 /// Counts to `player_statistics`, every STATS_FLUSH_EVENTS or STATS_FLUSH_INTERVAL_MS.
 const BATCH: LaneOps<StatsBuffer, StatRow, usize> = LaneOps {
     what: "stats to PostgreSQL",
+    sink: "postgres",
+    applied: |applied, _| *applied,
     lane: |act| &mut act.batch,
     write: |act, batch| {
         let mut rows: Vec<StatRow> = batch.iter().cloned().collect();
@@ -80,7 +75,7 @@ const BATCH: LaneOps<StatsBuffer, StatRow, usize> = LaneOps {
                 None => unchecked.push((r.offset, r.event_id)),
             }
         }
-        let (pg, claims, position) = (act.pg.clone(), act.claims.clone(), act.position.clone());
+        let (pg, claims, position) = (act.pg.clone(), act.claims.clone(), act.core.position.clone());
         Box::pin(async move {
             if !unchecked.is_empty() {
                 let retries = claims
@@ -98,16 +93,15 @@ const BATCH: LaneOps<StatsBuffer, StatRow, usize> = LaneOps {
             pg.send(UpsertStats { position, rows }).await?
         })
     },
-    done: |act, batch, applied, started, ctx| {
-        act.settings
-            .observe_flush("postgres", started, batch.len(), applied);
+    done: |act, batch, _, ctx| {
         if let Some(last) = batch.last() {
             act.checked = act.checked.split_off(&(last.offset + 1));
         }
         act.report();
         // Whatever piled up meanwhile waits for its own trigger, as the seed's "every 100
         // events or 30 s" asks; a full buffer goes at once.
-        if act.marks.draining() || act.batch.pending_len() >= act.settings.config.stats_flush_events {
+        if act.core.marks.draining() || act.batch.pending_len() >= act.core.settings.config.stats_flush_events
+        {
             act.flush_batch(ctx);
         } else {
             act.arm_batch_timer(ctx);
@@ -117,28 +111,24 @@ const BATCH: LaneOps<StatsBuffer, StatRow, usize> = LaneOps {
 };
 
 impl StatsBuffer {
-    /// A stats buffer for `position`, reporting durable offsets to `source`.
+    /// A stats buffer upserting through `pg`, counting live through `redis`, and asking `claims`
+    /// which events are retries.
     pub fn new(
-        position: Position,
-        settings: RoleSettings,
+        core: RoleCore,
         pg: Recipient<UpsertStats>,
         redis: Recipient<ApplyStats>,
         claims: Recipient<ClaimFirst>,
-        source: Recipient<Applied>,
     ) -> Self {
         StatsBuffer {
-            position,
-            settings,
+            core,
             pg,
             redis,
             claims,
-            source,
             live: Lane::default(),
             batch: Lane::default(),
             checked: BTreeMap::new(),
             live_done_next: 0,
             parked: None,
-            marks: Watermarks::default(),
             live_timer: None,
             batch_timer: None,
         }
@@ -164,7 +154,7 @@ impl StatsBuffer {
     /// else parks it until the live lane's next write lands (at most LIVE_FLUSH_MS away). With
     /// deduplication off there is no question, and PostgreSQL never waits on Redis.
     fn send_batch(&mut self, batch: Arc<Vec<StatRow>>, ctx: &mut Context<Self>) {
-        let dedup = self.settings.config.dedup_window_secs > 0;
+        let dedup = self.core.settings.config.dedup_window_secs > 0;
         if dedup && batch.iter().any(|r| r.offset >= self.live_done_next) {
             self.parked = Some(batch);
             return;
@@ -174,7 +164,7 @@ impl StatsBuffer {
 
     fn arm_batch_timer(&mut self, ctx: &mut Context<Self>) {
         if self.batch_timer.is_none() && self.batch.pending_len() > 0 {
-            let every = Duration::from_millis(self.settings.config.stats_flush_interval_ms);
+            let every = Duration::from_millis(self.core.settings.config.stats_flush_interval_ms);
             self.batch_timer = Some(ctx.run_later(every, |act, ctx| {
                 act.batch_timer = None;
                 act.flush_batch(ctx);
@@ -183,37 +173,19 @@ impl StatsBuffer {
     }
 
     fn report(&mut self) {
-        if let Some(next) = self
-            .marks
-            .advance([self.live.lowest_unapplied(), self.batch.lowest_unapplied()])
-        {
-            self.source.do_send(Applied {
-                log: self.position.log.clone(),
-                next_offset: next,
-            });
-        }
+        self.core
+            .report([self.live.lowest_unapplied(), self.batch.lowest_unapplied()]);
     }
 }
 
-impl RoleActor for StatsBuffer {
-    fn retry_max(&self) -> Duration {
-        self.settings.retry_max
-    }
-    fn partition(&self) -> i32 {
-        self.position.partition
-    }
-}
-
-impl Actor for StatsBuffer {
-    type Context = Context<Self>;
-}
+role_actor!(StatsBuffer);
 
 impl Handler<Consumed> for StatsBuffer {
     type Result = ();
 
     fn handle(&mut self, msg: Consumed, ctx: &mut Context<Self>) {
         let offset = msg.record.offset;
-        self.marks.seen_next = offset + 1;
+        self.core.marks.seen_next = offset + 1;
         // Poison messages are the logger's to dead-letter; they count for nothing here.
         let Payload::Event(event) = msg.record.payload else {
             self.report();
@@ -240,21 +212,15 @@ impl Handler<Consumed> for StatsBuffer {
                 retry: false,
             },
         );
-        if self.batch.pending_len() >= self.settings.config.stats_flush_events {
+        if self.batch.pending_len() >= self.core.settings.config.stats_flush_events {
             self.flush_batch(ctx);
         } else {
             self.arm_batch_timer(ctx);
         }
-        let state = (
-            self.live.pending_len(),
-            self.settings.config.logger_flush_events,
-            self.live.is_sending(),
-        );
-        flush_or_arm(
+        arm_live(
             self,
             ctx,
-            state,
-            self.settings.live_flush(),
+            |a| &mut a.live,
             |a| &mut a.live_timer,
             Self::flush_live,
         );
@@ -264,15 +230,8 @@ impl Handler<Consumed> for StatsBuffer {
 impl Handler<FlushAll> for StatsBuffer {
     type Result = ();
     fn handle(&mut self, _: FlushAll, ctx: &mut Context<Self>) {
-        self.marks.drain();
+        self.core.marks.drain();
         self.flush_live(ctx);
         self.flush_batch(ctx);
-    }
-}
-
-impl Handler<GetProgress> for StatsBuffer {
-    type Result = Progress;
-    fn handle(&mut self, _: GetProgress, _: &mut Context<Self>) -> Progress {
-        self.marks.progress()
     }
 }

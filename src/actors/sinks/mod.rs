@@ -26,6 +26,35 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a sink waits for a pooled connection before reporting a transient failure.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `sink_actor!(Type, "Store")`: the `Actor` (mailbox bounded at 256: writes are small and
+/// concurrent per partition, and a deep mailbox only hides a stall), [`Tracked`] and `Supervised`
+/// impls both sinks share, for a type with a `failures: u32` field.
+macro_rules! sink_actor {
+    ($t:ty, $store:literal) => {
+        impl Actor for $t {
+            type Context = Context<Self>;
+            fn started(&mut self, ctx: &mut Context<Self>) {
+                ctx.set_mailbox_capacity(256);
+            }
+        }
+
+        impl $crate::actors::sinks::Tracked for $t {
+            const STORE: &'static str = $store;
+            fn failures(&mut self) -> &mut u32 {
+                &mut self.failures
+            }
+        }
+
+        impl Supervised for $t {
+            fn restarting(&mut self, _: &mut Context<Self>) {
+                tracing::warn!(store = $store, "sink restarting");
+                self.failures = 0;
+            }
+        }
+    };
+}
+pub(crate) use sink_actor;
+
 /// A sink that counts its consecutive failed writes.
 pub trait Tracked: Actor<Context = Context<Self>> {
     /// The store's name, for logs.

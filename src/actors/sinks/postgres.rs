@@ -2,7 +2,7 @@
 //! locks the partition's offset row (`db::offsets`), writes only the records at or above it and
 //! moves it; the queries themselves live in `db/`.
 
-use super::{tracked, SinkError, Tracked};
+use super::{sink_actor, tracked, SinkError};
 use crate::actors::messages::*;
 use crate::db::{self, PgPool};
 use actix::prelude::*;
@@ -40,27 +40,7 @@ macro_rules! in_transaction {
     }};
 }
 
-impl Actor for PgSink {
-    type Context = Context<Self>;
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        // Writes are small and concurrent per partition; a deep mailbox only hides a stall.
-        ctx.set_mailbox_capacity(256);
-    }
-}
-
-impl Tracked for PgSink {
-    const STORE: &'static str = "PostgreSQL";
-    fn failures(&mut self) -> &mut u32 {
-        &mut self.failures
-    }
-}
-
-impl Supervised for PgSink {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        tracing::warn!("PostgreSQL sink restarting");
-        self.failures = 0;
-    }
-}
+sink_actor!(PgSink, "PostgreSQL");
 
 fn pg_err(e: impl std::fmt::Display) -> SinkError {
     SinkError::Postgres(e.to_string())

@@ -6,7 +6,7 @@
 //! Every key, or the prefix and suffixes a script completes one with, comes from
 //! [`crate::db::redis_keys`].
 
-use super::{tracked, SinkError, Tracked};
+use super::{sink_actor, tracked, SinkError};
 use crate::actors::messages::*;
 use crate::db::redis_keys::{self, RedisKeys};
 use crate::db::RedisPool;
@@ -58,26 +58,7 @@ impl RedisSink {
     }
 }
 
-impl Actor for RedisSink {
-    type Context = Context<Self>;
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(256);
-    }
-}
-
-impl Tracked for RedisSink {
-    const STORE: &'static str = "Redis";
-    fn failures(&mut self) -> &mut u32 {
-        &mut self.failures
-    }
-}
-
-impl Supervised for RedisSink {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        tracing::warn!("Redis sink restarting");
-        self.failures = 0;
-    }
-}
+sink_actor!(RedisSink, "Redis");
 
 fn redis_err(e: impl std::fmt::Display) -> SinkError {
     SinkError::Redis(e.to_string())
