@@ -306,6 +306,12 @@ pub struct ConsumerConfig {
     #[arg(long, env = "CONSUMER_GROUP_PREFIX", default_value = "")]
     pub consumer_group_prefix: String,
 
+    /// The most records one store write carries (a Redis script call or a PostgreSQL
+    /// statement), however many wait: a backlog drains in bounded writes, and a write that times
+    /// out is halved and retried rather than repeated whole.
+    #[arg(long, env = "SINK_MAX_BATCH", default_value_t = 2000)]
+    pub sink_max_batch: usize,
+
     /// Upper bound of the retry backoff when PostgreSQL or Redis fails, in ms.
     #[arg(long, env = "SINK_RETRY_MAX_MS", default_value_t = 5_000)]
     pub sink_retry_max_ms: u64,

@@ -572,3 +572,83 @@ async fn a_crashed_sink_is_restarted_and_the_batch_it_held_is_written() {
     );
     assert_eq!(applied.all(), vec![4]);
 }
+
+/// A PostgreSQL sink that can't finish a write of more than `limit` records in time.
+struct TooSlowForBigBatches {
+    limit: usize,
+    attempts: Log<Vec<i64>>,
+    /// Offsets written, as the offset guard would: each at most once.
+    written: Log<i64>,
+}
+impl Actor for TooSlowForBigBatches {
+    type Context = Context<Self>;
+}
+impl Handler<WriteEvents> for TooSlowForBigBatches {
+    type Result = Result<usize, SinkError>;
+    fn handle(&mut self, m: WriteEvents, _: &mut Context<Self>) -> Self::Result {
+        let offsets: Vec<i64> = m.records.iter().map(|r| r.offset).collect();
+        self.attempts.push(offsets.clone());
+        if offsets.len() > self.limit {
+            return Err(SinkError::Timeout {
+                store: "PostgreSQL",
+                after: Duration::from_secs(30),
+            });
+        }
+        for o in offsets {
+            self.written.push(o);
+        }
+        Ok(m.records.len())
+    }
+}
+
+#[actix_web::test]
+async fn a_backlog_is_written_in_bounded_batches_and_a_write_that_times_out_is_halved() {
+    tokio::time::pause();
+    let (attempts, written) = (Log::default(), Log::default());
+    let sink = TooSlowForBigBatches {
+        limit: 300,
+        attempts: attempts.clone(),
+        written: written.clone(),
+    }
+    .start();
+    let applied = Log::default();
+    let logger = start_logger(sink.recipient(), Source(applied.clone()).start());
+    // 5,000 records arrive at once: a backlog. SINK_MAX_BATCH is 2,000 by default.
+    feed(
+        &logger,
+        0..5_000,
+        ("session_start", "g", json!({})),
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let attempts = attempts.all();
+    assert!(
+        attempts.iter().all(|b| b.len() <= 2_000),
+        "no write carries more than the cap"
+    );
+    assert_eq!(
+        attempts[0].len(),
+        500,
+        "the first batch is what was pending when it was taken"
+    );
+    let sizes: Vec<usize> = attempts.iter().map(Vec::len).collect();
+    for w in sizes.windows(2).filter(|w| w[0] > 300) {
+        assert_eq!(
+            w[1],
+            w[0].div_ceil(2),
+            "a timed-out write is retried halved: {sizes:?}"
+        );
+    }
+    let timed_out = sizes.iter().filter(|n| **n > 300).count();
+    assert!(
+        timed_out * 4 < sizes.len(),
+        "most writes finish once the cap has shrunk: {sizes:?}"
+    );
+    assert_eq!(
+        written.all(),
+        (0..5_000).collect::<Vec<_>>(),
+        "every record once, in order"
+    );
+    assert_eq!(applied.all().last(), Some(&5_000));
+}

@@ -1,47 +1,68 @@
 //! `Lane`: one ordered stream of writes from a role actor to one sink.
 //!
 //! Records wait in `pending`; at most one batch is in flight, so a partition's writes reach a
-//! sink in offset order (the sinks' offset guards depend on it). A failed batch stays in flight
-//! and is sent again, unchanged, after a backoff: it is never dropped.
+//! sink in offset order (the sinks' offset guards depend on it). A batch carries at most the
+//! lane's cap of records (SINK_MAX_BATCH), however many wait: a backlog is written in many
+//! bounded writes, never one that can't finish. A failed batch stays in flight and is sent again
+//! after a backoff: it is never dropped. A batch whose write timed out is halved first (its
+//! second half goes back to the front of the queue) and the cap with it, so a write that is too
+//! big to finish in time gets smaller until it does; the cap grows back slowly as writes succeed.
 
 use super::messages::SinkError;
 use actix::prelude::*;
 use futures::future::LocalBoxFuture;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// Pending records for one sink and the batch currently being written.
 pub struct Lane<T> {
-    pending: Vec<T>,
+    /// Records waiting, with their offsets, in arrival order.
+    pending: VecDeque<(i64, T)>,
+    /// The lowest offset in `pending`.
     pending_from: Option<i64>,
-    in_flight: Option<(Arc<Vec<T>>, i64)>,
+    /// The batch being written, and its records' offsets.
+    in_flight: Option<(Arc<Vec<T>>, Vec<i64>)>,
     sending: bool,
     failures: u32,
     /// After a failure, no resend before this instant, whatever triggers a flush meanwhile.
     retry_at: Option<Instant>,
+    /// The most records the next batch may carry; halved by a timed-out write.
+    cap: usize,
+    /// What `cap` grows back to.
+    max: usize,
 }
 
 impl<T> Default for Lane<T> {
+    /// A lane with no cap on its batches (tests).
     fn default() -> Self {
+        Lane::new(usize::MAX)
+    }
+}
+
+impl<T> Lane<T> {
+    /// A lane whose batches carry at most `max` records.
+    pub fn new(max: usize) -> Self {
+        let max = max.max(1);
         Lane {
-            pending: Vec::new(),
+            pending: VecDeque::new(),
             pending_from: None,
             in_flight: None,
             sending: false,
             failures: 0,
             retry_at: None,
+            cap: max,
+            max,
         }
     }
-}
 
-impl<T> Lane<T> {
     /// Queues a record read at `offset`.
     pub fn push(&mut self, offset: i64, item: T) {
         // The minimum, not the first: a lane may be fed out of offset order (the leaderboard's
         // board lane gets dead letters at read time and touched boards after Redis applied).
         self.pending_from = Some(self.pending_from.map_or(offset, |f| f.min(offset)));
-        self.pending.push(item);
+        self.pending.push_back((offset, item));
     }
 
     /// Records waiting for the next batch.
@@ -49,26 +70,33 @@ impl<T> Lane<T> {
         self.pending.len()
     }
 
-    /// The batch to send now: the failed one again (once its backoff has passed), or the
-    /// pending records; `None` while a batch is being sent or when there is nothing to send.
+    /// The batch to send now: the failed one again (once its backoff has passed), or up to the
+    /// cap of the pending records; `None` while a batch is being sent or when there is nothing
+    /// to send.
     pub fn take(&mut self) -> Option<Arc<Vec<T>>> {
         if self.sending || self.retry_at.is_some_and(|t| Instant::now() < t) {
             return None;
         }
         if self.in_flight.is_none() {
-            let from = self.pending_from.take()?;
-            self.in_flight = Some((Arc::new(std::mem::take(&mut self.pending)), from));
+            self.pending_from?;
+            let n = self.pending.len().min(self.cap);
+            let (offsets, batch): (Vec<i64>, Vec<T>) = self.pending.drain(..n).unzip();
+            self.pending_from = self.pending.iter().map(|(o, _)| *o).min();
+            self.in_flight = Some((Arc::new(batch), offsets));
         }
         self.sending = true;
         self.in_flight.as_ref().map(|(batch, _)| batch.clone())
     }
 
-    /// The in-flight batch is durable.
+    /// The in-flight batch is durable; the cap grows back toward its maximum, by an eighth at a
+    /// time (halving on a timeout and growing slowly keeps most writes under the store's limit
+    /// instead of bouncing off it every other write).
     pub fn succeeded(&mut self) {
         self.in_flight = None;
         self.sending = false;
         self.failures = 0;
         self.retry_at = None;
+        self.cap = self.cap.saturating_add(self.cap / 8 + 1).min(self.max);
     }
 
     /// The in-flight batch failed; it stays to be retried. Returns the backoff before retrying.
@@ -81,11 +109,34 @@ impl<T> Lane<T> {
         wait
     }
 
+    /// The in-flight batch's write timed out: like [`Self::failed`], but the batch is halved
+    /// first (its second half goes back to the front of the queue) and the cap with it.
+    pub fn timed_out(&mut self, max_backoff: Duration) -> Duration
+    where
+        T: Clone,
+    {
+        if let Some((batch, offsets)) = self.in_flight.take() {
+            let half = batch.len().div_ceil(2);
+            self.cap = half.max(1);
+            let mut items: Vec<T> = Arc::try_unwrap(batch).unwrap_or_else(|shared| (*shared).clone());
+            let (back_items, back_offsets) = (items.split_off(half), offsets[half..].to_vec());
+            for (o, item) in back_offsets.into_iter().zip(back_items).rev() {
+                self.pending_from = Some(self.pending_from.map_or(o, |f| f.min(o)));
+                self.pending.push_front((o, item));
+            }
+            self.in_flight = Some((Arc::new(items), offsets[..half].to_vec()));
+        }
+        self.failed(max_backoff)
+    }
+
     /// The lowest offset this lane has not yet made durable, if any. Both the in-flight batch
     /// and the pending records count: a lane fed out of offset order can hold lower offsets in
     /// `pending` than in flight.
     pub fn lowest_unapplied(&self) -> Option<i64> {
-        let in_flight = self.in_flight.as_ref().map(|(_, from)| *from);
+        let in_flight = self
+            .in_flight
+            .as_ref()
+            .and_then(|(_, offsets)| offsets.iter().copied().min());
         match (in_flight, self.pending_from) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -248,7 +299,7 @@ pub struct LaneOps<A: Actor<Context = Context<A>>, T, R> {
 /// Sends the lane's next batch (the failed one again, or what is pending): on success the lane
 /// forgets it and `done` runs, in the same callback; on failure it stays in the lane and `again`
 /// runs after the lane's backoff. Nothing while a batch is in flight or backing off.
-pub fn flush_lane<A: RoleActor, T: 'static, R: 'static>(
+pub fn flush_lane<A: RoleActor, T: Clone + 'static, R: 'static>(
     act: &mut A,
     ctx: &mut Context<A>,
     ops: &'static LaneOps<A, T, R>,
@@ -259,7 +310,7 @@ pub fn flush_lane<A: RoleActor, T: 'static, R: 'static>(
 }
 
 /// [`flush_lane`] for a batch already taken from the lane (and held back for a while).
-pub fn send_taken<A: RoleActor, T: 'static, R: 'static>(
+pub fn send_taken<A: RoleActor, T: Clone + 'static, R: 'static>(
     act: &mut A,
     ctx: &mut Context<A>,
     ops: &'static LaneOps<A, T, R>,
@@ -278,7 +329,12 @@ pub fn send_taken<A: RoleActor, T: 'static, R: 'static>(
         }
         Err(e) => {
             let (max, partition) = (act.core().settings.retry_max, act.core().position.partition);
-            let wait = (ops.lane)(act).failed(max);
+            let lane = (ops.lane)(act);
+            let wait = if e.is_timeout() {
+                lane.timed_out(max)
+            } else {
+                lane.failed(max)
+            };
             tracing::warn!(error = %e, retry_in = ?wait, partition, lane = ops.what, "batch not written; it will be retried");
             ctx.run_later(wait, move |act, ctx| (ops.again)(act, ctx));
         }

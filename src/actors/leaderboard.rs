@@ -112,13 +112,14 @@ impl Leaderboard {
         scores_sink: Recipient<ApplyScores>,
         top_sink: Recipient<ReadTop>,
     ) -> Self {
+        let max_batch = core.settings.config.sink_max_batch;
         Leaderboard {
             core,
             pg,
             scores_sink,
             top_sink,
-            scores: Lane::default(),
-            boards: Lane::default(),
+            scores: Lane::new(max_batch),
+            boards: Lane::new(max_batch),
             scored_since_flush: 0,
             live_timer: None,
             board_timer: None,

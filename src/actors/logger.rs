@@ -42,10 +42,11 @@ const EVENTS: LaneOps<Logger, Record, usize> = LaneOps {
 impl Logger {
     /// A logger writing through `pg`.
     pub fn new(core: RoleCore, pg: Recipient<WriteEvents>) -> Self {
+        let max_batch = core.settings.config.sink_max_batch;
         Logger {
             core,
             pg,
-            lane: Lane::default(),
+            lane: Lane::new(max_batch),
             timer: None,
         }
     }

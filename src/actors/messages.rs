@@ -106,6 +106,21 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// True when the write did not finish in time (it may still land; the offset guards make
+    /// that harmless): the batch was too big for the store's answer to come back in time.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            SinkError::Timeout { .. } => true,
+            SinkError::Redis(m) | SinkError::Postgres(m) => {
+                let m = m.to_ascii_lowercase();
+                m.contains("timed out") || m.contains("timeout")
+            }
+            SinkError::Mailbox(_) => false,
+        }
+    }
+}
+
 // ---- Opening a partition's log (source → sinks) ----
 
 pub use crate::db::offsets::LogState;

@@ -119,13 +119,14 @@ impl StatsBuffer {
         redis: Recipient<ApplyStats>,
         claims: Recipient<ClaimFirst>,
     ) -> Self {
+        let max_batch = core.settings.config.sink_max_batch;
         StatsBuffer {
             core,
             pg,
             redis,
             claims,
-            live: Lane::default(),
-            batch: Lane::default(),
+            live: Lane::new(max_batch),
+            batch: Lane::new(max_batch),
             checked: BTreeMap::new(),
             live_done_next: 0,
             parked: None,

@@ -3,6 +3,7 @@
 //! Each test gets its own topic and database schema, so they run in parallel.
 
 mod auth;
+mod backlog;
 mod consumers;
 mod contract;
 mod crash;
