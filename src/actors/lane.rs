@@ -1,5 +1,7 @@
-//! `Lane`: one ordered stream of writes from a role actor to one sink.
+//! What every role actor is made of: a [`RoleCore`] (partition, settings, watermarks) and one
+//! [`Lane`] per sink it writes, each flushed by [`flush_lane`].
 //!
+//! A `Lane` is one ordered stream of writes from a role actor to one sink.
 //! Records wait in `pending`; at most one batch is in flight, so a partition's writes reach a
 //! sink in offset order (the sinks' offset guards depend on it). A batch carries at most the
 //! lane's cap of records (SINK_MAX_BATCH), however many wait: a backlog is written in many
@@ -287,6 +289,7 @@ pub struct LaneOps<A: Actor<Context = Context<A>>, T, R> {
     /// How many records of a batch of this size the write's answer says it applied (the rest
     /// were redeliveries skipped by the offset guard).
     pub applied: fn(&R, usize) -> usize,
+    /// Where the lane lives in the actor.
     pub lane: fn(&mut A) -> &mut Lane<T>,
     /// Starts writing a batch (and takes what it needs from the actor first).
     pub write: fn(&mut A, Arc<Vec<T>>) -> Write<R>,

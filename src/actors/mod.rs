@@ -199,9 +199,7 @@ impl RoleFactory {
             ),
         }
     }
-}
 
-impl RoleFactory {
     /// Gets every store holding this role's offsets ready for `position`'s log, and answers what
     /// they hold of it: `Behind` if any store claims more than the log has, else the lowest
     /// offset every store has applied.
@@ -224,21 +222,16 @@ impl RoleFactory {
             Role::Stats => vec![pg().await??, redis(LiveDb::Stats).await??],
             Role::Leaderboard => vec![redis(LiveDb::Boards).await??],
         };
-        let mut open = LogState::Open {
-            next_offset: i64::MAX,
-        };
-        for state in states {
-            match (state, open) {
-                (LogState::Behind { .. }, _) => return Ok(state),
-                (LogState::Open { next_offset }, LogState::Open { next_offset: lowest }) => {
-                    open = LogState::Open {
-                        next_offset: next_offset.min(lowest),
-                    }
-                }
-                (LogState::Open { .. }, LogState::Behind { .. }) => {}
-            }
+        if let Some(behind) = states.iter().find(|s| matches!(s, LogState::Behind { .. })) {
+            return Ok(*behind);
         }
-        Ok(open)
+        let applied = states.iter().map(|s| match s {
+            LogState::Open { next_offset } => *next_offset,
+            LogState::Behind { stored, .. } => *stored,
+        });
+        Ok(LogState::Open {
+            next_offset: applied.min().unwrap_or(0),
+        })
     }
 }
 

@@ -197,9 +197,10 @@ impl PartitionSource {
         }
     }
 
-    /// Finds the partition's current log and gets the role's stores ready for it, holding the
-    /// partition meanwhile; the role actor starts once it is open. Never gives up: where the log
-    /// can't be told, the partition stays held and says so (ERROR, `/readyz`, a metric).
+    /// Finds the partition's current log and gets the role's stores ready for it (holding the
+    /// partition if that takes long); the role actor starts once it is open. Never gives up:
+    /// where the log can't be told, the partition stays held and says so (ERROR, `/readyz`, a
+    /// metric).
     fn open(&mut self, ctx: &mut Context<Self>) {
         self.role = None;
         self.dispatched_next = -1;
