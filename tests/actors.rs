@@ -652,3 +652,35 @@ async fn a_backlog_is_written_in_bounded_batches_and_a_write_that_times_out_is_h
     );
     assert_eq!(applied.all().last(), Some(&5_000));
 }
+
+#[actix_web::test]
+async fn boards_left_over_by_a_capped_write_are_written_at_the_gap_not_the_interval() {
+    tokio::time::pause();
+    let sinks = FakeSinks::default();
+    let boards = sinks.boards.clone();
+    let sinks = sinks.start();
+    let applied = Log::default();
+    let mut config = Cli::parse_from(["test"]).consumer;
+    // Board writes of at most 100 items: 300 scoring events need three or more of them.
+    config.sink_max_batch = 10;
+    let settings = RoleSettings::new(&config, Metrics::new().expect("metrics"), Role::Leaderboard);
+    let core = core(Role::Leaderboard, settings, Source(applied.clone()).start());
+    let lb = Leaderboard::new(
+        core,
+        sinks.clone().recipient(),
+        sinks.clone().recipient(),
+        sinks.recipient(),
+    )
+    .start();
+    feed(
+        &lb,
+        0..300,
+        ("player_score", "g1", json!({"score": 1})),
+        Duration::from_secs(1),
+    )
+    .await;
+    // Well inside the 5 s LEADERBOARD_FLUSH_INTERVAL_MS: what a capped write left waits only
+    // for the 100 ms gap.
+    assert!(boards.all().len() >= 3, "{} board writes", boards.all().len());
+    assert_eq!(applied.all().last(), Some(&300));
+}

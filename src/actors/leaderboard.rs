@@ -119,7 +119,10 @@ impl Leaderboard {
             scores_sink,
             top_sink,
             scores: Lane::new(max_batch),
-            boards: Lane::new(max_batch),
+            // One board write rewrites each touched game's top N once, however many of its
+            // events it carries: its cost is bounded by the games, not the items, so the lane
+            // may carry many more (the cap only bounds a flood of dead letters).
+            boards: Lane::new(max_batch.saturating_mul(10)),
             scored_since_flush: 0,
             live_timer: None,
             board_timer: None,
@@ -139,7 +142,10 @@ impl Leaderboard {
         let gap = Duration::from_millis(config.leaderboard_min_flush_gap_ms);
         let since_last = self.last_board_flush.map_or(gap, |t| t.elapsed());
         let draining = self.core.marks.draining();
-        let due_now = draining || self.scored_since_flush >= config.leaderboard_flush_events;
+        // Scoring events applied since the last write began, or still waiting from before it (a
+        // write carries at most the lane's cap): either way, that many boards changes are due.
+        let waiting = self.scored_since_flush.max(self.boards.pending_len());
+        let due_now = draining || waiting >= config.leaderboard_flush_events;
         if due_now {
             // Every 50 scoring events, but not more often than the gap allows: under load a
             // flush per 50 events would rewrite thousands of top-N rows per second.
