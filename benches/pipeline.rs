@@ -331,11 +331,20 @@ async fn main() {
     let produce_rate = n as f64 / t.elapsed().as_secs_f64();
     let _ = p.flush(Duration::from_secs(10));
     let mut rows = Vec::new();
+    let mut redis_bytes = Vec::new();
     for role in Role::ALL {
         // Each role in its own schema and prefix so none benefits from another's work.
         let mut rc = fresh(&base, "role").await;
         rc.kafka.kafka_topic = c.kafka.kafka_topic.clone();
+        // Claims hashes as full as the sizing rule assumes (~64 claims each); with the default
+        // 2^19 buckets a 100,000-event run would put each claim in a hash of its own.
+        rc.consumer.dedup_buckets = u32::try_from((n / 64).next_power_of_two()).unwrap_or(1 << 19);
+        let before = redis_used_memory(&rc);
         let r = drain(&rc, &[role], n).await;
+        if role != Role::Logger {
+            let grown = redis_used_memory(&rc).saturating_sub(before);
+            redis_bytes.push((role.service(), grown as f64 / n as f64));
+        }
         rows.push((format!("`{}` alone", role.service()), r));
     }
     let mut all = fresh(&base, "all").await;
@@ -398,4 +407,33 @@ async fn main() {
     }
     println!();
     println!("RSS is the whole bench process: the three consumers, their pools and this producer.");
+    println!();
+    println!("Redis memory a role's drain added (`INFO memory` used_memory, before and after), per event:");
+    println!(
+        "its stats hashes or boards, its offsets and its retry claims, with DEDUP_BUCKETS = events / 64"
+    );
+    println!("rounded up to a power of two, so the claims hashes are as full as the README's sizing rule");
+    println!("assumes (at 10,000 events/s the default 2^19 is that; a small run with the default would");
+    println!("give each claim a hash of its own, ~200 bytes).");
+    println!();
+    println!("| role | bytes of Redis per event |");
+    println!("|---|---:|");
+    for (service, bytes) in &redis_bytes {
+        println!("| `{service}` | {bytes:.0} |");
+    }
+}
+
+/// Redis's `used_memory`, in bytes (the whole server: the bench runs alone).
+fn redis_used_memory(c: &Config) -> u64 {
+    let mut conn = redis::Client::open(c.redis.db_url(0))
+        .and_then(|client| client.get_connection())
+        .expect("Redis reachable");
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query(&mut conn)
+        .expect("INFO memory");
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -316,11 +316,18 @@ pub struct ConsumerConfig {
     #[arg(long, env = "SINK_RETRY_MAX_MS", default_value_t = 5_000)]
     pub sink_retry_max_ms: u64,
 
-    /// How long an event_id is remembered, in seconds: a retry within it counts once in stats
-    /// and leaderboards. Costs ~100 bytes of Redis per event for this long (per store: DB 0 and
-    /// DB 1); 0 turns the check off (`events` still deduplicates).
-    #[arg(long, env = "DEDUP_WINDOW_SECS", default_value_t = 86_400)]
+    /// How long an event_id is remembered at least, in seconds: a retry within it counts once
+    /// in stats and leaderboards (claims are kept for one to two windows). Costs ~42 bytes of
+    /// Redis per event per store (DB 0 and DB 1) for up to twice this long; 0 turns the check
+    /// off (`events` still deduplicates). See the README's sizing rule.
+    #[arg(long, env = "DEDUP_WINDOW_SECS", default_value_t = 1_800)]
     pub dedup_window_secs: u64,
+
+    /// Hashes the retry claims of one window are spread over. Keep claims per hash under 128
+    /// (Redis's compact listpack encoding): DEDUP_BUCKETS ≥ events/s × DEDUP_WINDOW_SECS / 64.
+    /// The default suits 10,000 events/s with the default window; at most 2^24.
+    #[arg(long, env = "DEDUP_BUCKETS", default_value_t = 1 << 19)]
+    pub dedup_buckets: u32,
 }
 
 /// Logging.

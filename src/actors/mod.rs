@@ -249,10 +249,11 @@ impl Sinks {
         let stats = crate::db::redis_pool(&config.redis, 0)?;
         let boards = crate::db::redis_pool(&config.redis, 1)?;
         let prefix = config.redis.redis_key_prefix.clone();
-        let window = config.consumer.dedup_window_secs;
+        let (window, buckets) = (config.consumer.dedup_window_secs, config.consumer.dedup_buckets);
         let pg = Supervisor::start_in_arbiter(arbiter, move |_| PgSink::new(pg_pool));
-        let redis =
-            Supervisor::start_in_arbiter(arbiter, move |_| RedisSink::new(stats, boards, &prefix, window));
+        let redis = Supervisor::start_in_arbiter(arbiter, move |_| {
+            RedisSink::new(stats, boards, &prefix, window).with_claim_buckets(buckets)
+        });
         Ok(Sinks { pg, redis })
     }
 }

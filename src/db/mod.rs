@@ -54,7 +54,7 @@ fn redis_major(info: &str) -> Option<(u32, &str)> {
     Some((version.split('.').next()?.parse().ok()?, version))
 }
 
-/// Refuses a Redis older than 7.0, whose `SET … NX GET` the retry claims need: better one clear
+/// Refuses a Redis older than 7.0, whose `EXPIREAT … NX` the retry claims need: better one clear
 /// error at start than every write failing. A Redis that can't be reached now is no error (the
 /// sinks retry until it is up); the check is then skipped, with a warning.
 pub async fn check_redis_version(cfg: &crate::config::RedisConfig) -> Result<(), DbError> {

@@ -8,7 +8,7 @@
 //! | `leaderboard:{game}:{daily\|weekly\|alltime}` | 1 | a current board |
 //! | `leaderboard:{game}:{daily\|weekly}:{stamp}` | 1 | a dated board (`2024-01-15`, `2024-W03`) |
 //! | `leaderboard:{game}:{daily\|weekly}:current` | 1 | the stamp the current board holds |
-//! | `gamemetrics:seen:{scoped id}` | 0 and 1 | a retry claim |
+//! | `gamemetrics:seen:{generation}:{bucket}` | 0 and 1 | retry claims: a hash from event id (16 bytes) to where it was first seen |
 //! | `gamemetrics:offsets:{service}:{topic}:{partition}:{log}` | 0 or 1 | a partition's applied offset |
 //! | `gamemetrics:log:{service}:{topic}:{partition}` | 0 or 1 | the log last opened |
 
@@ -64,9 +64,10 @@ impl RedisKeys {
         }
     }
 
-    /// A retry claim: `gamemetrics:seen:{id}`, the id scoped to its game.
-    pub fn claim(&self, scoped_id: uuid::Uuid) -> String {
-        format!("{}gamemetrics:seen:{}", self.prefix, scoped_id.simple())
+    /// What a bucket number completes into a retry-claim hash of one generation:
+    /// `gamemetrics:seen:{generation}:`.
+    pub fn claims_of(&self, generation: u64) -> String {
+        format!("{}gamemetrics:seen:{generation}:", self.prefix)
     }
 
     /// A partition's offsets before they were kept per log; the key of a log's own is this,

@@ -472,12 +472,81 @@ async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() 
         .await
         .unwrap();
     assert_eq!(total, 3);
-    let ttl: i64 = r
-        .ttl(format!("{prefix}gamemetrics:seen:{}", retried.simple()))
-        .await
-        .unwrap();
+    // The claim is a field of one claims hash of this generation, which expires within two
+    // windows.
+    let hashes: Vec<String> = r.keys(format!("{prefix}gamemetrics:seen:*")).await.unwrap();
+    let mut holding = Vec::new();
+    for h in &hashes {
+        let found: bool = r.hexists(h, retried.as_bytes().to_vec()).await.unwrap();
+        if found {
+            holding.push(h.clone());
+        }
+    }
+    assert_eq!(holding.len(), 1, "one hash holds the claim: {hashes:?}");
+    let ttl: i64 = r.ttl(&holding[0]).await.unwrap();
     assert!(
-        ttl > 0 && ttl <= window as i64,
-        "claims expire with the window, ttl {ttl}"
+        ttl > 0 && ttl <= 2 * window as i64,
+        "claims expire within two windows, ttl {ttl}"
+    );
+}
+
+#[actix_web::test]
+async fn a_claim_outlives_its_generation_by_a_window_and_then_expires() {
+    use actix::Actor;
+    use gamemetrics::actors::messages::{ApplyStats, Position, StatDelta};
+    use gamemetrics::actors::sinks::redis::RedisSink;
+    let config = test_config();
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let window = 2;
+    let sink = RedisSink::new(
+        gamemetrics::db::redis_pool(&config.redis, 0).unwrap(),
+        gamemetrics::db::redis_pool(&config.redis, 1).unwrap(),
+        &prefix,
+        window,
+    )
+    .with_claim_buckets(16)
+    .start();
+    let position = Position {
+        service: "stats-aggregator",
+        topic: "t".into(),
+        log: "log-a".into(),
+        partition: 0,
+    };
+    let id = uuid::Uuid::new_v4();
+    let apply = |offset: i64| {
+        sink.send(ApplyStats {
+            position: position.clone(),
+            deltas: Arc::new(vec![StatDelta {
+                offset,
+                event_id: id,
+                player_id: "p".into(),
+                event_type: "session_start".into(),
+                timestamp: "2024-01-15T10:00:00.000000Z".into(),
+            }]),
+        })
+    };
+    let generation = || chrono::Utc::now().timestamp() as u64 / window;
+    let start = generation();
+    assert_eq!(apply(0).await.unwrap().unwrap().applied, 1);
+    // The next generation still finds it (in the previous one's hashes), and renews it.
+    while generation() == start {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = apply(5).await.unwrap().unwrap();
+    assert_eq!(
+        (again.applied, again.retries),
+        (0, vec![5]),
+        "a retry one generation later"
+    );
+    // Two generations without a sighting: the claim is gone, the id counts as new.
+    let renewed = generation();
+    while generation() < renewed + 2 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let later = apply(9).await.unwrap().unwrap();
+    assert_eq!(
+        (later.applied, later.retries),
+        (1, vec![]),
+        "forgotten after its window"
     );
 }

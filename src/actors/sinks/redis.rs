@@ -26,8 +26,13 @@ pub struct RedisSink {
     open_script: Arc<Script>,
     /// DEDUP_WINDOW_SECS; 0 when client retries are not deduplicated.
     dedup_window_secs: u64,
+    /// DEDUP_BUCKETS: hashes one generation of claims is spread over.
+    claim_buckets: u32,
     failures: u32,
 }
+
+/// DEDUP_BUCKETS' default, for sinks built without a configuration (tests).
+const DEFAULT_CLAIM_BUCKETS: u32 = 1 << 19;
 
 impl RedisSink {
     /// A sink over the stats (DB 0) and leaderboard (DB 1) pools, with every key under `prefix`,
@@ -42,19 +47,41 @@ impl RedisSink {
             claim_script: Arc::new(Script::new(CLAIM_LUA)),
             open_script: Arc::new(Script::new(OPEN_LUA)),
             dedup_window_secs,
+            claim_buckets: DEFAULT_CLAIM_BUCKETS,
             failures: 0,
         }
     }
 
-    /// The key a script claims for an event id; empty (no claim) when deduplication is off.
-    /// Built here rather than in Lua, where every concatenation is one more string to hash and
-    /// intern per event.
-    fn claim_key(&self, scoped_id: uuid::Uuid) -> String {
+    /// Spreads each generation of retry claims over `buckets` hashes (DEDUP_BUCKETS).
+    pub fn with_claim_buckets(mut self, buckets: u32) -> Self {
+        self.claim_buckets = buckets.clamp(1, 1 << 24);
+        self
+    }
+
+    /// What a script claims an event id by: its 16 bytes, the field of a claims hash; empty (no
+    /// claim) when deduplication is off.
+    fn claim_field(&self, scoped_id: uuid::Uuid) -> Vec<u8> {
         if self.dedup_window_secs > 0 {
-            self.keys.claim(scoped_id)
+            scoped_id.as_bytes().to_vec()
         } else {
-            String::new()
+            Vec::new()
         }
+    }
+
+    /// The arguments every claiming script starts with (see `claim_fn!`): this and the previous
+    /// generation's claims-hash prefixes, when this generation's hashes expire, the bucket
+    /// count. A generation is DEDUP_WINDOW_SECS long and its hashes live until the end of the
+    /// next one, so a claim is kept for one to two windows.
+    fn claim_args(&self) -> (String, String, u64, u32) {
+        let window = self.dedup_window_secs.max(1);
+        let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+        let generation = now / window;
+        (
+            self.keys.claims_of(generation),
+            self.keys.claims_of(generation.saturating_sub(1)),
+            (generation + 2) * window,
+            self.claim_buckets,
+        )
     }
 }
 
@@ -66,7 +93,7 @@ fn redis_err(e: impl std::fmt::Display) -> SinkError {
 
 impl RedisSink {
     /// Runs one of the offset-guarded scripts: KEYS[1] is the partition's offset key, ARGV the
-    /// dedup window, the partition's claim tag, then whatever `fill` adds.
+    /// claim arguments (`claim_fn!`), then whatever `fill` adds.
     fn apply_guarded<T: redis::FromRedisValue + 'static>(
         &mut self,
         pool: RedisPool,
@@ -75,10 +102,15 @@ impl RedisSink {
         fill: impl for<'a> FnOnce(&mut redis::ScriptInvocation<'a>) + 'static,
     ) -> ResponseActFuture<Self, Result<T, SinkError>> {
         let key = self.keys.offsets(position.partition_log());
-        let (window, tag) = (self.dedup_window_secs, claim_tag(position));
+        let (claims, tag) = (self.claim_args(), claim_tag(position));
         tracked(self, async move {
             let mut invocation = script.key(key);
-            invocation.arg(window).arg(tag);
+            invocation
+                .arg(claims.0)
+                .arg(tag)
+                .arg(claims.1)
+                .arg(claims.2)
+                .arg(claims.3);
             fill(&mut invocation);
             let mut conn = pool.get().await.map_err(redis_err)?;
             invocation.invoke_async::<T>(&mut *conn).await.map_err(redis_err)
@@ -91,7 +123,7 @@ impl Handler<ApplyStats> for RedisSink {
 
     fn handle(&mut self, msg: ApplyStats, _: &mut Context<Self>) -> Self::Result {
         let (pool, script) = (self.stats.clone(), self.stats_script.clone());
-        let ids: Vec<String> = msg.deltas.iter().map(|d| self.claim_key(d.event_id)).collect();
+        let ids: Vec<Vec<u8>> = msg.deltas.iter().map(|d| self.claim_field(d.event_id)).collect();
         let stats_prefix = self.keys.player_stats_prefix();
         self.apply_guarded(pool, script, &msg.position, move |inv| {
             inv.arg(stats_prefix);
@@ -112,7 +144,7 @@ impl Handler<ApplyScores> for RedisSink {
     fn handle(&mut self, msg: ApplyScores, _: &mut Context<Self>) -> Self::Result {
         let (pool, script) = (self.boards.clone(), self.scores_script.clone());
         let now = periods_of(chrono::Utc::now(), 0);
-        let ids: Vec<String> = msg.deltas.iter().map(|d| self.claim_key(d.event_id)).collect();
+        let ids: Vec<Vec<u8>> = msg.deltas.iter().map(|d| self.claim_field(d.event_id)).collect();
         let bases: Vec<String> = msg
             .deltas
             .iter()
@@ -187,14 +219,18 @@ impl Handler<ClaimFirst> for RedisSink {
 
     fn handle(&mut self, msg: ClaimFirst, _: &mut Context<Self>) -> Self::Result {
         let (pool, script) = (self.stats.clone(), self.claim_script.clone());
-        let (window, tag) = (self.dedup_window_secs, claim_tag(&msg.position));
-        let keys: Vec<String> = msg.items.iter().map(|(_, id)| self.claim_key(*id)).collect();
+        let (window, tag, claims) = (
+            self.dedup_window_secs,
+            claim_tag(&msg.position),
+            self.claim_args(),
+        );
+        let keys: Vec<Vec<u8>> = msg.items.iter().map(|(_, id)| self.claim_field(*id)).collect();
         tracked(self, async move {
             if window == 0 || msg.items.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut invocation = script.arg(window);
-            invocation.arg(tag);
+            let mut invocation = script.arg(claims.0);
+            invocation.arg(tag).arg(claims.1).arg(claims.2).arg(claims.3);
             for ((offset, _), key) in msg.items.iter().zip(keys) {
                 invocation.arg(*offset).arg(key);
             }
@@ -215,7 +251,10 @@ impl Handler<ClaimFirst> for RedisSink {
 /// replay of its first sighting and count twice. An id claimed on an earlier log is a retry on
 /// the new one, as `events` also says: see docs/decisions.md.
 fn claim_tag(p: &Position) -> String {
-    format!("{}:{}:", p.log, p.partition)
+    // Eight characters of the log id (48 bits) tell logs of one topic name apart well enough,
+    // at a third of the bytes of every claim.
+    let log = p.log.get(..8).unwrap_or(&p.log);
+    format!("{log}:{}:", p.partition)
 }
 
 impl Handler<ReadTop> for RedisSink {
@@ -251,23 +290,37 @@ impl Handler<ReadTop> for RedisSink {
     }
 }
 
-/// The retry check shared by every script: `first(key, offset)` is true unless the event id's
-/// claim `key` (empty: no check) was already taken by a different sighting. The claim stores
-/// where the id was first seen (`log:partition:offset`) for ARGV[1] seconds; claiming again from
-/// the same place (a replay after a crash) still answers true, so a replayed first sighting is
-/// counted exactly once by the offset guard. Every later sighting renews the window, so a lane
-/// that asks later (the stats PostgreSQL lane after a restart) still finds the claim the others
-/// relied on. ARGV[2] is the partition's claim tag, `log:partition:`.
+/// The retry check shared by every script: `first(field, offset)` is true unless the event id
+/// `field` (16 bytes; empty: no check) was already claimed by a different sighting. A claim
+/// records where the id was first seen (ARGV[2], the partition's tag `log:partition:`, then the
+/// offset); claiming again from the same place (a replay after a crash) still answers true, so a
+/// replayed first sighting is counted exactly once by the offset guard.
+///
+/// Claims live in hashes, a generation (DEDUP_WINDOW_SECS) at a time, each generation spread over
+/// ARGV[5] buckets by the id's first bytes: ARGV[1] and ARGV[3] are this and the previous
+/// generation's prefixes, ARGV[4] when this generation's hashes expire. A hash of under 128
+/// short fields is a compact listpack, ~42 bytes a claim where a key of its own took ~210. A
+/// claim found only in the previous generation is copied into this one: a sighting renews it,
+/// so a lane that asks later (the stats PostgreSQL lane after a restart) still finds the claim
+/// the others relied on.
 macro_rules! claim_fn {
     () => {
         r#"
-local function first(key, off)
-  if key == '' then return true end
+local BUCKETS = tonumber(ARGV[5])
+local function first(field, off)
+  if field == '' then return true end
+  local b1, b2, b3 = string.byte(field, 1, 3)
+  local bucket = (b1 * 65536 + b2 * 256 + b3) % BUCKETS
+  local cur = ARGV[1] .. bucket
   local pos = ARGV[2] .. off
-  local prev = redis.call('SET', key, pos, 'NX', 'GET', 'EX', ARGV[1])
-  if not prev then return true end
-  redis.call('EXPIRE', key, ARGV[1])
-  return prev == pos
+  local seen = redis.call('HGET', cur, field)
+  if not seen then
+    seen = redis.call('HGET', ARGV[3] .. bucket, field)
+    redis.call('HSET', cur, field, seen or pos)
+    redis.call('EXPIREAT', cur, ARGV[4], 'NX')
+  end
+  if not seen then return true end
+  return seen == pos
 end
 "#
     };
@@ -293,21 +346,21 @@ if nxt > applied then redis.call('SET', KEYS[1], nxt) end
     };
 }
 
-/// ARGV: window, claim tag, the stats key prefix, then per event: offset, claim key, player_id,
-/// event_type, timestamp. Answers {counted, first offset checked, retry offsets...}: the stats
+/// ARGV: the five claim arguments, the stats key prefix, then per event: offset, claim field,
+/// player_id, event_type, timestamp. Answers {counted, first offset checked, retry offsets...}: the stats
 /// PostgreSQL lane reuses these answers instead of asking again.
 const STATS_LUA: &str = concat!(
     claim_fn!(),
     guard_open!(),
     r#"
 local out = { 0, applied }
-for i = 4, #ARGV, 5 do
+for i = 7, #ARGV, 5 do
   local off = tonumber(ARGV[i])
   if off >= applied then
     if not first(ARGV[i + 1], ARGV[i]) then
       out[#out + 1] = off
     else
-      local key = ARGV[3] .. ARGV[i + 2]
+      local key = ARGV[6] .. ARGV[i + 2]
       redis.call('HINCRBY', key, 'total_events', 1)
       redis.call('HINCRBY', key, 'event_' .. ARGV[i + 3], 1)
       local last = redis.call('HGET', key, 'last_event')
@@ -346,21 +399,22 @@ if legacy then return { 'new', 0, 'from before topic ids', tonumber(legacy) } en
 return { 'new', 0, '', 0 }
 "#;
 
-/// ARGV: window, claim tag, then per event: offset, claim key. Returns the retries' offsets.
+/// ARGV: the five claim arguments, then per event: offset, claim field. Returns the retries'
+/// offsets.
 const CLAIM_LUA: &str = concat!(
     claim_fn!(),
     r#"
 local retries = {}
-for i = 3, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   if not first(ARGV[i + 1], ARGV[i]) then retries[#retries + 1] = tonumber(ARGV[i]) end
 end
 return retries
 "#
 );
 
-/// ARGV: window, claim tag, the server's current day and ISO week, the board key suffixes of
+/// ARGV: the five claim arguments, the server's current day and ISO week, the board key suffixes of
 /// daily, weekly and alltime, the dated-board separator and the current-marker suffix, then per
-/// event: offset, claim key, the game's board base key, player, score, day, week, day expiry,
+/// event: offset, claim field, the game's board base key, player, score, day, week, day expiry,
 /// week expiry. The dated boards (`…:daily:2024-01-15`) keep past periods until their retention
 /// ends; `…:daily` is the board of the newest day seen that is not ahead of the server's clock
 /// (a client clock running fast must not end today early). When it moves to a newer day it
@@ -370,10 +424,10 @@ const SCORES_LUA: &str = concat!(
     claim_fn!(),
     guard_open!(),
     r#"
-local server = { ARGV[3], ARGV[4] }
-local suffix = { ARGV[5], ARGV[6] }
-local alltime, sep, marker_suffix = ARGV[7], ARGV[8], ARGV[9]
-for i = 10, #ARGV, 9 do
+local server = { ARGV[6], ARGV[7] }
+local suffix = { ARGV[8], ARGV[9] }
+local alltime, sep, marker_suffix = ARGV[10], ARGV[11], ARGV[12]
+for i = 13, #ARGV, 9 do
   local off = tonumber(ARGV[i])
   if off >= applied and first(ARGV[i + 1], ARGV[i]) then
     local base, player, score = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
