@@ -4,10 +4,8 @@
 
 use crate::helpers::*;
 use crate::model::{assert_state, events, with_retries, Model};
-use futures::StreamExt;
 use gamemetrics::config::Config;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -57,18 +55,7 @@ async fn consumers_killed_mid_stream_lose_nothing_and_count_nothing_twice() {
     for (i, r) in retries.into_iter().enumerate() {
         sends.insert((i * 11 + 50).min(sends.len()), r);
     }
-    let posting = futures::stream::iter(sends)
-        .map(|ev| {
-            let app = &app;
-            async move {
-                let res = app.post_event(&ev).await;
-                assert_eq!(res.status(), 200);
-                let body: Value = res.json().await.expect("json");
-                (ev, body["event_id"].as_str().expect("event_id").to_owned())
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>();
+    let posting = post_all(&app, sends, 16);
     let done = std::cell::Cell::new(false);
     let posting = async {
         let accepted = posting.await;

@@ -442,3 +442,23 @@ impl Drop for OnDrop {
         run_script(self.script, self.args, &env);
     }
 }
+
+/// Posts events `concurrency` at a time, each answered 200, and answers them with the event_id
+/// the API gave each (the client's own, or the one it chose).
+pub async fn post_all(
+    app: &TestApp,
+    events: Vec<serde_json::Value>,
+    concurrency: usize,
+) -> Vec<(serde_json::Value, String)> {
+    use futures::StreamExt;
+    futures::stream::iter(events)
+        .map(|ev| async move {
+            let res = app.post_event(&ev).await;
+            assert_eq!(res.status(), 200);
+            let body: serde_json::Value = res.json().await.expect("json");
+            (ev, body["event_id"].as_str().expect("event_id").to_owned())
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}

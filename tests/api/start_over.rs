@@ -5,7 +5,6 @@
 
 use crate::helpers::*;
 use crate::model::*;
-use futures::StreamExt;
 use gamemetrics::actors::Role;
 use gamemetrics::config::Config;
 use gamemetrics::kafka::{EmbeddedKafka, TopicSpec};
@@ -24,19 +23,7 @@ async fn config() -> Config {
 async fn run_phase(config: &Config, evs: &[Value], model: &mut Model) {
     let consumers = start_consumers(config, &Role::ALL);
     let app = start_app(config.clone());
-    let accepted: Vec<(Value, String)> = futures::stream::iter(evs.iter().cloned())
-        .map(|ev| {
-            let app = &app;
-            async move {
-                let res = app.post_event(&ev).await;
-                assert_eq!(res.status(), 200);
-                let body: Value = res.json().await.expect("json");
-                (ev, body["event_id"].as_str().expect("event_id").to_owned())
-            }
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
+    let accepted = post_all(&app, evs.to_vec(), 8).await;
     for (ev, id) in &accepted {
         model.add(ev, id);
     }
