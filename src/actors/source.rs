@@ -114,6 +114,10 @@ pub struct PartitionSource {
     role: Option<RoleHandle>,
     /// Records that arrived while the log was being opened, dispatched in order once it is.
     stash: Vec<Incoming>,
+    /// After the topic's id changed without its offsets going back: the offset the new log's
+    /// first record must not be above (what the stores applied of it, or its start), since
+    /// librdkafka may have kept the old log's position and skipped the records below it.
+    expect_from: Option<i64>,
     /// One past the last record handed to the role actor.
     dispatched_next: i64,
     /// Every record below this is durable; also what was last stored for commit.
@@ -128,6 +132,17 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_OPEN_WAIT: Duration = Duration::from_secs(30);
 /// How long opening a partition's log may take before the partition is paused meanwhile.
 const HOLD_AFTER: Duration = Duration::from_millis(250);
+/// Why a partition's log is being opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// The partition was assigned to this consumer.
+    Assigned,
+    /// Its offsets went back under a running role actor.
+    Rewound,
+    /// The topic's id changed while its offsets did not go back.
+    Replaced,
+}
+
 /// How often an open partition checks that its topic is still the same log.
 const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -142,6 +157,7 @@ impl PartitionSource {
             factory,
             role: None,
             stash: Vec::new(),
+            expect_from: None,
             dispatched_next: -1,
             applied_next: -1,
             paused: false,
@@ -201,7 +217,8 @@ impl PartitionSource {
     /// partition if that takes long); the role actor starts once it is open. Never gives up:
     /// where the log can't be told, the partition stays held and says so (ERROR, `/readyz`, a
     /// metric).
-    fn open(&mut self, ctx: &mut Context<Self>) {
+    fn open(&mut self, ctx: &mut Context<Self>, why: Opening) {
+        let left = self.position.log.clone();
         self.role = None;
         self.dispatched_next = -1;
         self.applied_next = -1;
@@ -219,17 +236,34 @@ impl PartitionSource {
             self.position.clone(),
             self.metrics.clone(),
         );
-        ctx.spawn(opening.into_actor(self).map(move |position, act, ctx| {
-            ctx.cancel_future(hold);
-            act.position = position;
-            act.role = Some(act.factory.spawn(act.position.clone(), ctx.address().recipient()));
-            if act.paused {
-                act.set_paused(false, "partition's log open");
-            }
-            for msg in std::mem::take(&mut act.stash) {
-                act.dispatch(msg, ctx);
-            }
-        }));
+        ctx.spawn(
+            opening
+                .into_actor(self)
+                .map(move |(position, resume_from), act, ctx| {
+                    ctx.cancel_future(hold);
+                    act.position = position;
+                    if why == Opening::Rewound && act.position.log == left {
+                        // The same log went back: truncated (an unclean leader election). The role actor
+                        // it replaces may still land writes of records past the new end, whose offsets
+                        // the log will now reuse for other records: those would be skipped.
+                        let problem = format!(
+                    "partition {} of log {} went back under the consumer (truncated, e.g. by an unclean \
+                     leader election): not consuming rather than skip records (see docs/operations.md)",
+                    act.position.partition, act.position.log
+                );
+                        act.block(problem);
+                        return;
+                    }
+                    act.expect_from = (why == Opening::Replaced).then_some(resume_from);
+                    act.role = Some(act.factory.spawn(act.position.clone(), ctx.address().recipient()));
+                    if act.paused {
+                        act.set_paused(false, "partition's log open");
+                    }
+                    for msg in std::mem::take(&mut act.stash) {
+                        act.dispatch(msg, ctx);
+                    }
+                }),
+        );
     }
 
     /// Hands one record to the role actor, or holds it while the log is being opened. A record
@@ -245,15 +279,32 @@ impl PartitionSource {
                 expected = self.dispatched_next,
                 "the partition's offsets went back: opening its log again"
             );
-            self.open(ctx);
+            self.open(ctx, Opening::Rewound);
+        }
+        if self.role.is_some() && self.applied_next < 0 {
+            if let Some(from) = self.expect_from.take() {
+                if msg.offset > from {
+                    let problem = format!(
+                        "topic {} changed to log {} and its first record came at offset {}, but the \
+                         log was applied only up to {from}: librdkafka kept the old log's position \
+                         and skipped the records between; not consuming (see docs/operations.md)",
+                        self.position.topic, self.position.log, msg.offset
+                    );
+                    self.block(problem);
+                }
+            }
         }
         let Some(role) = &self.role else {
             self.stash.push(msg);
             return;
         };
         if self.applied_next < 0 {
-            // Everything before the first record we are handed was committed by a predecessor.
+            // Everything before the first record we are handed was committed by a predecessor,
+            // or (a log opened anew) is not this log's. Store it for commit at once: after a
+            // topic was created again, librdkafka would otherwise still hold the old log's
+            // offset for it, and a restart before the first write would resume from there.
             self.applied_next = msg.offset;
+            self.store_offset(msg.offset);
         }
         self.dispatched_next = msg.offset + 1;
         let payload = parse(msg.payload.as_deref());
@@ -273,10 +324,10 @@ impl PartitionSource {
     }
 
     /// Checks that the topic still has the id the partition was opened with. A topic created
-    /// again normally shows as offsets going back ([`Self::dispatch`]); but librdkafka keeps its
-    /// fetch position when the new log has already grown past it (a FIXME in its
-    /// `rd_kafka_topic_metadata_update`), and then the records of the new log below that position
-    /// are never delivered. That can't be undone here, so the partition stops and says so.
+    /// again normally shows as offsets going back ([`Self::dispatch`]); when it doesn't (the new
+    /// log is still empty, or librdkafka kept its fetch position because the new log had already
+    /// grown past it, a FIXME in its `rd_kafka_topic_metadata_update`), the log is opened anew,
+    /// and its first record tells which of the two it was.
     fn check_log(&mut self, ctx: &mut Context<Self>) {
         if self.role.is_none() {
             return;
@@ -285,26 +336,52 @@ impl PartitionSource {
         let asked_for = self.position.log.clone();
         let lookup =
             tokio::task::spawn_blocking(move || describe_topic_id(consumer.client(), &topic, LOOKUP_TIMEOUT));
-        ctx.spawn(lookup.into_actor(self).map(move |res, act, _| {
+        ctx.spawn(lookup.into_actor(self).map(move |res, act, ctx| {
             let Ok(Ok(id)) = res else { return };
-            // Reopened meanwhile (offsets went back), or already blocked: nothing to compare.
+            // Reopened meanwhile (offsets went back), or blocked: nothing to compare.
             if act.role.is_none() || act.position.log != asked_for || id.as_str() == &*asked_for {
                 return;
             }
-            let problem = format!(
-                "topic {} changed from log {} to {id} without its offsets going back: records of \
-                 the new log below offset {} may never have been read; not consuming (see docs/operations.md)",
-                act.position.topic, act.position.log, act.dispatched_next
-            );
-            act.role = None;
-            if !act.paused {
-                act.set_paused(true, "topic changed under the consumer");
-            }
-            let labels = [act.position.service.to_owned(), act.position.partition.to_string()];
-            act.metrics.consumer_blocked.with_label_values(&labels).set(1);
-            act.metrics.health.set(&Self::component(&act.position), problem.clone());
-            tracing::error!(component = Self::component(&act.position), problem, "partition blocked");
+            tracing::warn!(service = act.position.service, partition = act.position.partition,
+                old_log = %asked_for, new_log = %id, "the topic's id changed under the consumer: opening its log again");
+            act.open(ctx, Opening::Replaced);
         }));
+    }
+
+    /// Stops handing on records and says why (ERROR, `/readyz`, the blocked metric); the
+    /// partition stays paused until it is released.
+    fn block(&mut self, problem: String) {
+        self.role = None;
+        if !self.paused {
+            self.set_paused(true, "blocked");
+        }
+        let labels = [
+            self.position.service.to_owned(),
+            self.position.partition.to_string(),
+        ];
+        self.metrics.consumer_blocked.with_label_values(&labels).set(1);
+        let component = Self::component(&self.position);
+        self.metrics.health.set(&component, problem.clone());
+        tracing::error!(component, problem, "partition blocked");
+    }
+
+    /// Stores `next` as the offset to commit for this partition.
+    fn store_offset(&self, next: i64) {
+        // `store_offsets` takes the next offset to read, as committed offsets are; the
+        // single-partition `store_offset` would store offset + 1 (librdkafka's
+        // rd_kafka_offset_store takes the last processed offset) and skip a record after every
+        // restart: the crash test caught exactly that.
+        let mut tpl = TopicPartitionList::new();
+        let stored = tpl
+            .add_partition_offset(
+                &self.position.topic,
+                self.position.partition,
+                Offset::Offset(next),
+            )
+            .and_then(|()| self.consumer.store_offsets(&tpl));
+        if let Err(e) = stored {
+            tracing::debug!(error = %e, partition = self.position.partition, "offset not stored (partition revoked?)");
+        }
     }
 
     /// The key this partition's problems are reported under in [`Metrics::health`].
@@ -316,14 +393,15 @@ impl PartitionSource {
     }
 }
 
-/// Looks up the topic's id and the partition's end, and opens that log in the role's stores,
-/// retrying until it can. Answers the position with its log.
+/// Looks up the topic's id and the partition's start and end, and opens that log in the role's
+/// stores, retrying until it can. Answers the position with its log, and where consuming it
+/// should resume: what every store applied of it, or its start, whichever is later.
 async fn open_log(
     consumer: Arc<RoleConsumer>,
     factory: Arc<RoleFactory>,
     mut position: Position,
     metrics: Metrics,
-) -> Position {
+) -> (Position, i64) {
     let component = PartitionSource::component(&position);
     let labels = [position.service.to_owned(), position.partition.to_string()];
     let mut wait = Duration::from_millis(250);
@@ -332,16 +410,16 @@ async fn open_log(
         let (c, topic, partition) = (consumer.clone(), position.topic.clone(), position.partition);
         let lookup = tokio::task::spawn_blocking(move || {
             let id = describe_topic_id(c.client(), &topic, LOOKUP_TIMEOUT).map_err(|e| e.to_string())?;
-            let (_, end) = c
+            let (start, end) = c
                 .fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT)
                 .map_err(|e| format!("reading the end of partition {partition}: {e}"))?;
-            Ok::<_, String>((id, end))
+            Ok::<_, String>((id, start, end))
         })
         .await
         .unwrap_or_else(|e| Err(format!("log lookup failed: {e}")));
         let problem = match lookup {
             Err(problem) => problem,
-            Ok((id, log_end)) => {
+            Ok((id, log_start, log_end)) => {
                 position.log = id.as_str().into();
                 match factory.open_log(&position, log_end).await {
                     Ok(LogState::Open { next_offset }) => {
@@ -352,7 +430,7 @@ async fn open_log(
                         tracing::info!(service = position.service, partition = position.partition,
                             log = %position.log, next_offset, log_end, took_ms = started.elapsed().as_millis() as u64,
                             "partition's log open");
-                        return position;
+                        return (position, next_offset.max(log_start));
                     }
                     Ok(LogState::Behind { stored, log_end }) => format!(
                         "the stores hold offsets of log {} up to {stored} but the log ends at {log_end} \
@@ -393,7 +471,7 @@ impl Actor for PartitionSource {
             partition = self.position.partition,
             "partition assigned"
         );
-        self.open(ctx);
+        self.open(ctx, Opening::Assigned);
         ctx.run_interval(LOG_CHECK_INTERVAL, |act, ctx| act.check_log(ctx));
     }
 
@@ -431,21 +509,7 @@ impl Handler<Applied> for PartitionSource {
         }
         self.applied_next = msg.next_offset;
         // Stored offsets are committed by librdkafka's auto-commit, and on revoke and close.
-        // `store_offsets` takes the next offset to read, as committed offsets are; the
-        // single-partition `store_offset` would store offset + 1 (librdkafka's
-        // rd_kafka_offset_store takes the last processed offset) and skip a record after every
-        // restart: the crash test caught exactly that.
-        let mut tpl = TopicPartitionList::new();
-        let stored = tpl
-            .add_partition_offset(
-                &self.position.topic,
-                self.position.partition,
-                Offset::Offset(msg.next_offset),
-            )
-            .and_then(|()| self.consumer.store_offsets(&tpl));
-        if let Err(e) = stored {
-            tracing::debug!(error = %e, partition = self.position.partition, "offset not stored (partition revoked?)");
-        }
+        self.store_offset(msg.next_offset);
         self.report_in_flight();
         if self.paused && self.in_flight() <= self.max_in_flight() / 2 {
             self.set_paused(false, "backpressure relieved");
