@@ -24,8 +24,9 @@ pub struct Lane<T> {
     pending: VecDeque<(i64, T)>,
     /// The lowest offset in `pending`.
     pending_from: Option<i64>,
-    /// The batch being written, and its records' offsets.
-    in_flight: Option<(Arc<Vec<T>>, Vec<i64>)>,
+    /// The batch being written, its records' offsets, and the lowest of them (asked for on
+    /// every report, so kept rather than searched for).
+    in_flight: Option<(Arc<Vec<T>>, Vec<i64>, i64)>,
     sending: bool,
     failures: u32,
     /// After a failure, no resend before this instant, whatever triggers a flush meanwhile.
@@ -84,10 +85,11 @@ impl<T> Lane<T> {
             let n = self.pending.len().min(self.cap);
             let (offsets, batch): (Vec<i64>, Vec<T>) = self.pending.drain(..n).unzip();
             self.pending_from = self.pending.iter().map(|(o, _)| *o).min();
-            self.in_flight = Some((Arc::new(batch), offsets));
+            let from = offsets.iter().copied().min().unwrap_or(i64::MAX);
+            self.in_flight = Some((Arc::new(batch), offsets, from));
         }
         self.sending = true;
-        self.in_flight.as_ref().map(|(batch, _)| batch.clone())
+        self.in_flight.as_ref().map(|(batch, _, _)| batch.clone())
     }
 
     /// The in-flight batch is durable; the cap grows back toward its maximum, by an eighth at a
@@ -117,7 +119,7 @@ impl<T> Lane<T> {
     where
         T: Clone,
     {
-        if let Some((batch, offsets)) = self.in_flight.take() {
+        if let Some((batch, offsets, _)) = self.in_flight.take() {
             let half = batch.len().div_ceil(2);
             self.cap = half.max(1);
             let mut items: Vec<T> = Arc::try_unwrap(batch).unwrap_or_else(|shared| (*shared).clone());
@@ -126,7 +128,9 @@ impl<T> Lane<T> {
                 self.pending_from = Some(self.pending_from.map_or(o, |f| f.min(o)));
                 self.pending.push_front((o, item));
             }
-            self.in_flight = Some((Arc::new(items), offsets[..half].to_vec()));
+            let kept = offsets[..half].to_vec();
+            let from = kept.iter().copied().min().unwrap_or(i64::MAX);
+            self.in_flight = Some((Arc::new(items), kept, from));
         }
         self.failed(max_backoff)
     }
@@ -135,10 +139,7 @@ impl<T> Lane<T> {
     /// and the pending records count: a lane fed out of offset order can hold lower offsets in
     /// `pending` than in flight.
     pub fn lowest_unapplied(&self) -> Option<i64> {
-        let in_flight = self
-            .in_flight
-            .as_ref()
-            .and_then(|(_, offsets)| offsets.iter().copied().min());
+        let in_flight = self.in_flight.as_ref().map(|(_, _, from)| *from);
         match (in_flight, self.pending_from) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
