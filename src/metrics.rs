@@ -39,7 +39,9 @@ pub struct Metrics {
     pub consumer_flush_latency: HistogramVec,
     /// Records per sink write, by consumer service and sink.
     pub consumer_flush_size: HistogramVec,
-    /// Time from `ingested_at` to the event being durable in its sink, by consumer service.
+    /// Time from `ingested_at` to the event being durable in a store, by consumer service and
+    /// sink: the `events` row (logger, postgres), the player's Redis stats (stats, redis), the
+    /// player's Redis board score (leaderboard, redis).
     pub consumer_e2e_latency: HistogramVec,
     /// 1 while a partition is paused for backpressure, by consumer service and partition.
     pub consumer_paused: IntGaugeVec,
@@ -146,7 +148,7 @@ impl Metrics {
                 "From ingested_at to durable in the sink",
             )
             .buckets(exponential_buckets(0.001, 2.0, 16)?),
-            &["service"],
+            &["service", "sink"],
         )?;
         let consumer_paused = IntGaugeVec::new(
             Opts::new("consumer_partition_paused", "1 while paused for backpressure"),

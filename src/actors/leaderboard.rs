@@ -53,6 +53,9 @@ const SCORES: LaneOps<Leaderboard, ScoreDelta, usize> = LaneOps {
         send(&act.scores_sink, ApplyScores { position, deltas })
     },
     done: |act, deltas, _, ctx| {
+        act.core
+            .settings
+            .observe_latency("redis", deltas.iter().map(|d| d.ingested_at));
         // The scores lane forgot these offsets in this same callback: they move to the boards
         // lane without a moment in which neither holds them.
         for d in deltas.iter() {
@@ -221,6 +224,7 @@ impl Handler<Consumed> for Leaderboard {
                         day_expires_at: periods.day_expires_at,
                         week: periods.week,
                         week_expires_at: periods.week_expires_at,
+                        ingested_at: event.ingested_at,
                     },
                 );
                 arm_live(

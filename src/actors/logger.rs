@@ -27,12 +27,13 @@ const EVENTS: LaneOps<Logger, Record, usize> = LaneOps {
         send(&act.pg, WriteEvents { position, records })
     },
     done: |act, records, _, ctx| {
-        act.core
-            .settings
-            .observe_latency(records.iter().filter_map(|r| match &r.payload {
+        act.core.settings.observe_latency(
+            "postgres",
+            records.iter().filter_map(|r| match &r.payload {
                 Payload::Event(e) => Some(e.ingested_at),
                 Payload::Poison { .. } => None,
-            }));
+            }),
+        );
         act.report();
         act.flush(ctx);
     },

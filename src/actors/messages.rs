@@ -193,6 +193,8 @@ pub struct StatDelta {
     pub event_type: String,
     /// RFC 3339 UTC with microseconds, so string order is time order.
     pub timestamp: String,
+    /// When the API accepted the event, for the end-to-end latency metric.
+    pub ingested_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Apply stats deltas to Redis DB 0, skipping offsets already applied and retries.
@@ -245,6 +247,8 @@ pub struct ScoreDelta {
     /// `YYYY-Www` of the event's ISO week, and the Unix time its dated board expires.
     pub week: String,
     pub week_expires_at: i64,
+    /// When the API accepted the event, for the end-to-end latency metric.
+    pub ingested_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Apply score deltas to Redis DB 1, skipping offsets already applied. Answers how many applied.

@@ -131,13 +131,13 @@ impl RoleSettings {
             .inc_by(size.saturating_sub(applied) as u64);
     }
 
-    /// Records the ingest-to-durable latency of applied events.
-    pub fn observe_latency(&self, ingested: impl Iterator<Item = DateTime<Utc>>) {
+    /// Records the ingest-to-durable latency of events just written to `sink`.
+    pub fn observe_latency(&self, sink: &str, ingested: impl Iterator<Item = DateTime<Utc>>) {
         let now = Utc::now();
         let h = self
             .metrics
             .consumer_e2e_latency
-            .with_label_values(&[self.role.service()]);
+            .with_label_values(&[self.role.service(), sink]);
         for t in ingested {
             h.observe((now - t).num_microseconds().unwrap_or(0) as f64 / 1e6);
         }

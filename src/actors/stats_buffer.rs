@@ -44,6 +44,9 @@ const LIVE: LaneOps<StatsBuffer, StatDelta, StatsApplied> = LaneOps {
         send(&act.redis, ApplyStats { position, deltas })
     },
     done: |act, deltas, done, ctx| {
+        act.core
+            .settings
+            .observe_latency("redis", deltas.iter().map(|d| d.ingested_at));
         let retries: HashSet<i64> = done.retries.into_iter().collect();
         for d in deltas.iter().filter(|d| d.offset >= done.checked_from) {
             act.checked.insert(d.offset, retries.contains(&d.offset));
@@ -201,6 +204,7 @@ impl Handler<Consumed> for StatsBuffer {
                 player_id: event.player_id.as_str().to_owned(),
                 event_type: event.event_type.as_str().to_owned(),
                 timestamp: event.timestamp.to_rfc3339_opts(SecondsFormat::Micros, true),
+                ingested_at: event.ingested_at,
             },
         );
         self.batch.push(

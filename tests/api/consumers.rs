@@ -338,6 +338,7 @@ async fn the_current_daily_board_follows_event_days_but_not_past_the_server_cloc
         day_expires_at: far,
         week: "2024-W03".into(),
         week_expires_at: far,
+        ingested_at: chrono::Utc::now(),
     };
     let position = Position {
         service: "leaderboard-manager",
@@ -411,6 +412,7 @@ async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() 
         player_id: "p".into(),
         event_type: "session_start".into(),
         timestamp: "2024-01-15T10:00:00.000000Z".into(),
+        ingested_at: chrono::Utc::now(),
     };
     let apply = |deltas: Vec<StatDelta>| {
         sink.send(ApplyStats {
@@ -522,6 +524,7 @@ async fn a_claim_outlives_its_generation_by_a_window_and_then_expires() {
                 player_id: "p".into(),
                 event_type: "session_start".into(),
                 timestamp: "2024-01-15T10:00:00.000000Z".into(),
+                ingested_at: chrono::Utc::now(),
             }]),
         })
     };
@@ -549,4 +552,41 @@ async fn a_claim_outlives_its_generation_by_a_window_and_then_expires() {
         (1, vec![]),
         "forgotten after its window"
     );
+}
+
+#[actix_web::test]
+async fn freshness_is_recorded_per_store_from_ingest_to_durable() {
+    let config = pipeline_config(|_| {}).await;
+    let metrics = gamemetrics::metrics::Metrics::new().unwrap();
+    let consumers = start_consumers_with(&config, &Role::ALL, &metrics);
+    let app = start_app(config.clone());
+    let scoring =
+        json!({"event_type": "player_score", "player_id": "p", "game_id": "g", "data": {"score": 3}});
+    let other = json!({"event_type": "session_start", "player_id": "p", "game_id": "g"});
+    for ev in [&scoring, &scoring, &other] {
+        assert_eq!(app.post_event(ev).await.status(), 200);
+    }
+    let series: Vec<String> = [
+        ("event-logger", "postgres", 3),
+        ("stats-aggregator", "redis", 3),
+        ("leaderboard-manager", "redis", 2),
+    ]
+    .iter()
+    .map(|(service, sink, n)| {
+        format!(r#"gamemetrics_consumer_end_to_end_seconds_count{{service="{service}",sink="{sink}"}} {n}"#)
+    })
+    .collect();
+    eventually(
+        Duration::from_secs(30),
+        "a latency per store for each event",
+        || {
+            let text = metrics.render();
+            let all = series.iter().all(|s| text.contains(s.as_str()));
+            async move { all.then_some(()) }
+        },
+    )
+    .await;
+    for c in consumers {
+        c.shutdown(Duration::from_secs(10)).await;
+    }
 }
