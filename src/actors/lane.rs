@@ -278,6 +278,9 @@ where
     Box::pin(async move { request.await? })
 }
 
+/// When a lane's record was accepted by the API, if it is an event.
+pub type IngestedAt<T> = fn(&T) -> Option<chrono::DateTime<chrono::Utc>>;
+
 /// What follows a durable batch: the actor, the batch, the write's answer.
 pub type Done<A, T, R> = fn(&mut A, Arc<Vec<T>>, R, &mut Context<A>);
 
@@ -290,6 +293,9 @@ pub struct LaneOps<A: Actor<Context = Context<A>>, T, R> {
     /// How many records of a batch of this size the write's answer says it applied (the rest
     /// were redeliveries skipped by the offset guard).
     pub applied: fn(&R, usize) -> usize,
+    /// When a record was accepted by the API, for lanes whose write is what makes an event
+    /// visible in a store (the end-to-end latency metric); `None` for the others.
+    pub ingested_at: Option<IngestedAt<T>>,
     /// Where the lane lives in the actor.
     pub lane: fn(&mut A) -> &mut Lane<T>,
     /// Starts writing a batch (and takes what it needs from the actor first).
@@ -326,9 +332,11 @@ pub fn send_taken<A: RoleActor, T: Clone + 'static, R: 'static>(
         Ok(r) => {
             (ops.lane)(act).succeeded();
             let size = batch.len();
-            act.core()
-                .settings
-                .observe_flush(ops.sink, started, size, (ops.applied)(&r, size));
+            let settings = &act.core().settings;
+            settings.observe_flush(ops.sink, started, size, (ops.applied)(&r, size));
+            if let Some(ingested_at) = ops.ingested_at {
+                settings.observe_latency(ops.sink, batch.iter().filter_map(ingested_at));
+            }
             (ops.done)(act, batch, r, ctx);
         }
         Err(e) => {

@@ -47,15 +47,13 @@ const SCORES: LaneOps<Leaderboard, ScoreDelta, usize> = LaneOps {
     what: "scores to Redis",
     sink: "redis",
     applied: |applied, _| *applied,
+    ingested_at: Some(|d| Some(d.ingested_at)),
     lane: |act| &mut act.scores,
     write: |act, deltas| {
         let position = act.core.position.clone();
         send(&act.scores_sink, ApplyScores { position, deltas })
     },
     done: |act, deltas, _, ctx| {
-        act.core
-            .settings
-            .observe_latency("redis", deltas.iter().map(|d| d.ingested_at));
         // The scores lane forgot these offsets in this same callback: they move to the boards
         // lane without a moment in which neither holds them.
         for d in deltas.iter() {
@@ -74,6 +72,7 @@ const BOARDS: LaneOps<Leaderboard, BoardWork, ()> = LaneOps {
     sink: "postgres",
     // A snapshot of Redis: every item is applied, none is a redelivery to skip.
     applied: |(), size| size,
+    ingested_at: None,
     lane: |act| &mut act.boards,
     write: |act, work| {
         act.scored_since_flush = 0;

@@ -21,19 +21,16 @@ const EVENTS: LaneOps<Logger, Record, usize> = LaneOps {
     what: "events",
     sink: "postgres",
     applied: |applied, _| *applied,
+    ingested_at: Some(|r| match &r.payload {
+        Payload::Event(e) => Some(e.ingested_at),
+        Payload::Poison { .. } => None,
+    }),
     lane: |act| &mut act.lane,
     write: |act, records| {
         let position = act.core.position.clone();
         send(&act.pg, WriteEvents { position, records })
     },
-    done: |act, records, _, ctx| {
-        act.core.settings.observe_latency(
-            "postgres",
-            records.iter().filter_map(|r| match &r.payload {
-                Payload::Event(e) => Some(e.ingested_at),
-                Payload::Poison { .. } => None,
-            }),
-        );
+    done: |act, _, _, ctx| {
         act.report();
         act.flush(ctx);
     },

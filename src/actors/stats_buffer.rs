@@ -38,15 +38,13 @@ const LIVE: LaneOps<StatsBuffer, StatDelta, StatsApplied> = LaneOps {
     what: "stats to Redis",
     sink: "redis",
     applied: |done, _| done.applied,
+    ingested_at: Some(|d| Some(d.ingested_at)),
     lane: |act| &mut act.live,
     write: |act, deltas| {
         let position = act.core.position.clone();
         send(&act.redis, ApplyStats { position, deltas })
     },
     done: |act, deltas, done, ctx| {
-        act.core
-            .settings
-            .observe_latency("redis", deltas.iter().map(|d| d.ingested_at));
         let retries: HashSet<i64> = done.retries.into_iter().collect();
         for d in deltas.iter().filter(|d| d.offset >= done.checked_from) {
             act.checked.insert(d.offset, retries.contains(&d.offset));
@@ -68,6 +66,7 @@ const BATCH: LaneOps<StatsBuffer, StatRow, usize> = LaneOps {
     what: "stats to PostgreSQL",
     sink: "postgres",
     applied: |applied, _| *applied,
+    ingested_at: None,
     lane: |act| &mut act.batch,
     write: |act, batch| {
         let mut rows: Vec<StatRow> = batch.iter().cloned().collect();

@@ -316,17 +316,10 @@ async fn the_current_daily_board_follows_event_days_but_not_past_the_server_cloc
     use actix::Actor;
     use gamemetrics::actors::messages::Position;
     use gamemetrics::actors::messages::{ApplyScores, ScoreDelta};
-    use gamemetrics::actors::sinks::redis::RedisSink;
     use redis::AsyncCommands;
     let config = test_config();
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
-    let sink = RedisSink::new(
-        gamemetrics::db::redis_pool(&config.redis, 0).unwrap(),
-        gamemetrics::db::redis_pool(&config.redis, 1).unwrap(),
-        &prefix,
-        86_400,
-    )
-    .start();
+    let sink = redis_sink(&config, &prefix, 86_400).start();
     let far = chrono::Utc::now().timestamp() + 86_400;
     let delta = |offset: i64, player: &str, day: &str| ScoreDelta {
         offset,
@@ -387,18 +380,11 @@ async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() 
     use actix::Actor;
     use gamemetrics::actors::messages::Position;
     use gamemetrics::actors::messages::{ApplyStats, ClaimFirst, StatDelta, StatsApplied};
-    use gamemetrics::actors::sinks::redis::RedisSink;
     use redis::AsyncCommands;
     let config = test_config();
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
     let window = 600;
-    let sink = RedisSink::new(
-        gamemetrics::db::redis_pool(&config.redis, 0).unwrap(),
-        gamemetrics::db::redis_pool(&config.redis, 1).unwrap(),
-        &prefix,
-        window,
-    )
-    .start();
+    let sink = redis_sink(&config, &prefix, window).start();
     let (retried, other, single) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     let position = Position {
         service: "stats-aggregator",
@@ -496,18 +482,12 @@ async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() 
 async fn a_claim_outlives_its_generation_by_a_window_and_then_expires() {
     use actix::Actor;
     use gamemetrics::actors::messages::{ApplyStats, Position, StatDelta};
-    use gamemetrics::actors::sinks::redis::RedisSink;
     let config = test_config();
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
     let window = 2;
-    let sink = RedisSink::new(
-        gamemetrics::db::redis_pool(&config.redis, 0).unwrap(),
-        gamemetrics::db::redis_pool(&config.redis, 1).unwrap(),
-        &prefix,
-        window,
-    )
-    .with_claim_buckets(16)
-    .start();
+    let sink = redis_sink(&config, &prefix, window)
+        .with_claim_buckets(16)
+        .start();
     let position = Position {
         service: "stats-aggregator",
         topic: "t".into(),

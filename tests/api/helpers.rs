@@ -462,3 +462,18 @@ pub async fn post_all(
         .collect()
         .await
 }
+
+/// A Redis sink over the test server's stats and boards databases, every key under `prefix`,
+/// remembering retries for `window` seconds.
+pub fn redis_sink(
+    config: &Config,
+    prefix: &str,
+    window: u64,
+) -> gamemetrics::actors::sinks::redis::RedisSink {
+    gamemetrics::actors::sinks::redis::RedisSink::new(
+        gamemetrics::db::redis_pool(&config.redis, 0).expect("Redis pool"),
+        gamemetrics::db::redis_pool(&config.redis, 1).expect("Redis pool"),
+        prefix,
+        window,
+    )
+}

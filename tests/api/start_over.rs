@@ -256,18 +256,12 @@ async fn offsets_stored_before_topic_ids_are_adopted_only_by_a_log_that_reached_
     use gamemetrics::actors::messages::Position;
     use gamemetrics::actors::messages::{LiveDb, LogState, OpenLogPg as OpenPg, OpenLogRedis as OpenRedis};
     use gamemetrics::actors::sinks::postgres::PgSink;
-    use gamemetrics::actors::sinks::redis::RedisSink;
+
     use redis::AsyncCommands;
     let config = config().await;
     let prefix = config.redis.redis_key_prefix.clone();
     let pg = PgSink::new(gamemetrics::db::pg_pool(&config.database)).start();
-    let redis = RedisSink::new(
-        gamemetrics::db::redis_pool(&config.redis, 0).unwrap(),
-        gamemetrics::db::redis_pool(&config.redis, 1).unwrap(),
-        &prefix,
-        600,
-    )
-    .start();
+    let redis = redis_sink(&config, &prefix, 600).start();
     let position = |partition: i32, log: &str| Position {
         service: "stats-aggregator",
         topic: "t".into(),
