@@ -21,6 +21,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod freshness;
+mod profile;
+
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -28,6 +31,12 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(flatten)]
     config: Config,
+}
+
+/// Whether BENCH_ONLY (a comma-separated list of drain, latency, profile; all when unset) asks
+/// for this phase.
+fn wants(phase: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == phase))
 }
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -46,13 +55,26 @@ const TYPES: [&str; 6] = [
     "session_start",
 ];
 
+/// Players and games the bench's events spread over (BENCH_PLAYERS, BENCH_GAMES): realistic
+/// cardinality, since few keys would let per-key folding flatter the consumers.
+fn cardinality() -> (u64, u64) {
+    static CARDINALITY: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+    *CARDINALITY.get_or_init(|| {
+        (
+            env_num("BENCH_PLAYERS", 20_000).max(1),
+            env_num("BENCH_GAMES", 50).max(1),
+        )
+    })
+}
+
 fn event(i: u64) -> GameEvent {
     let now = chrono::Utc::now();
+    let (players, games) = cardinality();
     GameEvent {
         event_id: uuid::Uuid::new_v4(),
         event_type: EventType::parse(TYPES[(i % 6) as usize]).expect("type"),
-        player_id: PlayerId::parse(format!("player-{}", i % 1000)).expect("player"),
-        game_id: GameId::parse(format!("game-{}", i % 10)).expect("game"),
+        player_id: PlayerId::parse(format!("player-{}", i % players)).expect("player"),
+        game_id: GameId::parse(format!("game-{}", (i / 7) % games)).expect("game"),
         timestamp: now,
         ingested_at: now,
         data: json!({"score": i % 500}).as_object().cloned().unwrap_or_default(),
@@ -84,6 +106,35 @@ async fn fresh(base: &Config, tag: &str) -> Config {
         .await
         .expect("topic");
     c
+}
+
+/// Drops what a phase left (its schema and Redis keys) so that later phases don't pay for it:
+/// a Redis grown by every earlier phase rewrites its append-only file in a fork that took up to
+/// 40% of this machine's CPU in the middle of a measurement.
+async fn discard(c: &Config) {
+    let Some(id) = c
+        .redis
+        .redis_key_prefix
+        .strip_prefix("bench:")
+        .and_then(|p| p.strip_suffix(':'))
+    else {
+        return;
+    };
+    if let Ok(mut admin) = AsyncPgConnection::establish(c.database.database_url.expose()).await {
+        let _ = diesel::sql_query(format!("DROP SCHEMA IF EXISTS bench_{id} CASCADE"))
+            .execute(&mut admin)
+            .await;
+    }
+    let Ok(mut conn) = redis::Client::open(c.redis.db_url(0)).and_then(|r| r.get_connection()) else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("bench:{id}:*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    for chunk in keys.chunks(10_000) {
+        let _: Result<i64, _> = redis::cmd("UNLINK").arg(chunk).query(&mut conn);
+    }
 }
 
 fn producer(c: &Config) -> FutureProducer {
@@ -155,8 +206,6 @@ struct Quantiles {
     p50: f64,
     #[diesel(sql_type = Double)]
     p99: f64,
-    #[diesel(sql_type = Double)]
-    max: f64,
 }
 
 /// This process's resident memory in MiB, from /proc.
@@ -170,20 +219,38 @@ fn rss_mib() -> f64 {
 
 /// What one fixed-rate run measured.
 struct LatencyRun {
+    /// Probes through the ingest API, from its 200 to visible in each store.
+    probes: Vec<freshness::Sighting>,
+    /// Every event: `created_at - ingested_at` in `events` (inside the pipeline).
     q: Quantiles,
     achieved: f64,
     /// Resident memory after the first second and at the end of producing, in MiB.
     rss: (f64, f64),
 }
 
-/// Produces at `rate` events/s for `secs` with all three roles running; answers p50/p99/max of
-/// `created_at - ingested_at` in `events`, i.e. from acceptance to queryable in PostgreSQL.
+/// Probes sent per second during a fixed-rate run, on top of the background load.
+const PROBES_PER_SEC: u64 = 50;
+
+/// Produces at `rate` events/s for `secs` with all three roles running, while probe events go
+/// through the ingest API (served in this process, as `serve` would) and are looked for in
+/// every store; also answers p50/p99/max of `created_at - ingested_at` over all events.
 async fn latency(c: &Config, rate: u64, secs: u64) -> LatencyRun {
     let metrics = Metrics::new().expect("metrics");
     let handles: Vec<RoleConsumerHandle> = Role::ALL
         .iter()
         .map(|&r| RoleConsumerHandle::start(c, r, metrics.clone()).expect("consumer"))
         .collect();
+    let mut api_cfg = c.clone();
+    api_cfg.http.http_addr = "127.0.0.1:0".parse().expect("addr");
+    api_cfg.http.auth_required = Some(false);
+    let api_metrics = Metrics::new().expect("metrics");
+    let ingest =
+        gamemetrics::kafka::EventProducer::new(&api_cfg.kafka, api_metrics.clone()).expect("producer");
+    let app = gamemetrics::app::Application::build(&api_cfg, ingest, api_metrics).expect("bind");
+    let api = app.handle();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let prober = freshness::Prober::new(c, &base).await;
     // Wait for the groups to settle before measuring.
     loop {
         if handles.iter().all(|h| h.assignment().len() == 3) {
@@ -194,14 +261,21 @@ async fn latency(c: &Config, rate: u64, secs: u64) -> LatencyRun {
     let p = producer(c);
     let tick = Duration::from_millis(10);
     let per_tick = rate / 100;
+    let probe_every = 100 / PROBES_PER_SEC;
     let started = Instant::now();
     let mut sent = 0;
+    let mut ticks = 0u64;
     let mut next = Instant::now();
     let mut pending = Vec::new();
+    let mut probes = Vec::new();
     let mut rss_start = None;
     // Enqueue each tick's events without waiting for their acks, so the rate is the producer's
     // schedule and not its round trips; the acks are collected at the end.
     while started.elapsed() < Duration::from_secs(secs) {
+        if ticks.is_multiple_of(probe_every) {
+            probes.push(tokio::spawn(prober.clone().probe(ticks)));
+        }
+        ticks += 1;
         for j in sent..sent + per_tick {
             let e = event(j);
             let (key, value) = (e.player_id.to_string(), e.to_wire());
@@ -227,6 +301,17 @@ async fn latency(c: &Config, rate: u64, secs: u64) -> LatencyRun {
     }
     let achieved = sent as f64 / started.elapsed().as_secs_f64();
     let rss = (rss_start.unwrap_or(f64::NAN), rss_mib());
+    let probes: Vec<freshness::Sighting> = futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .map(|p| p.unwrap_or_default())
+        .collect();
+    if std::env::var("BENCH_DEBUG").is_ok() {
+        for (i, p) in probes.iter().enumerate() {
+            eprintln!("probe {i}: {p:?}");
+        }
+    }
+    api.stop(true).await;
     for h in &handles {
         h.flush_and_wait(Duration::from_secs(60)).await;
     }
@@ -235,7 +320,7 @@ async fn latency(c: &Config, rate: u64, secs: u64) -> LatencyRun {
         .expect("pg");
     let q: Quantiles = diesel::sql_query(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d) AS p50, \
-                percentile_cont(0.99) WITHIN GROUP (ORDER BY d) AS p99, max(d) AS max \
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY d) AS p99 \
          FROM (SELECT (extract(epoch FROM created_at - ingested_at) * 1000)::float8 AS d FROM events) t",
     )
     .get_result(&mut conn)
@@ -244,7 +329,12 @@ async fn latency(c: &Config, rate: u64, secs: u64) -> LatencyRun {
     for h in handles {
         h.shutdown(Duration::from_secs(20)).await;
     }
-    LatencyRun { q, achieved, rss }
+    LatencyRun {
+        probes,
+        q,
+        achieved,
+        rss,
+    }
 }
 
 /// `redis-benchmark` running the same commands the sinks run, pipelined.
@@ -332,40 +422,71 @@ async fn main() {
     let _ = p.flush(Duration::from_secs(10));
     let mut rows = Vec::new();
     let mut redis_bytes = Vec::new();
-    for role in Role::ALL {
-        // Each role in its own schema and prefix so none benefits from another's work.
-        let mut rc = fresh(&base, "role").await;
-        rc.kafka.kafka_topic = c.kafka.kafka_topic.clone();
-        // Claims hashes as full as the sizing rule assumes (~64 claims each); with the default
-        // 2^19 buckets a 100,000-event run would put each claim in a hash of its own.
-        rc.consumer.dedup_buckets = u32::try_from((n / 64).next_power_of_two()).unwrap_or(1 << 19);
-        let before = redis_used_memory(&rc);
-        let r = drain(&rc, &[role], n).await;
-        if role != Role::Logger {
-            let grown = redis_used_memory(&rc).saturating_sub(before);
-            redis_bytes.push((role.service(), grown as f64 / n as f64));
-        }
-        rows.push((format!("`{}` alone", role.service()), r));
-    }
-    let mut all = fresh(&base, "all").await;
-    all.kafka.kafka_topic = c.kafka.kafka_topic.clone();
-    let pipeline = drain(&all, &Role::ALL, n).await;
-    // The same drains without the retry claims (DEDUP_WINDOW_SECS=0), to show what they cost.
+    let mut pipeline = f64::NAN;
     let mut unclaimed = Vec::new();
+    if wants("drain") {
+        for role in Role::ALL {
+            // Each role in its own schema and prefix so none benefits from another's work.
+            let mut rc = fresh(&base, "role").await;
+            rc.kafka.kafka_topic = c.kafka.kafka_topic.clone();
+            // Claims hashes as full as the sizing rule assumes (~64 claims each); with the default
+            // 2^19 buckets a 100,000-event run would put each claim in a hash of its own.
+            rc.consumer.dedup_buckets = u32::try_from((n / 64).next_power_of_two()).unwrap_or(1 << 19);
+            let before = redis_used_memory(&rc);
+            let r = drain(&rc, &[role], n).await;
+            if role != Role::Logger {
+                let grown = redis_used_memory(&rc).saturating_sub(before);
+                redis_bytes.push((role.service(), grown as f64 / n as f64));
+            }
+            rows.push((format!("`{}` alone", role.service()), r));
+            discard(&rc).await;
+        }
+        let mut all = fresh(&base, "all").await;
+        all.kafka.kafka_topic = c.kafka.kafka_topic.clone();
+        pipeline = drain(&all, &Role::ALL, n).await;
+        discard(&all).await;
+        // The same drains without the retry claims (DEDUP_WINDOW_SECS=0), to show what they cost.
+        for (name, roles) in [
+            ("`stats-aggregator` alone", &[Role::Stats][..]),
+            ("`leaderboard-manager` alone", &[Role::Leaderboard][..]),
+            ("all three roles at once", &Role::ALL[..]),
+        ] {
+            let mut rc = fresh(&base, "unclaimed").await;
+            rc.kafka.kafka_topic = c.kafka.kafka_topic.clone();
+            rc.consumer.dedup_window_secs = 0;
+            unclaimed.push((name, drain(&rc, roles, n).await));
+            discard(&rc).await;
+        }
+    }
+    let mut latencies = Vec::new();
+    for &rate in rates.iter().filter(|_| wants("latency")) {
+        let lat_cfg = fresh(&base, "latency").await;
+        latencies.push((rate, latency(&lat_cfg, rate, secs).await));
+        discard(&lat_cfg).await;
+    }
+
+    // Profiles come from drains of their own, so perf's cost stays out of the figures above.
+    let mut profiles = Vec::new();
     for (name, roles) in [
+        ("`event-logger` alone", &[Role::Logger][..]),
         ("`stats-aggregator` alone", &[Role::Stats][..]),
         ("`leaderboard-manager` alone", &[Role::Leaderboard][..]),
         ("all three roles at once", &Role::ALL[..]),
-    ] {
-        let mut rc = fresh(&base, "unclaimed").await;
+    ]
+    .into_iter()
+    .filter(|_| wants("profile"))
+    {
+        let mut rc = fresh(&base, "profile").await;
         rc.kafka.kafka_topic = c.kafka.kafka_topic.clone();
-        rc.consumer.dedup_window_secs = 0;
-        unclaimed.push((name, drain(&rc, roles, n).await));
-    }
-    let mut latencies = Vec::new();
-    for &rate in &rates {
-        let lat_cfg = fresh(&base, "latency").await;
-        latencies.push((rate, latency(&lat_cfg, rate, secs).await));
+        let prof = profile::Profile::start("drain");
+        let rate = drain(&rc, roles, n).await;
+        let report = prof.and_then(profile::Profile::finish);
+        discard(&rc).await;
+        if let Some(report) = report {
+            profiles.push(report.markdown(&format!(
+                "#### {name}, draining {n} events ({rate:.0} events/s under perf)"
+            )));
+        }
     }
 
     let hincr = redis_baseline(
@@ -392,17 +513,28 @@ async fn main() {
     println!("| baseline: `redis-benchmark` ZINCRBY, pipelined 64 | {zincr:.0} ops/s |");
     println!("| baseline: PostgreSQL `COPY` of the same rows into a copy of `events` | {copy:.0} |");
     println!();
-    println!(
-        "Latency from `ingested_at` to the row in `events` (its `created_at`), all three roles running,"
-    );
-    println!("producing at a fixed rate for {secs} s:");
+    println!("Freshness, all three roles running, producing in the background at a fixed rate for {secs} s");
+    println!("(realistic cardinality, as above), while {PROBES_PER_SEC} probe events a second go through the ingest API");
+    println!("(`POST /api/v1/events`, served in this process) and each store is polled every millisecond");
+    println!("from the moment the 200 arrives until the probe is visible there: the `events` row, the");
+    println!("player's Redis stats hash, the player's score on the game's all-time Redis board. The last");
+    println!("column is, over every event of the run, `created_at − ingested_at` of its `events` row.");
     println!();
-    println!("| rate asked | achieved | p50 | p99 | max | RSS after 1 s → at the end |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("| rate asked | achieved | probes | `events` row p50 / p99 | Redis stats p50 / p99 | Redis board p50 / p99 | slowest probe, any store | all events, row p50 / p99 | RSS after 1 s → at the end |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (rate, r) in &latencies {
+        let row = freshness::quantiles(r.probes.iter().map(|p| p.row).collect());
+        let stats = freshness::quantiles(r.probes.iter().map(|p| p.stats).collect());
+        let board = freshness::quantiles(r.probes.iter().map(|p| p.board).collect());
+        let missing = row.3.max(stats.3).max(board.3);
         println!(
-            "| {rate}/s | {:.0}/s | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} → {:.0} MiB |",
-            r.achieved, r.q.p50, r.q.p99, r.q.max, r.rss.0, r.rss.1
+            "| {rate}/s | {:.0}/s | {}{} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} ms | {:.1} / {:.1} ms | {:.0} → {:.0} MiB |",
+            r.achieved,
+            r.probes.len(),
+            if missing > 0 { format!(" ({missing} never seen)") } else { String::new() },
+            row.0, row.1, stats.0, stats.1, board.0, board.1,
+            row.2.max(stats.2).max(board.2),
+            r.q.p50, r.q.p99, r.rss.0, r.rss.1
         );
     }
     println!();
@@ -420,6 +552,19 @@ async fn main() {
     println!("|---|---:|");
     for (service, bytes) in &redis_bytes {
         println!("| `{service}` | {bytes:.0} |");
+    }
+    if !profiles.is_empty() {
+        println!();
+        println!("### Where the CPU goes");
+        println!();
+        println!(
+            "`perf record -a` (cpu-clock, 999 Hz) over a drain of its own per row; the idle share is time"
+        );
+        println!("every process spent waiting (commits, round trips), which a CPU profile cannot attribute.");
+        for p in &profiles {
+            println!();
+            print!("{p}");
+        }
     }
 }
 
