@@ -478,14 +478,18 @@ async fn main() {
     {
         let mut rc = fresh(&base, "profile").await;
         rc.kafka.kafka_topic = c.kafka.kafka_topic.clone();
+        let redis_before = redis_commandstats(&rc);
         let prof = profile::Profile::start("drain");
         let rate = drain(&rc, roles, n).await;
         let report = prof.and_then(profile::Profile::finish);
+        let redis_work = redis_commandstats(&rc);
         discard(&rc).await;
         if let Some(report) = report {
-            profiles.push(report.markdown(&format!(
+            let mut md = report.markdown(&format!(
                 "#### {name}, draining {n} events ({rate:.0} events/s under perf)"
-            )));
+            ));
+            md.push_str(&redis_work_table(&redis_before, &redis_work, n));
+            profiles.push(md);
         }
     }
 
@@ -566,6 +570,59 @@ async fn main() {
             print!("{p}");
         }
     }
+}
+
+/// Redis's `INFO commandstats`: per command, (calls, microseconds inside Redis).
+fn redis_commandstats(c: &Config) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut conn = redis::Client::open(c.redis.db_url(0))
+        .and_then(|client| client.get_connection())
+        .expect("Redis reachable");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .expect("INFO commandstats");
+    // cmdstat_zincrby:calls=123,usec=456,usec_per_call=3.7,...
+    info.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| {
+            let (cmd, rest) = l.split_once(':')?;
+            let field = |name: &str| {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(name))
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            Some((cmd.to_owned(), (field("calls=")?, field("usec=")?)))
+        })
+        .collect()
+}
+
+/// What Redis ran for a drain: per command, calls and microseconds per event.
+fn redis_work_table(
+    before: &std::collections::BTreeMap<String, (u64, u64)>,
+    after: &std::collections::BTreeMap<String, (u64, u64)>,
+    n: u64,
+) -> String {
+    let mut rows: Vec<(String, f64, f64)> = after
+        .iter()
+        .map(|(cmd, &(calls, usec))| {
+            let (c0, u0) = before.get(cmd).copied().unwrap_or((0, 0));
+            let per = |x: u64| x as f64 / n as f64;
+            (cmd.clone(), per(calls - c0.min(calls)), per(usec - u0.min(usec)))
+        })
+        .filter(|(_, calls, usec)| *calls >= 0.01 || *usec >= 0.05)
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let mut out = String::from(
+        "\nWhat Redis ran (`INFO commandstats`; a script's time includes the commands it calls):\n\n\
+         | command | calls per event | µs inside Redis per event |\n|---|---:|---:|\n",
+    );
+    for (cmd, calls, usec) in rows {
+        out.push_str(&format!("| {cmd} | {calls:.2} | {usec:.2} |\n"));
+    }
+    out
 }
 
 /// Redis's `used_memory`, in bytes (the whole server: the bench runs alone).
