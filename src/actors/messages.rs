@@ -91,7 +91,7 @@ pub use crate::db::dlq::DlqEntry;
 
 /// Why a sink write failed. All of them are retried by the role actor with backoff; none sends
 /// a record to the DLQ, because a database being down says nothing about the record.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
     #[error("PostgreSQL: {0}")]
     Postgres(String),

@@ -250,7 +250,8 @@ impl Sinks {
         let boards = crate::db::redis_pool(&config.redis, 1)?;
         let prefix = config.redis.redis_key_prefix.clone();
         let (window, buckets) = (config.consumer.dedup_window_secs, config.consumer.dedup_buckets);
-        let pg = Supervisor::start_in_arbiter(arbiter, move |_| PgSink::new(pg_pool));
+        let gap = Duration::from_millis(config.consumer.leaderboard_min_flush_gap_ms);
+        let pg = Supervisor::start_in_arbiter(arbiter, move |_| PgSink::new(pg_pool).with_board_gap(gap));
         let redis = Supervisor::start_in_arbiter(arbiter, move |_| {
             RedisSink::new(stats, boards, &prefix, window).with_claim_buckets(buckets)
         });

@@ -123,7 +123,7 @@ impl IngestRequest {
         let player_id = PlayerId::parse(visible(required_string(&mut obj, "player_id")?, "player_id")?)?;
         let game_id = GameId::parse(visible(required_string(&mut obj, "game_id")?, "game_id")?)?;
         let event_id = match obj.remove("event_id") {
-            None | Some(Value::Null) => Uuid::new_v4(),
+            None | Some(Value::Null) => Uuid::now_v7(),
             Some(v) => parse_event_id(v)?,
         };
         let timestamp = match obj.remove("timestamp") {
@@ -376,7 +376,10 @@ mod tests {
         let ev = parse(json!({"event_type":"a","player_id":"p","game_id":"g"})).unwrap();
         assert_eq!(ev.timestamp, ev.ingested_at);
         assert!(ev.data.is_empty());
-        assert_eq!(ev.event_id.get_version_num(), 4);
+        // Time-ordered (v7), so the ids the API issues append to the primary-key index.
+        assert_eq!(ev.event_id.get_version_num(), 7);
+        let later = parse(json!({"event_type":"a","player_id":"p","game_id":"g"})).unwrap();
+        assert!(later.event_id > ev.event_id);
     }
 
     #[test]

@@ -26,11 +26,14 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a sink waits for a pooled connection before reporting a transient failure.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `sink_actor!(Type, "Store")`: the `Actor` (mailbox bounded at 256: writes are small and
+/// `sink_actor!(Type, "Store"[, restarting: |sink| ...])`: the `Actor` (mailbox bounded at 256: writes are small and
 /// concurrent per partition, and a deep mailbox only hides a stall), [`Tracked`] and `Supervised`
 /// impls both sinks share, for a type with a `failures: u32` field.
 macro_rules! sink_actor {
     ($t:ty, $store:literal) => {
+        $crate::actors::sinks::sink_actor!($t, $store, restarting: |_: &mut $t| {});
+    };
+    ($t:ty, $store:literal, restarting: $hook:expr) => {
         impl Actor for $t {
             type Context = Context<Self>;
             fn started(&mut self, ctx: &mut Context<Self>) {
@@ -49,6 +52,7 @@ macro_rules! sink_actor {
             fn restarting(&mut self, _: &mut Context<Self>) {
                 tracing::warn!(store = $store, "sink restarting");
                 self.failures = 0;
+                ($hook)(self);
             }
         }
     };
