@@ -15,7 +15,7 @@ use gamemetrics::config::Config;
 use gamemetrics::domain::{EventType, GameEvent, GameId, PlayerId};
 use gamemetrics::kafka::{self, TopicSpec};
 use gamemetrics::metrics::Metrics;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde_json::json;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -33,7 +33,7 @@ struct Cli {
     config: Config,
 }
 
-/// Whether BENCH_ONLY (a comma-separated list of drain, latency, profile; all when unset) asks
+/// Whether BENCH_ONLY (a comma-separated list of drain, latency, soak, profile; all when unset) asks
 /// for this phase.
 fn wants(phase: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == phase))
@@ -71,7 +71,7 @@ fn event(i: u64) -> GameEvent {
     let now = chrono::Utc::now();
     let (players, games) = cardinality();
     GameEvent {
-        event_id: uuid::Uuid::new_v4(),
+        event_id: uuid::Uuid::now_v7(),
         event_type: EventType::parse(TYPES[(i % 6) as usize]).expect("type"),
         player_id: PlayerId::parse(format!("player-{}", i % players)).expect("player"),
         game_id: GameId::parse(format!("game-{}", (i / 7) % games)).expect("game"),
@@ -135,6 +135,25 @@ async fn discard(c: &Config) {
     for chunk in keys.chunks(10_000) {
         let _: Result<i64, _> = redis::cmd("UNLINK").arg(chunk).query(&mut conn);
     }
+    // Let Redis finish freeing them and compact its append-only file now, not during the next
+    // phase: a profile of the logger, which writes nothing to Redis, found Redis at 46% of the
+    // machine doing exactly that.
+    let quiet = |conn: &mut redis::Connection| {
+        let info: String = redis::cmd("INFO").query(conn).unwrap_or_default();
+        let zero = |field: &str| info.lines().any(|l| l == format!("{field}:0"));
+        zero("aof_rewrite_in_progress") && zero("aof_rewrite_scheduled") && zero("lazyfree_pending_objects")
+    };
+    for step in 0..2 {
+        for _ in 0..600 {
+            if quiet(&mut conn) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if step == 0 {
+            let _: Result<String, _> = redis::cmd("BGREWRITEAOF").query(&mut conn);
+        }
+    }
 }
 
 fn producer(c: &Config) -> FutureProducer {
@@ -166,6 +185,60 @@ async fn produce(c: &Config, p: &FutureProducer, from: u64, n: u64) {
             r.map_err(|(e, _)| e).expect("produce");
         }
         i = end;
+    }
+}
+
+/// Drains `n` events of `topic` with `roles` BENCH_REPEAT times (default 3), each time into a
+/// schema and key prefix of its own; answers the runs' rates, median first, and the Redis bytes
+/// per event the first run added. One drain on this 2-core machine moves by ±30% from run to
+/// run, with the broker, both stores and the bench on the same cores.
+async fn measured(
+    base: &Config,
+    topic: &str,
+    roles: &[Role],
+    n: u64,
+    adjust: impl Fn(&mut Config),
+) -> (Rates, f64) {
+    let mut rates = Vec::new();
+    let mut bytes = f64::NAN;
+    for run in 0..env_num("BENCH_REPEAT", 3).max(1) {
+        let mut rc = fresh(base, "drain").await;
+        rc.kafka.kafka_topic = topic.to_owned();
+        // Claims hashes as full as the sizing rule assumes (~64 claims each); with the default
+        // 2^19 buckets a 100,000-event run would put each claim in a hash of its own.
+        rc.consumer.dedup_buckets = u32::try_from((n / 64).next_power_of_two()).unwrap_or(1 << 19);
+        adjust(&mut rc);
+        let before = redis_used_memory(&rc);
+        rates.push(drain(&rc, roles, n).await);
+        if run == 0 {
+            bytes = redis_used_memory(&rc).saturating_sub(before) as f64 / n as f64;
+        }
+        discard(&rc).await;
+    }
+    (Rates(rates), bytes)
+}
+
+/// The rates of repeated runs of one measurement.
+struct Rates(Vec<f64>);
+
+impl Rates {
+    fn median(&self) -> f64 {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+}
+
+impl std::fmt::Display for Rates {
+    /// `median (min–max)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let min = self.0.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.0.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if self.0.len() > 1 {
+            write!(f, "{:.0} ({min:.0}–{max:.0})", self.median())
+        } else {
+            write!(f, "{:.0}", self.median())
+        }
     }
 }
 
@@ -217,24 +290,59 @@ fn rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// What one fixed-rate run measured.
-struct LatencyRun {
-    /// Probes through the ingest API, from its 200 to visible in each store.
+/// One window of a fixed-rate run.
+struct Window {
+    /// The probes sent during the window.
     probes: Vec<freshness::Sighting>,
+    /// Events/s the slowest role applied during the window.
+    applied: f64,
+    /// This process's resident memory at the window's end, in MiB.
+    rss: f64,
+}
+
+/// What one fixed-rate run measured.
+struct LoadRun {
+    windows: Vec<Window>,
     /// Every event: `created_at - ingested_at` in `events` (inside the pipeline).
     q: Quantiles,
     achieved: f64,
-    /// Resident memory after the first second and at the end of producing, in MiB.
-    rss: (f64, f64),
+    /// Resident memory after the first second, in MiB.
+    rss_start: f64,
 }
 
-/// Probes sent per second during a fixed-rate run, on top of the background load.
+impl LoadRun {
+    /// Every probe of the run.
+    fn probes(&self) -> Vec<freshness::Sighting> {
+        self.windows
+            .iter()
+            .flat_map(|w| w.probes.iter().copied())
+            .collect()
+    }
+}
+
+/// Probes sent per second during a latency run, on top of the background load.
 const PROBES_PER_SEC: u64 = 50;
 
-/// Produces at `rate` events/s for `secs` with all three roles running, while probe events go
-/// through the ingest API (served in this process, as `serve` would) and are looked for in
-/// every store; also answers p50/p99/max of `created_at - ingested_at` over all events.
-async fn latency(c: &Config, rate: u64, secs: u64) -> LatencyRun {
+/// Events applied so far by the role that has applied fewest.
+async fn slowest_applied(handles: &[RoleConsumerHandle]) -> i64 {
+    let mut slowest = i64::MAX;
+    for h in handles {
+        let applied: i64 = h
+            .progress()
+            .await
+            .iter()
+            .map(|(_, p)| p.applied_next.max(0))
+            .sum();
+        slowest = slowest.min(applied);
+    }
+    slowest
+}
+
+/// Produces at `rate` events/s for `secs` with all three roles running, while `probes_per_sec`
+/// probe events go through the ingest API (served in this process, as `serve` would) and are
+/// looked for in every store; reports per `window`, and p50/p99 of `created_at - ingested_at`
+/// over all events.
+async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec: u64) -> LoadRun {
     let metrics = Metrics::new().expect("metrics");
     let handles: Vec<RoleConsumerHandle> = Role::ALL
         .iter()
@@ -261,19 +369,31 @@ async fn latency(c: &Config, rate: u64, secs: u64) -> LatencyRun {
     let p = producer(c);
     let tick = Duration::from_millis(10);
     let per_tick = rate / 100;
-    let probe_every = 100 / PROBES_PER_SEC;
+    let probe_every = (100 / probes_per_sec.clamp(1, 100)).max(1);
     let started = Instant::now();
     let mut sent = 0;
     let mut ticks = 0u64;
     let mut next = Instant::now();
-    let mut pending = Vec::new();
+    // Acks are awaited in order by a task of their own, so that what the bench holds stays
+    // bounded by what is in flight (a 10-minute soak kept 3 million futures otherwise, and this
+    // process's RSS is a figure of the run).
+    let (acks, mut unacked) = tokio::sync::mpsc::unbounded_channel::<DeliveryFuture>();
+    let acker = tokio::spawn(async move {
+        while let Some(ack) = unacked.recv().await {
+            ack.await.expect("delivery").map_err(|(e, _)| e).expect("produce");
+        }
+    });
+    // (window, probe) for every probe sent.
     let mut probes = Vec::new();
     let mut rss_start = None;
+    // (events/s applied, RSS) per window closed so far.
+    let mut closed: Vec<(f64, f64)> = Vec::new();
+    let mut window_start = (Instant::now(), slowest_applied(&handles).await);
     // Enqueue each tick's events without waiting for their acks, so the rate is the producer's
-    // schedule and not its round trips; the acks are collected at the end.
+    // schedule and not its round trips.
     while started.elapsed() < Duration::from_secs(secs) {
         if ticks.is_multiple_of(probe_every) {
-            probes.push(tokio::spawn(prober.clone().probe(ticks)));
+            probes.push((closed.len(), tokio::spawn(prober.clone().probe(ticks))));
         }
         ticks += 1;
         for j in sent..sent + per_tick {
@@ -282,7 +402,7 @@ async fn latency(c: &Config, rate: u64, secs: u64) -> LatencyRun {
             loop {
                 match p.send_result(FutureRecord::to(&c.kafka.kafka_topic).key(&key).payload(&value)) {
                     Ok(f) => {
-                        pending.push(f);
+                        let _ = acks.send(f);
                         break;
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
@@ -293,22 +413,38 @@ async fn latency(c: &Config, rate: u64, secs: u64) -> LatencyRun {
         if rss_start.is_none() && started.elapsed() >= Duration::from_secs(1) {
             rss_start = Some(rss_mib());
         }
+        if window_start.0.elapsed() >= window {
+            let applied = slowest_applied(&handles).await;
+            let rate = (applied - window_start.1) as f64 / window_start.0.elapsed().as_secs_f64();
+            closed.push((rate, rss_mib()));
+            window_start = (Instant::now(), applied);
+        }
         next += tick;
         tokio::time::sleep_until(next.into()).await;
     }
-    for f in futures::future::join_all(pending).await {
-        f.expect("delivery").map_err(|(e, _)| e).expect("produce");
-    }
     let achieved = sent as f64 / started.elapsed().as_secs_f64();
-    let rss = (rss_start.unwrap_or(f64::NAN), rss_mib());
-    let probes: Vec<freshness::Sighting> = futures::future::join_all(probes)
-        .await
+    let last_window_open = window_start.0.elapsed().as_secs_f64() > 0.5;
+    if last_window_open {
+        let applied = slowest_applied(&handles).await;
+        let rate = (applied - window_start.1) as f64 / window_start.0.elapsed().as_secs_f64();
+        closed.push((rate, rss_mib()));
+    }
+    drop(acks);
+    acker.await.expect("every event acknowledged");
+    let mut windows: Vec<Window> = closed
         .into_iter()
-        .map(|p| p.unwrap_or_default())
+        .map(|(applied, rss)| Window {
+            probes: Vec::new(),
+            applied,
+            rss,
+        })
         .collect();
-    if std::env::var("BENCH_DEBUG").is_ok() {
-        for (i, p) in probes.iter().enumerate() {
-            eprintln!("probe {i}: {p:?}");
+    for (w, probe) in probes {
+        let sighting = probe.await.unwrap_or_default();
+        // A probe sent after the last window closed belongs to it.
+        let last = windows.len().saturating_sub(1);
+        if let Some(window) = windows.get_mut(w.min(last)) {
+            window.probes.push(sighting);
         }
     }
     api.stop(true).await;
@@ -321,19 +457,21 @@ async fn latency(c: &Config, rate: u64, secs: u64) -> LatencyRun {
     let q: Quantiles = diesel::sql_query(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d) AS p50, \
                 percentile_cont(0.99) WITHIN GROUP (ORDER BY d) AS p99 \
-         FROM (SELECT (extract(epoch FROM created_at - ingested_at) * 1000)::float8 AS d FROM events) t",
+         FROM (SELECT (extract(epoch FROM created_at - ingested_at) * 1000)::float8 AS d \
+               FROM events WHERE ingested_at >= now() - make_interval(secs => $1)) t",
     )
+    .bind::<Double, _>(secs as f64 + 120.0)
     .get_result(&mut conn)
     .await
     .expect("quantiles");
     for h in handles {
         h.shutdown(Duration::from_secs(20)).await;
     }
-    LatencyRun {
-        probes,
+    LoadRun {
+        windows,
         q,
         achieved,
-        rss,
+        rss_start: rss_start.unwrap_or(f64::NAN),
     }
 }
 
@@ -353,6 +491,83 @@ fn redis_baseline(n: u64, command: &[&str]) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The bench's events `range` as CSV rows of `events`' columns, their times moved by `shift`.
+fn csv_rows(range: std::ops::Range<u64>, shift: chrono::Duration) -> Vec<u8> {
+    let mut csv = Vec::with_capacity((range.end - range.start) as usize * 200);
+    for i in range {
+        let e = event(i);
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},\"{}\"",
+            e.event_id,
+            e.event_type,
+            e.player_id,
+            e.game_id,
+            (e.timestamp + shift).to_rfc3339(),
+            (e.ingested_at + shift).to_rfc3339(),
+            serde_json::Value::Object(e.data).to_string().replace('"', "\"\"")
+        );
+    }
+    csv
+}
+
+/// Fills `events` with `rows` rows like the API's (time-ordered ids, a day old) through `COPY`,
+/// its secondary indexes dropped meanwhile and rebuilt after, as a restore would.
+fn prefill(c: &Config, rows: u64) {
+    let url = c.database.database_url.expose();
+    let psql = |sql: &str| -> String {
+        let out = Command::new("psql")
+            .args([url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let defs = psql(
+        "SELECT indexname || '|' || indexdef FROM pg_indexes \
+         WHERE tablename = 'events' AND schemaname = current_schema() AND indexname <> 'events_pkey'",
+    );
+    let defs: Vec<(&str, &str)> = defs.lines().filter_map(|l| l.split_once('|')).collect();
+    for (name, _) in &defs {
+        psql(&format!("DROP INDEX {name}"));
+    }
+    let mut child = Command::new("psql")
+        .args([
+            url,
+            "-q",
+            "-c",
+            "\\copy events (event_id, event_type, player_id, game_id, event_timestamp, ingested_at, data) FROM STDIN WITH (FORMAT csv)",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let chunk = 200_000;
+    for from in (0..rows).step_by(chunk as usize) {
+        stdin
+            .write_all(&csv_rows(
+                from..(from + chunk).min(rows),
+                -chrono::Duration::days(1),
+            ))
+            .expect("write csv");
+    }
+    drop(stdin);
+    assert!(child.wait().expect("psql").success(), "COPY failed");
+    for (_, def) in &defs {
+        psql(def);
+    }
+    psql("ANALYZE events");
+    // Start the soak with the fill's dirty pages written out, not with a checkpoint in its first
+    // minutes (needs pg_checkpoint or a superuser; without it the first minute carries it).
+    let _ = Command::new("psql")
+        .args([url, "-qAt", "-c", "CHECKPOINT"])
+        .output();
+}
+
 /// PostgreSQL `COPY` of the same rows into a copy of `events`, through psql.
 fn copy_baseline(c: &Config, n: u64) -> f64 {
     let url = c.database.database_url.expose();
@@ -365,21 +580,7 @@ fn copy_baseline(c: &Config, n: u64) -> f64 {
         assert!(ok, "psql {sql}");
     };
     psql("CREATE TABLE copy_bench (LIKE events INCLUDING ALL)");
-    let mut csv = Vec::with_capacity(n as usize * 200);
-    for i in 0..n {
-        let e = event(i);
-        let _ = writeln!(
-            csv,
-            "{},{},{},{},{},{},\"{}\"",
-            e.event_id,
-            e.event_type,
-            e.player_id,
-            e.game_id,
-            e.timestamp.to_rfc3339(),
-            e.ingested_at.to_rfc3339(),
-            serde_json::Value::Object(e.data).to_string().replace('"', "\"\"")
-        );
-    }
+    let csv = csv_rows(0..n, chrono::Duration::zero());
     let started = Instant::now();
     let mut child = Command::new("psql")
         .args([
@@ -422,47 +623,53 @@ async fn main() {
     let _ = p.flush(Duration::from_secs(10));
     let mut rows = Vec::new();
     let mut redis_bytes = Vec::new();
-    let mut pipeline = f64::NAN;
+    let mut unclaimed_bytes = Vec::new();
+    let mut pipeline = Rates(Vec::new());
     let mut unclaimed = Vec::new();
     if wants("drain") {
         for role in Role::ALL {
-            // Each role in its own schema and prefix so none benefits from another's work.
-            let mut rc = fresh(&base, "role").await;
-            rc.kafka.kafka_topic = c.kafka.kafka_topic.clone();
-            // Claims hashes as full as the sizing rule assumes (~64 claims each); with the default
-            // 2^19 buckets a 100,000-event run would put each claim in a hash of its own.
-            rc.consumer.dedup_buckets = u32::try_from((n / 64).next_power_of_two()).unwrap_or(1 << 19);
-            let before = redis_used_memory(&rc);
-            let r = drain(&rc, &[role], n).await;
+            let (r, bytes) = measured(&base, &c.kafka.kafka_topic, &[role], n, |_| {}).await;
             if role != Role::Logger {
-                let grown = redis_used_memory(&rc).saturating_sub(before);
-                redis_bytes.push((role.service(), grown as f64 / n as f64));
+                redis_bytes.push((role.service(), bytes));
             }
             rows.push((format!("`{}` alone", role.service()), r));
-            discard(&rc).await;
         }
-        let mut all = fresh(&base, "all").await;
-        all.kafka.kafka_topic = c.kafka.kafka_topic.clone();
-        pipeline = drain(&all, &Role::ALL, n).await;
-        discard(&all).await;
+        pipeline = measured(&base, &c.kafka.kafka_topic, &Role::ALL, n, |_| {})
+            .await
+            .0;
         // The same drains without the retry claims (DEDUP_WINDOW_SECS=0), to show what they cost.
         for (name, roles) in [
             ("`stats-aggregator` alone", &[Role::Stats][..]),
             ("`leaderboard-manager` alone", &[Role::Leaderboard][..]),
             ("all three roles at once", &Role::ALL[..]),
         ] {
-            let mut rc = fresh(&base, "unclaimed").await;
-            rc.kafka.kafka_topic = c.kafka.kafka_topic.clone();
-            rc.consumer.dedup_window_secs = 0;
-            unclaimed.push((name, drain(&rc, roles, n).await));
-            discard(&rc).await;
+            let no_claims = |rc: &mut Config| rc.consumer.dedup_window_secs = 0;
+            let (rates, bytes) = measured(&base, &c.kafka.kafka_topic, roles, n, no_claims).await;
+            if let [role] = roles {
+                unclaimed_bytes.push((role.service(), bytes));
+            }
+            unclaimed.push((name, rates));
         }
     }
     let mut latencies = Vec::new();
     for &rate in rates.iter().filter(|_| wants("latency")) {
         let lat_cfg = fresh(&base, "latency").await;
-        latencies.push((rate, latency(&lat_cfg, rate, secs).await));
+        let whole = Duration::from_secs(secs + 1);
+        latencies.push((rate, load(&lat_cfg, rate, secs, whole, PROBES_PER_SEC).await));
         discard(&lat_cfg).await;
+    }
+
+    let mut soak = None;
+    if wants("soak") {
+        let rows = env_num("BENCH_SOAK_ROWS", 5_000_000);
+        let (rate, secs) = (env_num("BENCH_SOAK_RATE", 5_000), env_num("BENCH_SOAK_SECS", 600));
+        let sc = fresh(&base, "soak").await;
+        let t = Instant::now();
+        prefill(&sc, rows);
+        let filled = t.elapsed().as_secs_f64();
+        let run = load(&sc, rate, secs, Duration::from_secs(60), 10).await;
+        discard(&sc).await;
+        soak = Some((rows, filled, rate, secs, run));
     }
 
     // Profiles come from drains of their own, so perf's cost stays out of the figures above.
@@ -507,15 +714,24 @@ async fn main() {
     println!("|---|---:|");
     println!("| producing the {n} events to Kafka (acks=all, this bench's producer) | {produce_rate:.0} |");
     for (name, r) in &rows {
-        println!("| {name}, Kafka → PostgreSQL/Redis | {r:.0} |");
+        println!("| {name}, Kafka → PostgreSQL/Redis | {r} |");
     }
-    println!("| all three roles at once (the pipeline) | {pipeline:.0} |");
+    println!("| all three roles at once (the pipeline) | {pipeline} |");
     for (name, r) in &unclaimed {
-        println!("| {name}, retry claims off (`DEDUP_WINDOW_SECS=0`) | {r:.0} |");
+        println!("| {name}, retry claims off (`DEDUP_WINDOW_SECS=0`) | {r} |");
     }
     println!("| baseline: `redis-benchmark` HINCRBY, pipelined 64 | {hincr:.0} ops/s |");
     println!("| baseline: `redis-benchmark` ZINCRBY, pipelined 64 | {zincr:.0} ops/s |");
     println!("| baseline: PostgreSQL `COPY` of the same rows into a copy of `events` | {copy:.0} |");
+    if let (Some((_, logger)), false) = (<[_]>::first(&rows), pipeline.0.is_empty()) {
+        println!();
+        println!(
+            "Medians of {} runs (slowest–fastest). Against `COPY`: the pipeline {:.2}, `event-logger` alone {:.2}.",
+            pipeline.0.len(),
+            pipeline.median() / copy,
+            logger.median() / copy
+        );
+    }
     println!();
     println!("Freshness, all three roles running, producing in the background at a fixed rate for {secs} s");
     println!("(realistic cardinality, as above), while {PROBES_PER_SEC} probe events a second go through the ingest API");
@@ -527,18 +743,20 @@ async fn main() {
     println!("| rate asked | achieved | probes | `events` row p50 / p99 | Redis stats p50 / p99 | Redis board p50 / p99 | slowest probe, any store | all events, row p50 / p99 | RSS after 1 s → at the end |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (rate, r) in &latencies {
-        let row = freshness::quantiles(r.probes.iter().map(|p| p.row).collect());
-        let stats = freshness::quantiles(r.probes.iter().map(|p| p.stats).collect());
-        let board = freshness::quantiles(r.probes.iter().map(|p| p.board).collect());
+        let probes = r.probes();
+        let row = freshness::quantiles(probes.iter().map(|p| p.row).collect());
+        let stats = freshness::quantiles(probes.iter().map(|p| p.stats).collect());
+        let board = freshness::quantiles(probes.iter().map(|p| p.board).collect());
         let missing = row.3.max(stats.3).max(board.3);
+        let rss_end = r.windows.last().map_or(f64::NAN, |w| w.rss);
         println!(
             "| {rate}/s | {:.0}/s | {}{} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} ms | {:.1} / {:.1} ms | {:.0} → {:.0} MiB |",
             r.achieved,
-            r.probes.len(),
+            probes.len(),
             if missing > 0 { format!(" ({missing} never seen)") } else { String::new() },
             row.0, row.1, stats.0, stats.1, board.0, board.1,
             row.2.max(stats.2).max(board.2),
-            r.q.p50, r.q.p99, r.rss.0, r.rss.1
+            r.q.p50, r.q.p99, r.rss_start, rss_end
         );
     }
     println!();
@@ -552,10 +770,22 @@ async fn main() {
     println!("assumes (at 10,000 events/s the default 2^19 is that; a small run with the default would");
     println!("give each claim a hash of its own, ~200 bytes).");
     println!();
-    println!("| role | bytes of Redis per event |");
-    println!("|---|---:|");
+    println!("Most of this run's events are a player's first in their game, so stats hashes and board");
+    println!("members are created rather than updated: over a week, those are bounded by players × games,");
+    println!("the claims by the window (the README's sizing rule); the claims column is the same drain's");
+    println!("figure less that of the drain with claims off.");
+    println!();
+    println!("| role | bytes of Redis per event | of which retry claims |");
+    println!("|---|---:|---:|");
     for (service, bytes) in &redis_bytes {
-        println!("| `{service}` | {bytes:.0} |");
+        let off = unclaimed_bytes
+            .iter()
+            .find(|(s, _)| s == service)
+            .map_or(f64::NAN, |(_, b)| *b);
+        println!("| `{service}` | {bytes:.0} | {:.0} |", bytes - off);
+    }
+    if let Some((rows, filled, rate, secs, run)) = &soak {
+        print_soak(*rows, *filled, *rate, *secs, run);
     }
     if !profiles.is_empty() {
         println!();
@@ -569,6 +799,65 @@ async fn main() {
             println!();
             print!("{p}");
         }
+    }
+}
+
+/// The soak's table: a row per minute, and the last minute against the first.
+fn print_soak(rows: u64, filled: f64, rate: u64, secs: u64, run: &LoadRun) {
+    println!();
+    println!(
+        "### Soak: {} min at {rate} events/s into an `events` table of {rows} rows",
+        secs / 60
+    );
+    println!();
+    println!("`events` was filled first with {rows} rows like the API's (time-ordered ids) by `COPY`, its");
+    println!(
+        "secondary indexes rebuilt after ({filled:.0} s). Then all three roles ran while the bench produced"
+    );
+    println!(
+        "{rate} events/s and 10 probes a second went through the ingest API; a row per minute. Applied is"
+    );
+    println!("what the slowest role made durable in that minute.");
+    println!();
+    println!(
+        "| minute | applied events/s | `events` row p50 / p99 | Redis stats p99 | Redis board p99 | RSS |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let p99 = |w: &Window| {
+        let row = freshness::quantiles(w.probes.iter().map(|p| p.row).collect());
+        let stats = freshness::quantiles(w.probes.iter().map(|p| p.stats).collect());
+        let board = freshness::quantiles(w.probes.iter().map(|p| p.board).collect());
+        (row, stats, board)
+    };
+    for (i, w) in run.windows.iter().enumerate() {
+        let (row, stats, board) = p99(w);
+        println!(
+            "| {} | {:.0} | {:.1} / {:.1} ms | {:.1} ms | {:.1} ms | {:.0} MiB |",
+            i + 1,
+            w.applied,
+            row.0,
+            row.1,
+            stats.1,
+            board.1,
+            w.rss
+        );
+    }
+    if let (Some(first), Some(last)) = (<[_]>::first(&run.windows), run.windows.last()) {
+        let worst = |w: &Window| {
+            let (row, stats, board) = p99(w);
+            row.1.max(stats.1).max(board.1)
+        };
+        println!();
+        println!(
+            "Last minute against the first: applied events/s {:.2}, worst p99 of the three stores {:.2} \
+             ({:.1} → {:.1} ms), RSS {:.0} → {:.0} MiB.",
+            last.applied / first.applied,
+            worst(last) / worst(first),
+            worst(first),
+            worst(last),
+            first.rss,
+            last.rss
+        );
     }
 }
 
