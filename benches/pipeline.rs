@@ -33,7 +33,8 @@ struct Cli {
     config: Config,
 }
 
-/// Whether BENCH_ONLY (a comma-separated list of drain, latency, soak, profile; all when unset) asks
+/// Whether BENCH_ONLY (a comma-separated list of drain, latency, peers, soak, profile; all when
+/// unset) asks
 /// for this phase.
 fn wants(phase: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == phase))
@@ -627,6 +628,12 @@ async fn main() {
     let mut pipeline = Rates(Vec::new());
     let mut unclaimed = Vec::new();
     if wants("drain") {
+        // One unmeasured drain first: the first after producing ran at half the rate of the
+        // ones after it (caches, the broker's fresh segments), whichever role it was.
+        let mut warm = fresh(&base, "warmup").await;
+        warm.kafka.kafka_topic = c.kafka.kafka_topic.clone();
+        drain(&warm, &Role::ALL, n).await;
+        discard(&warm).await;
         for role in Role::ALL {
             let (r, bytes) = measured(&base, &c.kafka.kafka_topic, &[role], n, |_| {}).await;
             if role != Role::Logger {
@@ -657,6 +664,24 @@ async fn main() {
         let whole = Duration::from_secs(secs + 1);
         latencies.push((rate, load(&lat_cfg, rate, secs, whole, PROBES_PER_SEC).await));
         discard(&lat_cfg).await;
+    }
+
+    // The seed's design as drawn (benches/peers/seed_consumers.py), on the same topic.
+    let mut peers = Vec::new();
+    if let (true, Ok(python)) = (wants("peers"), std::env::var("BENCH_PEER_PYTHON")) {
+        let events = env_num("BENCH_PEER_EVENTS", 10_000).min(n);
+        for (name, roles) in [
+            ("`event-logger`", &[Role::Logger][..]),
+            ("`stats-aggregator`", &[Role::Stats][..]),
+            ("`leaderboard-manager`", &[Role::Leaderboard][..]),
+            ("all three roles at once", &Role::ALL[..]),
+        ] {
+            let mut pc = fresh(&base, "peer").await;
+            pc.kafka.kafka_topic = c.kafka.kafka_topic.clone();
+            let rate = seed_peer(&python, &pc, roles, events);
+            discard(&pc).await;
+            peers.push((name, roles, rate));
+        }
     }
 
     let mut soak = None;
@@ -784,6 +809,38 @@ async fn main() {
             .map_or(f64::NAN, |(_, b)| *b);
         println!("| `{service}` | {bytes:.0} | {:.0} |", bytes - off);
     }
+    if !peers.is_empty() {
+        println!();
+        println!("### The seed's design as drawn, same events");
+        println!();
+        println!("`benches/peers/seed_consumers.py`: a Python process per role (confluent-kafka, psycopg,");
+        println!(
+            "redis-py) writing as the seed's diagrams show: the logger an INSERT and a commit per event,"
+        );
+        println!(
+            "stats a flush per 100 events, the leaderboard ZINCRBY per scoring event and the top 100 per"
+        );
+        println!("50; offsets committed (asynchronously) after each write; no retry dedup, no exactly-once. The first");
+        println!(
+            "{} events of the same topic, into a schema and prefix of their own.",
+            env_num("BENCH_PEER_EVENTS", 10_000).min(n)
+        );
+        println!();
+        println!(
+            "| what | seed design, events/s | gamemetrics, events/s (median above) | gamemetrics ÷ seed |"
+        );
+        println!("|---|---:|---:|---:|");
+        for (name, roles, rate) in &peers {
+            let ours = if roles.len() > 1 {
+                pipeline.median()
+            } else {
+                rows.iter()
+                    .find(|(n, _)| n.contains(roles[0].service()))
+                    .map_or(f64::NAN, |(_, r)| r.median())
+            };
+            println!("| {name} | {rate:.0} | {ours:.0} | {:.1} |", ours / rate);
+        }
+    }
     if let Some((rows, filled, rate, secs, run)) = &soak {
         print_soak(*rows, *filled, *rate, *secs, run);
     }
@@ -800,6 +857,45 @@ async fn main() {
             print!("{p}");
         }
     }
+}
+
+/// Runs the seed-design peer for `roles` at once, each consuming `events` records of `c`'s topic
+/// in a group of its own; answers events/s of the slowest.
+fn seed_peer(python: &str, c: &Config, roles: &[Role], events: u64) -> f64 {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers/seed_consumers.py");
+    let children: Vec<_> = roles
+        .iter()
+        .map(|role| {
+            let name = match role {
+                Role::Logger => "logger",
+                Role::Stats => "stats",
+                Role::Leaderboard => "leaderboard",
+            };
+            Command::new(python)
+                .arg(script)
+                .arg(name)
+                .arg(&c.kafka.kafka_topic)
+                .arg(format!("{}seed-peer-{name}", c.consumer.consumer_group_prefix))
+                .arg(events.to_string())
+                .arg(c.database.database_url.expose())
+                .arg(c.redis.redis_url.expose())
+                .arg(&c.redis.redis_key_prefix)
+                .arg(c.kafka.brokers())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("python peer")
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().expect("python peer");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<f64>()
+                .unwrap_or(f64::NAN)
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// The soak's table: a row per minute, and the last minute against the first.

@@ -53,75 +53,58 @@ impl Profile {
             .args(["-INT", &self.child.id().to_string()])
             .status();
         self.child.wait().ok()?;
+        // One pass over the samples: `perf report --pid` came back empty now and then.
         let script = Command::new("perf")
-            .args(["script", "-F", "comm,pid", "-i"])
+            .args(["script", "-F", "comm,pid,ip,sym,dso", "-i"])
             .arg(&self.file)
             .stderr(Stdio::null())
             .output()
             .ok()?;
         let mut per_process: HashMap<String, u64> = HashMap::new();
-        let mut pids: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut functions: HashMap<(String, String, String), u64> = HashMap::new();
         let mut total = 0u64;
         for line in String::from_utf8_lossy(&script.stdout).lines() {
-            // "<thread name> <pid>": the thread name may hold spaces.
-            let Some((comm, pid)) = line.trim().rsplit_once(char::is_whitespace) else {
-                continue;
-            };
-            let Ok(pid) = pid.trim().parse::<u32>() else {
+            let Some(sample) = parse_sample(line) else {
                 continue;
             };
             total += 1;
-            let name = if pid == 0 {
+            let name = if sample.pid == 0 {
                 "idle".to_owned()
-            } else if pid == std::process::id() {
+            } else if sample.pid == std::process::id() {
                 OURS.to_owned()
             } else {
                 // A process that exited before the end (a Redis rewrite child, a psql) is
                 // named by the thread the sample caught.
-                group(names.get(&pid).map_or(comm.trim(), String::as_str))
+                group(names.get(&sample.pid).unwrap_or(&sample.comm))
             };
-            let group_pids = pids.entry(name.clone()).or_default();
-            if !group_pids.contains(&pid) {
-                group_pids.push(pid);
+            *per_process.entry(name.clone()).or_default() += 1;
+            if [OURS, "Redis", "PostgreSQL"].contains(&name.as_str()) {
+                *functions.entry((name, sample.dso, sample.sym)).or_default() += 1;
             }
-            *per_process.entry(name).or_default() += 1;
         }
         let mut processes: Vec<(String, f64)> = per_process
-            .into_iter()
-            .map(|(n, c)| (n, 100.0 * c as f64 / total.max(1) as f64))
+            .iter()
+            .map(|(n, c)| (n.clone(), 100.0 * *c as f64 / total.max(1) as f64))
             .collect();
         processes.sort_by(|a, b| b.1.total_cmp(&a.1));
-
         let mut top = Vec::new();
         for (name, limit) in [(OURS, 12), ("Redis", 6), ("PostgreSQL", 6)] {
-            let Some(group_pids) = pids.get(name) else {
-                continue;
-            };
-            let list: Vec<String> = group_pids.iter().map(u32::to_string).collect();
-            let report = Command::new("perf")
-                .args([
-                    "report",
-                    "--stdio",
-                    "-q",
-                    "--no-children",
-                    "--percentage",
-                    "relative",
-                ])
-                .args(["--sort", "dso,sym", "--percent-limit", "1.5"])
-                .arg(format!("--pid={}", list.join(",")))
-                .arg("-i")
-                .arg(&self.file)
-                .stderr(Stdio::null())
-                .output()
-                .ok()?;
-            let functions = String::from_utf8_lossy(&report.stdout)
-                .lines()
-                .filter_map(parse_report_line)
-                .take(limit)
+            let of_process = per_process.get(name).copied().unwrap_or(0).max(1) as f64;
+            let mut list: Vec<Function> = functions
+                .iter()
+                .filter(|((p, _, _), _)| p == name)
+                .map(|((_, dso, sym), c)| (dso.clone(), sym.clone(), 100.0 * *c as f64 / of_process))
+                .filter(|(_, _, pct)| *pct >= 1.5)
                 .collect();
-            top.push((name.to_owned(), functions));
+            list.sort_by(|a, b| b.2.total_cmp(&a.2));
+            list.truncate(limit);
+            if !list.is_empty() {
+                top.push((name.to_owned(), list));
+            }
         }
-        let _ = std::fs::remove_file(&self.file);
+        if std::env::var("BENCH_DEBUG").is_err() {
+            let _ = std::fs::remove_file(&self.file);
+        }
         Some(Report { processes, top })
     }
 }
@@ -152,14 +135,30 @@ impl Report {
     }
 }
 
-/// `  12.34%  libc.so.6  [.] memcpy` → (dso, symbol, 12.34).
-fn parse_report_line(line: &str) -> Option<Function> {
-    let mut it = line.split_whitespace();
-    let pct = it.next()?.strip_suffix('%')?.parse().ok()?;
-    let dso = it.next()?.to_owned();
-    let _kind = it.next()?;
-    let sym: Vec<&str> = it.collect();
-    Some((dso, sym.join(" "), pct))
+/// One sample of `perf script -F comm,pid,ip,sym,dso`.
+struct Sample {
+    comm: String,
+    pid: u32,
+    sym: String,
+    dso: String,
+}
+
+/// `  producer pollin 16785   7f44f1ad5b7c __vdso_clock_gettime ([vdso])`: the thread name may
+/// hold spaces, the symbol too (Rust's `<A as B>::f`), the library is the last parenthesis.
+fn parse_sample(line: &str) -> Option<Sample> {
+    let (rest, dso) = line.trim().rsplit_once(" (")?;
+    let dso = dso.strip_suffix(')')?;
+    let dso = dso.rsplit('/').next().unwrap_or(dso).to_owned();
+    let tokens: Vec<&str> = rest.split_whitespace().collect();
+    let at = (1..tokens.len().saturating_sub(1))
+        .find(|&i| tokens[i].parse::<u32>().is_ok() && u64::from_str_radix(tokens[i + 1], 16).is_ok())?;
+    let pid = tokens[at].parse().ok()?;
+    Some(Sample {
+        comm: tokens[..at].join(" "),
+        pid,
+        sym: tokens[at + 2..].join(" "),
+        dso,
+    })
 }
 
 /// Rust symbols carry their whole generic path; the table keeps the last segments readable.
