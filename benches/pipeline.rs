@@ -126,16 +126,23 @@ async fn discard(c: &Config) {
             .execute(&mut admin)
             .await;
     }
+    // Both databases: stats and their claims in 0, boards and theirs in 1 (the first version of
+    // this cleaned 0 alone, and the boards' leftovers made every later phase slower).
+    for db in [0, 1] {
+        let Ok(mut conn) = redis::Client::open(c.redis.db_url(db)).and_then(|r| r.get_connection()) else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("bench:{id}:*"))
+            .query(&mut conn)
+            .unwrap_or_default();
+        for chunk in keys.chunks(10_000) {
+            let _: Result<i64, _> = redis::cmd("UNLINK").arg(chunk).query(&mut conn);
+        }
+    }
     let Ok(mut conn) = redis::Client::open(c.redis.db_url(0)).and_then(|r| r.get_connection()) else {
         return;
     };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("bench:{id}:*"))
-        .query(&mut conn)
-        .unwrap_or_default();
-    for chunk in keys.chunks(10_000) {
-        let _: Result<i64, _> = redis::cmd("UNLINK").arg(chunk).query(&mut conn);
-    }
     // Let Redis finish freeing them and compact its append-only file now, not during the next
     // phase: a profile of the logger, which writes nothing to Redis, found Redis at 46% of the
     // machine doing exactly that.
@@ -957,15 +964,20 @@ fn print_soak(rows: u64, filled: f64, rate: u64, secs: u64, run: &LoadRun) {
     }
 }
 
-/// Redis's `INFO commandstats`: per command, (calls, microseconds inside Redis).
-fn redis_commandstats(c: &Config) -> std::collections::BTreeMap<String, (u64, u64)> {
+/// One section of Redis's `INFO`.
+fn redis_info(c: &Config, section: &str) -> String {
     let mut conn = redis::Client::open(c.redis.db_url(0))
         .and_then(|client| client.get_connection())
         .expect("Redis reachable");
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
+    redis::cmd("INFO")
+        .arg(section)
         .query(&mut conn)
-        .expect("INFO commandstats");
+        .expect("Redis INFO")
+}
+
+/// Redis's `INFO commandstats`: per command, (calls, microseconds inside Redis).
+fn redis_commandstats(c: &Config) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let info = redis_info(c, "commandstats");
     // cmdstat_zincrby:calls=123,usec=456,usec_per_call=3.7,...
     info.lines()
         .filter_map(|l| l.strip_prefix("cmdstat_"))
@@ -1012,14 +1024,8 @@ fn redis_work_table(
 
 /// Redis's `used_memory`, in bytes (the whole server: the bench runs alone).
 fn redis_used_memory(c: &Config) -> u64 {
-    let mut conn = redis::Client::open(c.redis.db_url(0))
-        .and_then(|client| client.get_connection())
-        .expect("Redis reachable");
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query(&mut conn)
-        .expect("INFO memory");
-    info.lines()
+    redis_info(c, "memory")
+        .lines()
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
