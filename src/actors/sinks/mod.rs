@@ -26,9 +26,10 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a sink waits for a pooled connection before reporting a transient failure.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `sink_actor!(Type, "Store"[, restarting: |sink| ...])`: the `Actor` (mailbox bounded at 256: writes are small and
-/// concurrent per partition, and a deep mailbox only hides a stall), [`Tracked`] and `Supervised`
-/// impls both sinks share, for a type with a `failures: u32` field.
+/// `sink_actor!(Type, "Store"[, restarting: |sink| ...])`: the `Actor` (mailbox bounded at 256:
+/// writes are small and concurrent per partition, and a deep mailbox only hides a stall),
+/// [`Tracked`] and `Supervised` impls both sinks share, for a type with a `failures: u32` field;
+/// `restarting` drops state that work cut short by a restart left behind.
 macro_rules! sink_actor {
     ($t:ty, $store:literal) => {
         $crate::actors::sinks::sink_actor!($t, $store, restarting: |_: &mut $t| {});
