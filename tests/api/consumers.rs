@@ -375,6 +375,18 @@ async fn the_current_daily_board_follows_event_days_but_not_past_the_server_cloc
     assert_eq!(got, [("b".to_owned(), 10)]);
 }
 
+/// Player `p`'s session_start at `offset` with event id `id`, as the stats lane sends it.
+fn delta(offset: i64, id: uuid::Uuid) -> gamemetrics::actors::messages::StatDelta {
+    gamemetrics::actors::messages::StatDelta {
+        offset,
+        event_id: id,
+        player_id: "p".into(),
+        event_type: "session_start".into(),
+        timestamp: "2024-01-15T10:00:00.000000Z".into(),
+        ingested_at: chrono::Utc::now(),
+    }
+}
+
 #[actix_web::test]
 async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() {
     use actix::Actor;
@@ -391,14 +403,6 @@ async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() 
         topic: "t".into(),
         log: "log-a".into(),
         partition: 0,
-    };
-    let delta = |offset: i64, id: uuid::Uuid| StatDelta {
-        offset,
-        event_id: id,
-        player_id: "p".into(),
-        event_type: "session_start".into(),
-        timestamp: "2024-01-15T10:00:00.000000Z".into(),
-        ingested_at: chrono::Utc::now(),
     };
     let apply = |deltas: Vec<StatDelta>| {
         sink.send(ApplyStats {
@@ -481,7 +485,7 @@ async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() 
 #[actix_web::test]
 async fn a_claim_outlives_its_generation_by_a_window_and_then_expires() {
     use actix::Actor;
-    use gamemetrics::actors::messages::{ApplyStats, Position, StatDelta};
+    use gamemetrics::actors::messages::{ApplyStats, Position};
     let config = test_config();
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
     let window = 2;
@@ -498,14 +502,7 @@ async fn a_claim_outlives_its_generation_by_a_window_and_then_expires() {
     let apply = |offset: i64| {
         sink.send(ApplyStats {
             position: position.clone(),
-            deltas: Arc::new(vec![StatDelta {
-                offset,
-                event_id: id,
-                player_id: "p".into(),
-                event_type: "session_start".into(),
-                timestamp: "2024-01-15T10:00:00.000000Z".into(),
-                ingested_at: chrono::Utc::now(),
-            }]),
+            deltas: Arc::new(vec![delta(offset, id)]),
         })
     };
     let generation = || chrono::Utc::now().timestamp() as u64 / window;
