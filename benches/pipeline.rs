@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 mod freshness;
 mod profile;
+mod raw;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -741,6 +742,11 @@ async fn main() {
         &["ZINCRBY", "bench:leaderboard:game:alltime", "10", "__rand_int__"],
     );
     let copy = copy_baseline(&c, n);
+    // The roles' Redis work sent raw, on the same events, keys of its own (dropped after).
+    let rc = fresh(&base, "raw").await;
+    let raw_stats = raw::redis_rate(&rc, raw::Work::Stats, n, event);
+    let raw_scores = raw::redis_rate(&rc, raw::Work::Scores, n, event);
+    discard(&rc).await;
 
     println!("| what | events/s |");
     println!("|---|---:|");
@@ -755,6 +761,8 @@ async fn main() {
     println!("| baseline: `redis-benchmark` HINCRBY, pipelined 64 | {hincr:.0} ops/s |");
     println!("| baseline: `redis-benchmark` ZINCRBY, pipelined 64 | {zincr:.0} ops/s |");
     println!("| baseline: PostgreSQL `COPY` of the same rows into a copy of `events` | {copy:.0} |");
+    println!("| baseline: the stats script's Redis commands for the same events, pipelined per batch, no Lua | {raw_stats:.0} |");
+    println!("| baseline: the scores script's Redis commands for the same events, pipelined per batch, no Lua | {raw_scores:.0} |");
     if let (Some((_, logger)), false) = (<[_]>::first(&rows), pipeline.0.is_empty()) {
         println!();
         println!(
@@ -762,6 +770,16 @@ async fn main() {
             pipeline.0.len(),
             pipeline.median() / copy,
             logger.median() / copy
+        );
+        let alone = |service: &str| {
+            rows.iter()
+                .find(|(name, _)| name.contains(service))
+                .map_or(f64::NAN, |(_, r)| r.median())
+        };
+        println!(
+            "Against their Redis work sent raw: `stats-aggregator` alone {:.2}, `leaderboard-manager` alone {:.2}.",
+            alone(Role::Stats.service()) / raw_stats,
+            alone(Role::Leaderboard.service()) / raw_scores
         );
     }
     println!();

@@ -1,0 +1,106 @@
+//! What a role's Redis work costs raw: the commands its script runs for the same events, sent
+//! as plain pipelined commands (no Lua, no conditions), batch for batch as the sink sends them.
+//! It is the Redis half of issue 15's "each role against its stores doing the same work raw":
+//! the profiles put Redis, not PostgreSQL, on the stats and leaderboard roles' critical path.
+
+use gamemetrics::config::Config;
+use gamemetrics::db::redis_keys::RedisKeys;
+use gamemetrics::domain::leaderboard::{periods_of, score_of};
+use gamemetrics::domain::GameEvent;
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+/// Which role's commands to send.
+#[derive(Clone, Copy)]
+pub enum Work {
+    /// The stats script's: per event a retry claim (HGET, HGET, HSET, EXPIREAT NX) and the
+    /// stats hash (HINCRBY ×2, HGET and HSET of `last_event`).
+    Stats,
+    /// The scores script's: per scoring event a retry claim and ZINCRBY on the all-time board,
+    /// on both dated boards and on both current boards; per batch and dated board an EXPIREAT,
+    /// an EXISTS and a GET of its period marker.
+    Scores,
+}
+
+/// Events/s of `work` for `n` events made by `event`, under `c`'s key prefix (a scratch one:
+/// the keys are the caller's to drop), in pipelines of SINK_MAX_BATCH events each with the
+/// offset GET and SET the script guards a batch with.
+pub fn redis_rate(c: &Config, work: Work, n: u64, event: impl Fn(u64) -> GameEvent) -> f64 {
+    let keys = RedisKeys::new(&format!("{}raw:", c.redis.redis_key_prefix));
+    let db = match work {
+        Work::Stats => 0,
+        Work::Scores => 1,
+    };
+    let Ok(mut conn) = redis::Client::open(c.redis.db_url(db)).and_then(|r| r.get_connection()) else {
+        return f64::NAN;
+    };
+    let scoring: BTreeSet<&str> = c
+        .consumer
+        .scoring_event_types
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let batch = c.consumer.sink_max_batch.max(1) as u64;
+    let events: Vec<GameEvent> = (0..n).map(event).collect();
+    let offsets = format!("{}raw:offsets", c.redis.redis_key_prefix);
+    let claims = keys.claims_of(0);
+    // What the claims hashes and dated boards expire at: the script's values are of this order.
+    let expires = chrono::Utc::now().timestamp() + 2 * 86_400;
+    let started = Instant::now();
+    for (b, chunk) in events.chunks(batch as usize).enumerate() {
+        let mut pipe = redis::pipe();
+        pipe.get(&offsets).ignore();
+        let mut dated = BTreeSet::new();
+        for (i, e) in chunk.iter().enumerate() {
+            let off = b as u64 * batch + i as u64;
+            let score = match work {
+                Work::Scores if scoring.contains(e.event_type.as_str()) => match score_of(e) {
+                    Ok(s) => s,
+                    Err(_) => continue,
+                },
+                Work::Scores => continue,
+                Work::Stats => 0,
+            };
+            let id = e.scoped_id();
+            let field = id.as_bytes();
+            let bucket = format!("{claims}{}", u32::from(field[0]) << 8 | u32::from(field[1]));
+            pipe.hget(&bucket, &field[..]).ignore();
+            pipe.hget(format!("{}prev", bucket), &field[..]).ignore();
+            pipe.hset(&bucket, &field[..], format!("log:0:{off}")).ignore();
+            pipe.cmd("EXPIREAT").arg(&bucket).arg(expires).arg("NX").ignore();
+            match work {
+                Work::Stats => {
+                    let key = keys.player_stats(e.player_id.as_str());
+                    pipe.hincr(&key, "total_events", 1).ignore();
+                    pipe.hincr(&key, format!("event_{}", e.event_type.as_str()), 1)
+                        .ignore();
+                    pipe.hget(&key, "last_event").ignore();
+                    pipe.hset(&key, "last_event", e.timestamp.to_rfc3339()).ignore();
+                }
+                Work::Scores => {
+                    let base = keys.board_base(e.game_id.as_str());
+                    let p = periods_of(e.timestamp, c.consumer.leaderboard_retention_days);
+                    let player = e.player_id.as_str();
+                    pipe.zincr(format!("{base}:alltime"), player, score).ignore();
+                    for (period, stamp) in [("daily", &p.day), ("weekly", &p.week)] {
+                        let current = format!("{base}:{period}");
+                        pipe.zincr(format!("{current}:{stamp}"), player, score).ignore();
+                        pipe.zincr(&current, player, score).ignore();
+                        dated.insert((current, stamp.clone()));
+                    }
+                }
+            }
+        }
+        for (current, stamp) in &dated {
+            let board = format!("{current}:{stamp}");
+            pipe.cmd("EXPIREAT").arg(&board).arg(expires).ignore();
+            pipe.exists(&board).ignore();
+            pipe.get(format!("{current}:current")).ignore();
+        }
+        pipe.set(&offsets, b as u64 * batch + chunk.len() as u64).ignore();
+        if pipe.query::<()>(&mut conn).is_err() {
+            return f64::NAN;
+        }
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
