@@ -101,7 +101,7 @@ async fn fresh(base: &Config, tag: &str) -> Config {
     c.database.database_url = format!("{url}{sep}options=-csearch_path%3D{schema}")
         .parse()
         .expect("url");
-    gamemetrics::db::run_migrations(&c.database.database_url)
+    gamemetrics::db::run_migrations(&c.database)
         .await
         .expect("migrate");
     kafka::ensure_topic(&c.kafka, &TopicSpec::from_config(&c.kafka))
@@ -307,6 +307,9 @@ struct Window {
     applied: f64,
     /// This process's resident memory at the window's end, in MiB.
     rss: f64,
+    /// The most records the three roles held read but not yet durable (sampled each second):
+    /// what RSS follows, since each is parsed and queued in memory until applied.
+    in_flight: i64,
 }
 
 /// What one fixed-rate run measured.
@@ -327,6 +330,17 @@ impl LoadRun {
             .flat_map(|w| w.probes.iter().copied())
             .collect()
     }
+}
+
+/// Records the roles have read but not yet made durable, all partitions together.
+async fn in_flight(handles: &[RoleConsumerHandle]) -> i64 {
+    let mut total = 0;
+    for h in handles {
+        for (_, p) in h.progress().await {
+            total += (p.seen_next - p.applied_next.max(0)).max(0);
+        }
+    }
+    total
 }
 
 /// Probes sent per second during a latency run, on top of the background load.
@@ -395,8 +409,9 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
     // (window, probe) for every probe sent.
     let mut probes = Vec::new();
     let mut rss_start = None;
-    // (events/s applied, RSS) per window closed so far.
-    let mut closed: Vec<(f64, f64)> = Vec::new();
+    // (events/s applied, RSS, most in flight) per window closed so far.
+    let mut closed: Vec<(f64, f64, i64)> = Vec::new();
+    let mut most_in_flight = 0;
     let mut window_start = (Instant::now(), slowest_applied(&handles).await);
     // Enqueue each tick's events without waiting for their acks, so the rate is the producer's
     // schedule and not its round trips.
@@ -405,6 +420,9 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
             probes.push((closed.len(), tokio::spawn(prober.clone().probe(ticks))));
         }
         ticks += 1;
+        if ticks.is_multiple_of(100) {
+            most_in_flight = most_in_flight.max(in_flight(&handles).await);
+        }
         for j in sent..sent + per_tick {
             let e = event(j);
             let (key, value) = (e.player_id.to_string(), e.to_wire());
@@ -425,7 +443,7 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
         if window_start.0.elapsed() >= window {
             let applied = slowest_applied(&handles).await;
             let rate = (applied - window_start.1) as f64 / window_start.0.elapsed().as_secs_f64();
-            closed.push((rate, rss_mib()));
+            closed.push((rate, rss_mib(), std::mem::take(&mut most_in_flight)));
             window_start = (Instant::now(), applied);
         }
         next += tick;
@@ -436,16 +454,17 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
     if last_window_open {
         let applied = slowest_applied(&handles).await;
         let rate = (applied - window_start.1) as f64 / window_start.0.elapsed().as_secs_f64();
-        closed.push((rate, rss_mib()));
+        closed.push((rate, rss_mib(), most_in_flight));
     }
     drop(acks);
     acker.await.expect("every event acknowledged");
     let mut windows: Vec<Window> = closed
         .into_iter()
-        .map(|(applied, rss)| Window {
+        .map(|(applied, rss, in_flight)| Window {
             probes: Vec::new(),
             applied,
             rss,
+            in_flight,
         })
         .collect();
     for (w, probe) in probes {
@@ -938,12 +957,14 @@ fn print_soak(rows: u64, filled: f64, rate: u64, secs: u64, run: &LoadRun) {
     println!(
         "{rate} events/s and 10 probes a second went through the ingest API; a row per minute. Applied is"
     );
-    println!("what the slowest role made durable in that minute.");
+    println!("what the slowest role made durable in that minute; in flight, the most records the three");
+    println!("roles held read but not yet durable (sampled each second): each is parsed and queued in");
+    println!("memory until applied, so RSS follows its high-water mark (PARTITION_MAX_IN_FLIGHT bounds it).");
     println!();
     println!(
-        "| minute | applied events/s | `events` row p50 / p99 | Redis stats p99 | Redis board p99 | RSS |"
+        "| minute | applied events/s | `events` row p50 / p99 | Redis stats p99 | Redis board p99 | most in flight | RSS |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     let p99 = |w: &Window| {
         let row = freshness::quantiles(w.probes.iter().map(|p| p.row).collect());
         let stats = freshness::quantiles(w.probes.iter().map(|p| p.stats).collect());
@@ -953,13 +974,14 @@ fn print_soak(rows: u64, filled: f64, rate: u64, secs: u64, run: &LoadRun) {
     for (i, w) in run.windows.iter().enumerate() {
         let (row, stats, board) = p99(w);
         println!(
-            "| {} | {:.0} | {:.1} / {:.1} ms | {:.1} ms | {:.1} ms | {:.0} MiB |",
+            "| {} | {:.0} | {:.1} / {:.1} ms | {:.1} ms | {:.1} ms | {} | {:.0} MiB |",
             i + 1,
             w.applied,
             row.0,
             row.1,
             stats.1,
             board.1,
+            w.in_flight,
             w.rss
         );
     }
