@@ -57,6 +57,7 @@ impl Application {
             keys: crate::db::redis_keys::RedisKeys::new(&config.redis.redis_key_prefix),
             auth: http.query_auth_required.then_some(keys),
         });
+        let probe = web::Data::new(http::health::PgProbe::new(queries.pg.clone(), &config.database));
         let api = http.http_api;
         let request_timeout = http.request_timeout();
         let mut server = HttpServer::new(move || {
@@ -64,6 +65,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(metrics.clone())
                 .app_data(queries.clone())
+                .app_data(probe.clone())
                 .app_data(web::QueryConfig::default().error_handler(http::query::query_error))
                 // Inside `observe`, so a request cut short is counted and logged as a 408.
                 .wrap(from_fn(move |req, next| {
@@ -91,9 +93,14 @@ impl Application {
         let listener = TcpListener::bind(config.http.http_addr)?;
         let port = listener.local_addr()?.port();
         let metrics = web::Data::new(metrics);
+        let probe = web::Data::new(http::health::PgProbe::new(
+            crate::db::pg_pool(&config.database),
+            &config.database,
+        ));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(metrics.clone())
+                .app_data(probe.clone())
                 .wrap(from_fn(http::observe))
                 .configure(http::probe_routes)
                 .default_service(web::to(http::not_found))

@@ -215,13 +215,19 @@ impl KafkaConfig {
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "PostgreSQL")]
 pub struct DatabaseConfig {
-    /// PostgreSQL connection URL (the password is never logged).
+    /// PostgreSQL connection URL (the password is never logged). Takes libpq's `sslmode`
+    /// (disable, prefer (default), require, verify-ca, verify-full) and `sslrootcert`.
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "postgres://gamemetrics:gamemetrics@127.0.0.1:5432/gamemetrics"
     )]
     pub database_url: SecretUrl,
+
+    /// PEM bundle of the CAs PostgreSQL's certificate must chain to (e.g. RDS's
+    /// global-bundle.pem); wins over the URL's `sslrootcert`. Unset: the system's trust store.
+    #[arg(long, env = "DATABASE_CA_FILE")]
+    pub database_ca_file: Option<std::path::PathBuf>,
 
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10)]

@@ -85,6 +85,7 @@ async fn run() -> anyhow::Result<()> {
     match command {
         Command::Serve => serve(&config).await,
         Command::Consume { role } => {
+            db::check_postgres(&config.database).await?;
             if role != Role::Logger && config.consumer.dedup_window_secs > 0 {
                 db::check_redis_version(&config.redis).await?;
             }
@@ -171,6 +172,9 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn serve_with(config: &Config, metrics: Metrics) -> anyhow::Result<()> {
+    // Ingest needs no PostgreSQL, but the read API and API keys do: a TLS or login setting
+    // that can never work is refused now, not on every read.
+    db::check_postgres(&config.database).await?;
     let producer =
         EventProducer::new(&config.kafka, metrics.clone()).context("creating the Kafka producer")?;
     let app = Application::build(config, producer.clone(), metrics)
@@ -199,7 +203,7 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn run_db_migrations(config: &Config) -> anyhow::Result<()> {
-    let applied = db::run_migrations(&config.database.database_url)
+    let applied = db::run_migrations(&config.database)
         .await
         .context("migrating PostgreSQL")?;
     tracing::info!(applied = ?applied, database = %config.database.database_url, "database migrated");

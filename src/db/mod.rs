@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod boards;
+pub mod connect;
 pub mod dlq;
 pub mod events;
 pub mod offsets;
@@ -11,8 +12,8 @@ pub mod redis_keys;
 pub mod stats;
 pub use pool::{pg_pool, redis_pool, redis_reader, PgPool, RedisPool, RedisReader};
 
-use crate::config::SecretUrl;
-use diesel::Connection;
+use crate::config::DatabaseConfig;
+use connect::PgTarget;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::AsyncPgConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
@@ -82,19 +83,58 @@ pub async fn check_redis_version(cfg: &crate::config::RedisConfig) -> Result<(),
     }
 }
 
+/// Opens one connection as the pools do (TLS per `sslmode`): for migrations, start-up checks
+/// and tools.
+pub async fn connect(cfg: &DatabaseConfig) -> Result<AsyncPgConnection, DbError> {
+    let connect_err = |source| DbError::Connect {
+        url: cfg.database_url.to_string(),
+        source,
+    };
+    let target = PgTarget::from_config(cfg)
+        .map_err(|e| connect_err(diesel::ConnectionError::InvalidConnectionUrl(e)))?;
+    target.connect().await.map_err(connect_err)
+}
+
+/// Refuses, at start, a PostgreSQL this process could reach but not trust or not log in to (a
+/// wrong CA, a certificate for another host, a wrong password): one clear error rather than
+/// every write failing. A PostgreSQL that can't be reached now is no error (the sinks retry
+/// until it is up); the check is then skipped, with a warning.
+pub async fn check_postgres(cfg: &DatabaseConfig) -> Result<(), DbError> {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), connect(cfg)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if is_unreachable(&e.to_string()) => {
+            tracing::warn!(error = %e, "PostgreSQL not checked: not reachable yet");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            tracing::warn!("PostgreSQL not checked: no answer within 5 s");
+            Ok(())
+        }
+    }
+}
+
+/// Whether a connection error means "not there (yet)" rather than "there, but refused".
+pub fn is_unreachable(error: &str) -> bool {
+    [
+        "Connection refused",
+        "timed out",
+        "No route to host",
+        "failed to lookup address",
+        "the database system is starting up",
+        "the database system is shutting down",
+    ]
+    .iter()
+    .any(|m| error.contains(m))
+}
+
 /// Applies every pending migration; returns the versions applied now (none when up to date).
-pub async fn run_migrations(url: &SecretUrl) -> Result<Vec<String>, DbError> {
-    let url = url.clone();
+pub async fn run_migrations(cfg: &DatabaseConfig) -> Result<Vec<String>, DbError> {
+    let conn = connect(cfg).await?;
     // diesel's migration harness is synchronous; the wrapper drives the async connection from
     // a blocking thread so it doesn't stall the runtime.
     tokio::task::spawn_blocking(move || {
-        let mut conn =
-            AsyncConnectionWrapper::<AsyncPgConnection>::establish(url.expose()).map_err(|source| {
-                DbError::Connect {
-                    url: url.to_string(),
-                    source,
-                }
-            })?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
             .map_err(|e| DbError::Migration(e.to_string()))?;

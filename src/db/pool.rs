@@ -1,9 +1,11 @@
 //! Connection pools: PostgreSQL through diesel-async on bb8, Redis through bb8-redis.
 
+use super::connect::PgTarget;
 use crate::config::{DatabaseConfig, RedisConfig};
 use bb8_redis::RedisConnectionManager;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::AsyncPgConnection;
+use futures::FutureExt;
 use std::time::Duration;
 
 /// A pool of async PostgreSQL connections.
@@ -11,15 +13,47 @@ pub type PgPool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 /// A pool of connections to one Redis logical database.
 pub type RedisPool = bb8::Pool<RedisConnectionManager>;
 
-/// Builds the PostgreSQL pool. Connections are opened lazily, so this succeeds while the
-/// database is down; sinks retry until it is back.
+/// Builds the PostgreSQL pool, over TLS as `DATABASE_URL`'s `sslmode` says (see
+/// [`super::connect`]). Connections are opened lazily, so this succeeds while the database is
+/// down; sinks retry until it is back. A setting that can't work fails every connection with
+/// its reason, and [`super::check_postgres`] refuses it at start.
 pub fn pg_pool(cfg: &DatabaseConfig) -> PgPool {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(cfg.database_url.expose());
+    let target = PgTarget::from_config(cfg);
+    let mut setup = ManagerConfig::default();
+    setup.custom_setup = Box::new(move |_url| {
+        let target = target.clone();
+        async move {
+            match target {
+                Ok(t) => t.connect().await,
+                Err(e) => Err(diesel::ConnectionError::InvalidConnectionUrl(e)),
+            }
+        }
+        .boxed()
+    });
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(cfg.database_url.expose(), setup);
     bb8::Pool::builder()
         .max_size(cfg.database_pool_size)
         // A sink waiting longer than this for a connection treats it as a transient failure.
         .connection_timeout(Duration::from_secs(5))
+        // bb8 answers a checkout whose connect failed with a bare time-out; the reason (a
+        // certificate that doesn't verify, a wrong password) goes to the log from here.
+        .error_sink(Box::new(LogConnectErrors))
         .build_unchecked(manager)
+}
+
+/// Logs why a pooled PostgreSQL connection could not be opened.
+#[derive(Debug, Clone, Copy)]
+struct LogConnectErrors;
+
+impl bb8::ErrorSink<diesel_async::pooled_connection::PoolError> for LogConnectErrors {
+    fn sink(&self, error: diesel_async::pooled_connection::PoolError) {
+        tracing::warn!(error = %error, "PostgreSQL: cannot open a pooled connection");
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<diesel_async::pooled_connection::PoolError>> {
+        Box::new(*self)
+    }
 }
 
 /// Builds the pool for one Redis logical database (0: stats, 1: leaderboards).

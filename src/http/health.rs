@@ -29,34 +29,78 @@ fn components_ready(metrics: &Metrics) -> Result<(), ApiError> {
     Err(ApiError::NotReady(list.join("; ")))
 }
 
-/// `GET /readyz` of a consumer process: 503 while any of its partitions is blocked.
-pub async fn consumer_readyz(metrics: web::Data<Metrics>) -> Result<HttpResponse, ApiError> {
-    components_ready(&metrics)?;
-    Ok(HttpResponse::Ok().json(json!({"status": "ready", "checks": {"consumers": "ok"}})))
+/// What readiness knows of PostgreSQL: the process's pool, and how to open a connection of
+/// its own to learn why the pool has none (bb8 only says it timed out).
+#[derive(Clone)]
+pub struct PgProbe {
+    pool: crate::db::PgPool,
+    database: crate::config::DatabaseConfig,
 }
 
-/// `GET /readyz`: the broker answers a metadata request for the topic, and no component of the
-/// process (the consumers of `dev`) reports a problem; 503 otherwise. A query-only process
+impl PgProbe {
+    /// A probe of `pool`, opened from `database`.
+    pub fn new(pool: crate::db::PgPool, database: &crate::config::DatabaseConfig) -> Self {
+        PgProbe {
+            pool,
+            database: database.clone(),
+        }
+    }
+
+    /// Fails when PostgreSQL answers but refuses this process: a certificate that doesn't
+    /// verify (wrong CA, another host's name), TLS it requires and we don't use, a wrong
+    /// password. Those never heal by waiting. PostgreSQL being down or slow is no failure here:
+    /// Kafka holds the events meanwhile, and the sinks retry.
+    async fn not_refused(&self) -> Result<&'static str, ApiError> {
+        if let Ok(Ok(_)) = tokio::time::timeout(READY_TIMEOUT / 2, self.pool.get()).await {
+            return Ok("ok");
+        }
+        match tokio::time::timeout(READY_TIMEOUT / 2, crate::db::connect(&self.database)).await {
+            Ok(Ok(_)) => Ok("ok"),
+            Ok(Err(e)) if !crate::db::is_unreachable(&e.to_string()) => Err(ApiError::NotReady(format!(
+                "PostgreSQL refused this process: {e}"
+            ))),
+            _ => Ok("unreachable"),
+        }
+    }
+}
+
+/// `GET /readyz` of a consumer process: 503 while any of its partitions is blocked, or while
+/// PostgreSQL refuses it (see [`PgProbe`]).
+pub async fn consumer_readyz(
+    metrics: web::Data<Metrics>,
+    pg: web::Data<PgProbe>,
+) -> Result<HttpResponse, ApiError> {
+    components_ready(&metrics)?;
+    let postgres = pg.not_refused().await?;
+    Ok(HttpResponse::Ok()
+        .json(json!({"status": "ready", "checks": {"consumers": "ok", "postgres": postgres}})))
+}
+
+/// `GET /readyz`: the broker answers a metadata request for the topic, PostgreSQL doesn't refuse
+/// this process (see [`PgProbe`]), and no component of the process (the consumers of `dev`)
+/// reports a problem; 503 otherwise. A query-only process
 /// doesn't need Kafka: its stores answer 503 per request when down.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready to take traffic", body = Object),
-        (status = 503, description = "Kafka is not reachable, or a consumer partition is blocked", body = super::error::ErrorBody)
+        (status = 503, description = "Kafka is not reachable, PostgreSQL refuses this process (TLS, login), or a consumer partition is blocked", body = super::error::ErrorBody)
     ))]
 pub async fn readyz(
     state: web::Data<AppState>,
     metrics: web::Data<Metrics>,
+    pg: web::Data<PgProbe>,
 ) -> Result<HttpResponse, ApiError> {
     components_ready(&metrics)?;
+    let postgres = pg.not_refused().await?;
     if !state.api.ingest() {
-        return Ok(HttpResponse::Ok().json(json!({"status": "ready", "checks": {}})));
+        return Ok(HttpResponse::Ok().json(json!({"status": "ready", "checks": {"postgres": postgres}})));
     }
     state
         .producer
         .check_ready(READY_TIMEOUT)
         .await
         .map_err(|e| ApiError::NotReady(e.to_string()))?;
-    Ok(HttpResponse::Ok().json(json!({"status": "ready", "checks": {"kafka": "ok"}})))
+    Ok(HttpResponse::Ok().json(json!({"status": "ready", "checks": {"kafka": "ok", "postgres": postgres}})))
 }
 
 /// `GET /metrics`: Prometheus text format.

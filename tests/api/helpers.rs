@@ -263,7 +263,7 @@ pub async fn new_schema(config: &Config) -> (String, String) {
 pub async fn isolated_database(config: &mut Config) -> String {
     let (_, url) = new_schema(config).await;
     config.database.database_url = url.parse().expect("url");
-    gamemetrics::db::run_migrations(&config.database.database_url)
+    gamemetrics::db::run_migrations(&config.database)
         .await
         .expect("migrations");
     url

@@ -13,6 +13,7 @@ mod ingest;
 mod migrations;
 mod model;
 mod ops;
+mod postgres_tls;
 mod queries;
 mod shutdown;
 mod start_over;

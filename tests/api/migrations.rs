@@ -22,13 +22,16 @@ struct Count {
 async fn migrations_create_the_seed_tables_and_run_twice() {
     let config = test_config();
     let (schema, url) = new_schema(&config).await;
-    let url = url.parse().unwrap();
+    let db = gamemetrics::config::DatabaseConfig {
+        database_url: url.parse().unwrap(),
+        ..config.database.clone()
+    };
     let mut admin = AsyncPgConnection::establish(config.database.database_url.expose())
         .await
         .expect("PostgreSQL reachable");
-    let first = run_migrations(&url).await.expect("first run");
+    let first = run_migrations(&db).await.expect("first run");
     assert_eq!(first.len(), 6, "every migration applied: {first:?}");
-    let second = run_migrations(&url).await.expect("second run is a no-op");
+    let second = run_migrations(&db).await.expect("second run is a no-op");
     assert!(second.is_empty());
 
     let tables: Vec<Name> = diesel::sql_query(format!(
