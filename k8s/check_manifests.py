@@ -108,6 +108,16 @@ for w in workloads:
         need("limits" in c.get("resources", {}) and "requests" in c["resources"], f"{name}: requests and limits")
         if w["kind"] == "Deployment":
             need("livenessProbe" in c and "readinessProbe" in c, f"{name}: probes")
+# A CA file the ConfigMap names must be where every workload mounts the store-ca ConfigMap.
+ca_file = (cm or {}).get("data", {}).get("DATABASE_CA_FILE")
+for w in workloads:
+    spec = w["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in spec.get("volumes", [])}
+    for c in spec["containers"]:
+        mounts = [m for m in c.get("volumeMounts", []) if ca_file and ca_file.startswith(m["mountPath"].rstrip("/") + "/")]
+        if ca_file:
+            need(any(vols.get(m["name"], {}).get("configMap", {}).get("name") == "store-ca" for m in mounts),
+                 f"{w['metadata']['name']}: DATABASE_CA_FILE {ca_file} is not on a store-ca mount")
 for name in expected:
     need(("PodDisruptionBudget", name) in by, f"PodDisruptionBudget {name}")
 need(("HorizontalPodAutoscaler", "event-ingestion") in by, "HPA event-ingestion")

@@ -135,7 +135,14 @@ impl PgTarget {
     fn tls(&self) -> Result<MakeTlsConnector, String> {
         let mut builder =
             SslConnector::builder(SslMethod::tls_client()).map_err(|e| format!("OpenSSL: {e}"))?;
-        if let Some(ca) = &self.ca_file {
+        let verify = match self.mode {
+            SslMode::Disable | SslMode::Prefer => false,
+            SslMode::Require => self.ca_file.is_some(),
+            SslMode::VerifyCa | SslMode::VerifyFull => true,
+        };
+        // Read only when it is used: `prefer` never verifies, so a CA file configured for all
+        // environments (the ConfigMap) can't break one whose PostgreSQL has no TLS.
+        if let (true, Some(ca)) = (verify, &self.ca_file) {
             builder.set_ca_file(ca).map_err(|e| {
                 format!(
                     "DATABASE_CA_FILE / sslrootcert {}: not a readable PEM CA bundle: {e}",
@@ -143,11 +150,6 @@ impl PgTarget {
                 )
             })?;
         }
-        let verify = match self.mode {
-            SslMode::Disable | SslMode::Prefer => false,
-            SslMode::Require => self.ca_file.is_some(),
-            SslMode::VerifyCa | SslMode::VerifyFull => true,
-        };
         builder.set_verify(if verify {
             SslVerifyMode::PEER
         } else {

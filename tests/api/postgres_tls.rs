@@ -61,6 +61,19 @@ async fn tls_config(host: &str, sslmode: &str, ca: Option<PathBuf>) -> Config {
     config
 }
 
+/// `/readyz` of an app started on `config`: status and JSON body.
+async fn readyz(config: Config) -> (u16, serde_json::Value) {
+    let app = start_app(config);
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .expect("readyz");
+    let status = ready.status().as_u16();
+    (status, ready.json().await.expect("a JSON body"))
+}
+
 #[derive(QueryableByName)]
 struct Ssl {
     #[diesel(sql_type = Bool)]
@@ -112,14 +125,8 @@ async fn verify_full_with_the_servers_ca_migrates_and_serves_over_tls() {
     assert_eq!(n.n, 1, "the row landed in this test's schema");
 
     create_topic(&config).await;
-    let app = start_app(config);
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .expect("readyz");
-    let body: serde_json::Value = ready.json().await.expect("json");
+    let (status, body) = readyz(config).await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["checks"]["postgres"], "ok", "{body}");
 }
 
@@ -134,15 +141,8 @@ async fn a_certificate_for_another_host_name_is_refused_at_start_and_in_readyz()
     assert!(err.contains("certificate verify failed"), "{err}");
     assert!(err.contains("sslmode=verify-full"), "says which setting: {err}");
 
-    let app = start_app(config);
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(ready.status(), 503);
-    let body: serde_json::Value = ready.json().await.expect("a JSON error");
+    let (status, body) = readyz(config).await;
+    assert_eq!(status, 503);
     let message = body.to_string();
     assert!(message.contains("PostgreSQL refused this process"), "{message}");
     assert!(message.contains("certificate verify failed"), "{message}");
@@ -174,7 +174,7 @@ async fn a_wrong_ca_is_refused_at_start_by_the_binary() {
 }
 
 #[tokio::test]
-async fn require_and_verify_ca_skip_the_host_name_and_disable_stays_plain() {
+async fn require_and_verify_ca_skip_the_host_name_prefer_never_checks_and_disable_stays_plain() {
     // require without a CA: encrypted, nothing checked (libpq's meaning).
     let require = tls_config("127.0.0.1", "require", None).await;
     assert!(encrypted(&require).await);
@@ -191,4 +191,11 @@ async fn require_and_verify_ca_skip_the_host_name_and_disable_stays_plain() {
         .is_err());
     let disable = tls_config("127.0.0.1", "disable", None).await;
     assert!(!encrypted(&disable).await);
+    // prefer never verifies, so a CA file that isn't there (the ConfigMap's setting in an
+    // environment without the store-ca ConfigMap) is not even read.
+    let prefer = tls_config("127.0.0.1", "prefer", Some("/nonexistent/ca.pem".into())).await;
+    assert!(
+        encrypted(&prefer).await,
+        "prefer takes TLS when the server offers it"
+    );
 }
