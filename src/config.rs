@@ -239,18 +239,36 @@ pub struct DatabaseConfig {
 #[command(next_help_heading = "Redis")]
 pub struct RedisConfig {
     /// Redis server URL, without a database number (stats use DB 0, leaderboards DB 1).
+    /// `rediss://` is TLS; a password or ACL user goes in it (`rediss://user:token@host:6379`).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: SecretUrl,
+
+    /// PEM bundle of the CAs a `rediss://` server's certificate must chain to; unset: the
+    /// system's trust store (enough for ElastiCache, whose certificates chain to Amazon's).
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
 
     /// Prefix for every Redis key gamemetrics writes; lets tests (or tenants) share one server.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "")]
     pub redis_key_prefix: String,
+
+    /// A replica the read API reads stats and boards from (ElastiCache's reader endpoint), so
+    /// reads don't queue behind the consumers' scripts on the primary; unset: REDIS_URL.
+    /// Replication is asynchronous: a read may miss the last milliseconds of writes.
+    #[arg(long, env = "REDIS_READ_URL")]
+    pub redis_read_url: Option<SecretUrl>,
 }
 
 impl RedisConfig {
     /// The URL of one logical database on the configured server.
     pub fn db_url(&self, db: u8) -> String {
         format!("{}/{db}", self.redis_url.expose().trim_end_matches('/'))
+    }
+
+    /// The URL the read API reads one logical database from: REDIS_READ_URL's, else REDIS_URL's.
+    pub fn read_db_url(&self, db: u8) -> String {
+        let base = self.redis_read_url.as_ref().unwrap_or(&self.redis_url);
+        format!("{}/{db}", base.expose().trim_end_matches('/'))
     }
 }
 

@@ -86,8 +86,8 @@ async fn run() -> anyhow::Result<()> {
         Command::Serve => serve(&config).await,
         Command::Consume { role } => {
             db::check_postgres(&config.database).await?;
-            if role != Role::Logger && config.consumer.dedup_window_secs > 0 {
-                db::check_redis_version(&config.redis).await?;
+            if role != Role::Logger {
+                db::check_redis(&config.redis, config.consumer.dedup_window_secs > 0).await?;
             }
             let metrics = Metrics::new().context("registering metrics")?;
             let consumers = start_consumers(&config, &[role], &metrics)?;
@@ -119,9 +119,7 @@ async fn run() -> anyhow::Result<()> {
                     Some(embedded)
                 }
             };
-            if config.consumer.dedup_window_secs > 0 {
-                db::check_redis_version(&config.redis).await?;
-            }
+            db::check_redis(&config.redis, config.consumer.dedup_window_secs > 0).await?;
             let metrics = Metrics::new().context("registering metrics")?;
             let consumers = start_consumers(&config, &Role::ALL, &metrics)?;
             let served = serve_with(&config, metrics).await;

@@ -10,7 +10,7 @@ pub mod offsets;
 mod pool;
 pub mod redis_keys;
 pub mod stats;
-pub use pool::{pg_pool, redis_pool, redis_reader, PgPool, RedisPool, RedisReader};
+pub use pool::{pg_pool, redis_client, redis_pool, redis_reader, PgPool, RedisPool, RedisReader};
 
 use crate::config::DatabaseConfig;
 use connect::PgTarget;
@@ -45,6 +45,8 @@ pub enum DbError {
     Migration(String),
     #[error("Redis {0} is too old: the retry claims need 7.0 or newer (or set DEDUP_WINDOW_SECS=0)")]
     RedisTooOld(String),
+    #[error("Redis at {0}")]
+    RedisRefused(String),
 }
 
 /// The major version in an `INFO server` answer (`redis_version:7.0.15`).
@@ -55,12 +57,14 @@ fn redis_major(info: &str) -> Option<(u32, &str)> {
     Some((version.split('.').next()?.parse().ok()?, version))
 }
 
-/// Refuses a Redis older than 7.0, whose `EXPIREAT … NX` the retry claims need: better one clear
-/// error at start than every write failing. A Redis that can't be reached now is no error (the
-/// sinks retry until it is up); the check is then skipped, with a warning.
-pub async fn check_redis_version(cfg: &crate::config::RedisConfig) -> Result<(), DbError> {
+/// Refuses, at start, a Redis this process could reach but not use: one that refuses it (a
+/// certificate that doesn't verify, a wrong password or ACL user) or, when the retry claims are
+/// on (`claims`), one older than 7.0, whose `EXPIREAT … NX` they need. One clear error rather
+/// than every write failing. A Redis that can't be reached now is no error (the sinks retry
+/// until it is up); the check is then skipped, with a warning.
+pub async fn check_redis(cfg: &crate::config::RedisConfig, claims: bool) -> Result<(), DbError> {
     let answer = async {
-        let client = redis::Client::open(cfg.db_url(0))?;
+        let client = redis_client(cfg, &cfg.db_url(0))?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         redis::cmd("INFO")
             .arg("server")
@@ -69,18 +73,41 @@ pub async fn check_redis_version(cfg: &crate::config::RedisConfig) -> Result<(),
     };
     match tokio::time::timeout(std::time::Duration::from_secs(3), answer).await {
         Ok(Ok(info)) => match redis_major(&info) {
-            Some((major, version)) if major < 7 => Err(DbError::RedisTooOld(version.to_owned())),
+            Some((major, version)) if claims && major < 7 => Err(DbError::RedisTooOld(version.to_owned())),
             _ => Ok(()),
         },
+        Ok(Err(e)) if redis_refused(&e) => Err(DbError::RedisRefused(format!("{}: {e}", cfg.redis_url))),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "Redis version not checked: Redis is not answering yet");
+            tracing::warn!(error = %e, "Redis not checked: Redis is not answering yet");
             Ok(())
         }
         Err(_) => {
-            tracing::warn!("Redis version not checked: Redis did not answer within 3 s");
+            tracing::warn!("Redis not checked: Redis did not answer within 3 s");
             Ok(())
         }
     }
+}
+
+/// Whether a Redis error means "there, but refusing us" (TLS, password, ACL, a bad setting)
+/// rather than "not there (yet)".
+pub fn redis_refused(e: &redis::RedisError) -> bool {
+    if matches!(
+        e.kind(),
+        redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig
+    ) {
+        return true;
+    }
+    let text = e.to_string();
+    [
+        "certificate",
+        "handshake",
+        "NOAUTH",
+        "WRONGPASS",
+        "NOPERM",
+        "invalid username-password",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
 }
 
 /// Opens one connection as the pools do (TLS per `sslmode`): for migrations, start-up checks

@@ -1,8 +1,8 @@
-//! Connection pools: PostgreSQL through diesel-async on bb8, Redis through bb8-redis.
+//! Connection pools: PostgreSQL through diesel-async on bb8, Redis through the redis crate's own
+//! bb8 manager (bb8-redis's takes a URL only; this one takes a client built with our CA).
 
 use super::connect::PgTarget;
 use crate::config::{DatabaseConfig, RedisConfig};
-use bb8_redis::RedisConnectionManager;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::AsyncPgConnection;
 use futures::FutureExt;
@@ -11,7 +11,7 @@ use std::time::Duration;
 /// A pool of async PostgreSQL connections.
 pub type PgPool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 /// A pool of connections to one Redis logical database.
-pub type RedisPool = bb8::Pool<RedisConnectionManager>;
+pub type RedisPool = bb8::Pool<redis::Client>;
 
 /// Builds the PostgreSQL pool, over TLS as `DATABASE_URL`'s `sslmode` says (see
 /// [`super::connect`]). Connections are opened lazily, so this succeeds while the database is
@@ -56,13 +56,54 @@ impl bb8::ErrorSink<diesel_async::pooled_connection::PoolError> for LogConnectEr
     }
 }
 
+/// A client of one Redis URL: `rediss://` is TLS, checked against REDIS_CA_FILE when set (else
+/// the system's trust store); a password or ACL user comes in the URL
+/// (`rediss://user:token@host:6379`).
+pub fn redis_client(cfg: &RedisConfig, url: &str) -> Result<redis::Client, redis::RedisError> {
+    match (&cfg.redis_ca_file, url.starts_with("rediss://")) {
+        (Some(ca), true) => {
+            let root_cert = std::fs::read(ca).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "REDIS_CA_FILE is not readable",
+                    format!("{}: {e}", ca.display()),
+                ))
+            })?;
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )
+        }
+        _ => redis::Client::open(url),
+    }
+}
+
 /// Builds the pool for one Redis logical database (0: stats, 1: leaderboards).
 pub fn redis_pool(cfg: &RedisConfig, db: u8) -> Result<RedisPool, redis::RedisError> {
-    let manager = RedisConnectionManager::new(cfg.db_url(db))?;
+    let client = redis_client(cfg, &cfg.db_url(db))?;
     Ok(bb8::Pool::builder()
         .max_size(8)
         .connection_timeout(Duration::from_secs(5))
-        .build_unchecked(manager))
+        .error_sink(Box::new(LogRedisConnectErrors))
+        .build_unchecked(client))
+}
+
+/// Logs why a pooled Redis connection could not be opened (bb8 answers the checkout with a
+/// bare time-out).
+#[derive(Debug, Clone, Copy)]
+struct LogRedisConnectErrors;
+
+impl bb8::ErrorSink<redis::RedisError> for LogRedisConnectErrors {
+    fn sink(&self, error: redis::RedisError) {
+        tracing::warn!(error = %error, "Redis: cannot open a pooled connection");
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<redis::RedisError>> {
+        Box::new(*self)
+    }
 }
 
 /// The read API's way to one Redis logical database: a self-reconnecting, multiplexed
@@ -97,9 +138,9 @@ impl RedisReader {
     }
 }
 
-/// A reader of one Redis logical database for the read API.
+/// A reader of one Redis logical database for the read API, on REDIS_READ_URL if set.
 pub fn redis_reader(cfg: &RedisConfig, db: u8) -> Result<RedisReader, redis::RedisError> {
-    let client = redis::Client::open(cfg.db_url(db))?;
+    let client = redis_client(cfg, &cfg.read_db_url(db))?;
     let reader = RedisReader {
         client,
         id: uuid::Uuid::new_v4().simple().to_string(),

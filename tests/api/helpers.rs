@@ -359,9 +359,9 @@ where
     }
 }
 
-/// A Redis connection to one logical database of the test server.
+/// A Redis connection to one logical database of the test server (TLS and its CA as configured).
 pub async fn redis_conn(config: &Config, db: u8) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(config.redis.db_url(db))
+    gamemetrics::db::redis_client(&config.redis, &config.redis.db_url(db))
         .expect("redis url")
         .get_multiplexed_async_connection()
         .await

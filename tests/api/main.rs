@@ -15,5 +15,7 @@ mod model;
 mod ops;
 mod postgres_tls;
 mod queries;
+mod read_replica;
+mod redis_tls;
 mod shutdown;
 mod start_over;
