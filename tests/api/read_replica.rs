@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 struct Replica {
     child: Child,
     url: String,
+    dir: std::path::PathBuf,
 }
 
 impl Replica {
@@ -59,7 +60,7 @@ impl Replica {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Replica { child, url }
+        Replica { child, url, dir }
     }
 }
 
@@ -67,6 +68,7 @@ impl Drop for Replica {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
