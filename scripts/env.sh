@@ -2,7 +2,7 @@
 # The build cache lives outside the work tree so a fresh clone (as CI makes) reuses it.
 export GAMEMETRICS_CACHE=${GAMEMETRICS_CACHE:-$HOME/.cache/gamemetrics}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$GAMEMETRICS_CACHE/target}
-export DATABASE_URL=${DATABASE_URL:-postgres://gamemetrics:gamemetrics@127.0.0.1:5432/gamemetrics}
+export DATABASE_URL=${DATABASE_URL:-postgres://gamemetrics:gamemetrics@127.0.0.1:5432/gamemetrics?sslmode=disable}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 export PATH="$HOME/.cargo/bin:$PATH"
 DIESEL_CLI_VERSION=2.3.2

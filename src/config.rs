@@ -220,7 +220,7 @@ pub struct DatabaseConfig {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://gamemetrics:gamemetrics@127.0.0.1:5432/gamemetrics"
+        default_value = "postgres://gamemetrics:gamemetrics@127.0.0.1:5432/gamemetrics?sslmode=disable"
     )]
     pub database_url: SecretUrl,
 
