@@ -38,20 +38,21 @@ pub fn pg_pool(cfg: &DatabaseConfig) -> PgPool {
         .connection_timeout(Duration::from_secs(5))
         // bb8 answers a checkout whose connect failed with a bare time-out; the reason (a
         // certificate that doesn't verify, a wrong password) goes to the log from here.
-        .error_sink(Box::new(LogConnectErrors))
+        .error_sink(Box::new(LogConnectErrors("PostgreSQL")))
         .build_unchecked(manager)
 }
 
-/// Logs why a pooled PostgreSQL connection could not be opened.
+/// Logs why a pooled connection to a store (named) could not be opened: bb8 answers the
+/// checkout with a bare time-out.
 #[derive(Debug, Clone, Copy)]
-struct LogConnectErrors;
+struct LogConnectErrors(&'static str);
 
-impl bb8::ErrorSink<diesel_async::pooled_connection::PoolError> for LogConnectErrors {
-    fn sink(&self, error: diesel_async::pooled_connection::PoolError) {
-        tracing::warn!(error = %error, "PostgreSQL: cannot open a pooled connection");
+impl<E: std::fmt::Display + 'static> bb8::ErrorSink<E> for LogConnectErrors {
+    fn sink(&self, error: E) {
+        tracing::warn!(store = self.0, error = %error, "cannot open a pooled connection");
     }
 
-    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<diesel_async::pooled_connection::PoolError>> {
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<E>> {
         Box::new(*self)
     }
 }
@@ -87,23 +88,8 @@ pub fn redis_pool(cfg: &RedisConfig, db: u8) -> Result<RedisPool, redis::RedisEr
     Ok(bb8::Pool::builder()
         .max_size(8)
         .connection_timeout(Duration::from_secs(5))
-        .error_sink(Box::new(LogRedisConnectErrors))
+        .error_sink(Box::new(LogConnectErrors("Redis")))
         .build_unchecked(client))
-}
-
-/// Logs why a pooled Redis connection could not be opened (bb8 answers the checkout with a
-/// bare time-out).
-#[derive(Debug, Clone, Copy)]
-struct LogRedisConnectErrors;
-
-impl bb8::ErrorSink<redis::RedisError> for LogRedisConnectErrors {
-    fn sink(&self, error: redis::RedisError) {
-        tracing::warn!(error = %error, "Redis: cannot open a pooled connection");
-    }
-
-    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<redis::RedisError>> {
-        Box::new(*self)
-    }
 }
 
 /// The read API's way to one Redis logical database: a self-reconnecting, multiplexed
