@@ -216,7 +216,8 @@ impl KafkaConfig {
 #[command(next_help_heading = "PostgreSQL")]
 pub struct DatabaseConfig {
     /// PostgreSQL connection URL (the password is never logged). Takes libpq's `sslmode`
-    /// (disable, prefer (default), require, verify-ca, verify-full) and `sslrootcert`.
+    /// (disable, prefer (as libpq, when the URL names none), require, verify-ca, verify-full)
+    /// and `sslrootcert`. The default is loopback, so it disables TLS.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -262,13 +263,16 @@ pub struct RedisConfig {
 impl RedisConfig {
     /// The URL of one logical database on the configured server.
     pub fn db_url(&self, db: u8) -> String {
-        format!("{}/{db}", self.redis_url.expose().trim_end_matches('/'))
+        Self::with_db(&self.redis_url, db)
     }
 
     /// The URL the read API reads one logical database from: REDIS_READ_URL's, else REDIS_URL's.
     pub fn read_db_url(&self, db: u8) -> String {
-        let base = self.redis_read_url.as_ref().unwrap_or(&self.redis_url);
-        format!("{}/{db}", base.expose().trim_end_matches('/'))
+        Self::with_db(self.redis_read_url.as_ref().unwrap_or(&self.redis_url), db)
+    }
+
+    fn with_db(server: &SecretUrl, db: u8) -> String {
+        format!("{}/{db}", server.expose().trim_end_matches('/'))
     }
 }
 

@@ -7,7 +7,7 @@
 //! | `sslmode` | encrypted | certificate checked against the CA | host name checked |
 //! |---|---|---|---|
 //! | `disable` | no | no | no |
-//! | `prefer` (default, as libpq) | if the server offers it | no | no |
+//! | `prefer` (when the URL names none, as libpq) | if the server offers it | no | no |
 //! | `require` | yes | only if a CA is given (libpq does the same) | no |
 //! | `verify-ca` | yes | yes | no |
 //! | `verify-full` | yes | yes | yes |

@@ -122,27 +122,39 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<AsyncPgConnection, DbError>
     target.connect().await.map_err(connect_err)
 }
 
-/// Refuses, at start, a PostgreSQL this process could reach but not trust or not log in to (a
-/// wrong CA, a certificate for another host, a wrong password): one clear error rather than
-/// every write failing. A PostgreSQL that can't be reached now is no error (the sinks retry
-/// until it is up); the check is then skipped, with a warning.
-pub async fn check_postgres(cfg: &DatabaseConfig) -> Result<(), DbError> {
-    match tokio::time::timeout(std::time::Duration::from_secs(5), connect(cfg)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) if is_unreachable(&e.to_string()) => {
-            tracing::warn!(error = %e, "PostgreSQL not checked: not reachable yet");
-            Ok(())
-        }
+/// What one attempt to connect to PostgreSQL found, short of a refusal.
+#[derive(Debug)]
+pub enum PgReach {
+    Connected,
+    /// Not there (yet): down, starting, or no answer in time; why, for the log.
+    Unreachable(String),
+}
+
+/// Tries one connection within `within`: a PostgreSQL that answers but refuses this process (a
+/// wrong CA, a certificate for another host, a wrong password: nothing waiting heals) is the
+/// error; one that can't be reached is [`PgReach::Unreachable`]. The start-up check and
+/// `/readyz` both ask this.
+pub async fn reach_postgres(cfg: &DatabaseConfig, within: std::time::Duration) -> Result<PgReach, DbError> {
+    match tokio::time::timeout(within, connect(cfg)).await {
+        Ok(Ok(_)) => Ok(PgReach::Connected),
+        Ok(Err(e)) if is_unreachable(&e.to_string()) => Ok(PgReach::Unreachable(e.to_string())),
         Ok(Err(e)) => Err(e),
-        Err(_) => {
-            tracing::warn!("PostgreSQL not checked: no answer within 5 s");
-            Ok(())
-        }
+        Err(_) => Ok(PgReach::Unreachable(format!("no answer within {within:?}"))),
     }
 }
 
+/// Refuses, at start, a PostgreSQL this process could reach but not trust or not log in to:
+/// one clear error rather than every write failing. A PostgreSQL that can't be reached now is
+/// no error (the sinks retry until it is up); the check is then skipped, with a warning.
+pub async fn check_postgres(cfg: &DatabaseConfig) -> Result<(), DbError> {
+    if let PgReach::Unreachable(why) = reach_postgres(cfg, std::time::Duration::from_secs(5)).await? {
+        tracing::warn!(error = %why, "PostgreSQL not checked: not reachable yet");
+    }
+    Ok(())
+}
+
 /// Whether a connection error means "not there (yet)" rather than "there, but refused".
-pub fn is_unreachable(error: &str) -> bool {
+fn is_unreachable(error: &str) -> bool {
     [
         "Connection refused",
         "timed out",

@@ -54,12 +54,12 @@ impl PgProbe {
         if let Ok(Ok(_)) = tokio::time::timeout(READY_TIMEOUT / 2, self.pool.get()).await {
             return Ok("ok");
         }
-        match tokio::time::timeout(READY_TIMEOUT / 2, crate::db::connect(&self.database)).await {
-            Ok(Ok(_)) => Ok("ok"),
-            Ok(Err(e)) if !crate::db::is_unreachable(&e.to_string()) => Err(ApiError::NotReady(format!(
+        match crate::db::reach_postgres(&self.database, READY_TIMEOUT / 2).await {
+            Ok(crate::db::PgReach::Connected) => Ok("ok"),
+            Ok(crate::db::PgReach::Unreachable(_)) => Ok("unreachable"),
+            Err(e) => Err(ApiError::NotReady(format!(
                 "PostgreSQL refused this process: {e}"
             ))),
-            _ => Ok("unreachable"),
         }
     }
 }
