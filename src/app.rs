@@ -54,7 +54,7 @@ impl Application {
             pg: crate::db::pg_pool(&config.database),
             stats: redis_reader(0)?,
             boards: redis_reader(1)?,
-            keys: crate::db::redis_keys::RedisKeys::new(&config.redis.redis_key_prefix),
+            keys: crate::db::redis_keys::RedisKeys::for_config(&config.redis),
             auth: http.query_auth_required.then_some(keys),
         });
         let probe = web::Data::new(http::health::PgProbe::new(queries.pg.clone(), &config.database));

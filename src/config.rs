@@ -258,6 +258,22 @@ pub struct RedisConfig {
     /// Replication is asynchronous: a read may miss the last milliseconds of writes.
     #[arg(long, env = "REDIS_READ_URL")]
     pub redis_read_url: Option<SecretUrl>,
+
+    /// REDIS_URL is a node of a Redis Cluster (ElastiCache with cluster mode on): keys carry
+    /// hash tags, stats and boards share DB 0, and each script call stays in one slot (see
+    /// docs/redis-keys.md). REDIS_URL may list several nodes, comma-separated.
+    #[arg(long, env = "REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub redis_cluster: bool,
+
+    /// Replicas that must hold a batch's writes (Redis `WAIT`) before it counts as applied and
+    /// its offset may be committed to Kafka: 1 with a replica per primary, so a failover loses
+    /// no counted event; 0 trusts the primary alone. See docs/decisions.md.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// How long a batch waits for REDIS_WAIT_REPLICAS before it is retried, in ms.
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 2_000)]
+    pub redis_wait_timeout_ms: u64,
 }
 
 impl RedisConfig {
@@ -273,6 +289,16 @@ impl RedisConfig {
 
     fn with_db(server: &SecretUrl, db: u8) -> String {
         format!("{}/{db}", server.expose().trim_end_matches('/'))
+    }
+
+    /// The nodes a cluster client starts from: REDIS_URL's comma-separated URLs.
+    pub fn cluster_nodes(&self) -> Vec<String> {
+        self.redis_url
+            .expose()
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty())
+            .collect()
     }
 }
 

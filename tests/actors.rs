@@ -152,8 +152,8 @@ impl Handler<ClaimFirst> for FakeSinks {
     fn handle(&mut self, m: ClaimFirst, _: &mut Context<Self>) -> Self::Result {
         Ok(m.items
             .into_iter()
-            .filter(|(offset, id)| *self.claimed.entry(*id).or_insert(*offset) != *offset)
-            .map(|(offset, _)| offset)
+            .filter(|i| *self.claimed.entry(i.event_id).or_insert(i.offset) != i.offset)
+            .map(|i| i.offset)
             .collect())
     }
 }

@@ -43,7 +43,7 @@ pub fn redis_rate(c: &Config, work: Work, n: u64, event: impl Fn(u64) -> GameEve
     let batch = c.consumer.sink_max_batch.max(1) as u64;
     let events: Vec<GameEvent> = (0..n).map(event).collect();
     let offsets = format!("{}raw:offsets", c.redis.redis_key_prefix);
-    let claims = keys.claims_of(0);
+    let claims = keys.claims_of(gamemetrics::db::redis_keys::Store::Stats, "", 0);
     // What the claims hashes and dated boards expire at: the script's values are of this order.
     let expires = chrono::Utc::now().timestamp() + 2 * 86_400;
     let started = Instant::now();

@@ -266,8 +266,17 @@ pub struct ApplyScores {
 #[rtype(result = "Result<Vec<i64>, SinkError>")]
 pub struct ClaimFirst {
     pub position: Position,
-    /// (offset, event_id)
-    pub items: Vec<(i64, uuid::Uuid)>,
+    pub items: Vec<ClaimItem>,
+}
+
+/// One event [`ClaimFirst`] asks about.
+#[derive(Debug, Clone)]
+pub struct ClaimItem {
+    pub offset: i64,
+    /// Scoped to its game, as [`StatRow::event_id`].
+    pub event_id: uuid::Uuid,
+    /// Whose claims it is kept with on a Redis Cluster.
+    pub player_id: String,
 }
 
 /// Which Redis database a role keeps its offsets in.

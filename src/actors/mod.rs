@@ -249,11 +249,17 @@ impl Sinks {
         let stats = crate::db::redis_pool(&config.redis, 0)?;
         let boards = crate::db::redis_pool(&config.redis, 1)?;
         let prefix = config.redis.redis_key_prefix.clone();
+        let wait = (
+            config.redis.redis_wait_replicas,
+            config.redis.redis_wait_timeout_ms,
+        );
         let (window, buckets) = (config.consumer.dedup_window_secs, config.consumer.dedup_buckets);
         let gap = Duration::from_millis(config.consumer.leaderboard_min_flush_gap_ms);
         let pg = Supervisor::start_in_arbiter(arbiter, move |_| PgSink::new(pg_pool).with_board_gap(gap));
         let redis = Supervisor::start_in_arbiter(arbiter, move |_| {
-            RedisSink::new(stats, boards, &prefix, window).with_claim_buckets(buckets)
+            RedisSink::new(stats, boards, &prefix, window)
+                .with_claim_buckets(buckets)
+                .with_wait_for_replicas(wait.0, wait.1)
         });
         Ok(Sinks { pg, redis })
     }

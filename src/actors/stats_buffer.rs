@@ -74,7 +74,11 @@ const BATCH: LaneOps<StatsBuffer, StatRow, usize> = LaneOps {
         for r in &mut rows {
             match act.checked.get(&r.offset) {
                 Some(&retry) => r.retry = retry,
-                None => unchecked.push((r.offset, r.event_id)),
+                None => unchecked.push(ClaimItem {
+                    offset: r.offset,
+                    event_id: r.event_id,
+                    player_id: r.player_id.clone(),
+                }),
             }
         }
         let (pg, claims, position) = (act.pg.clone(), act.claims.clone(), act.core.position.clone());

@@ -8,9 +8,13 @@ pub mod dlq;
 pub mod events;
 pub mod offsets;
 mod pool;
+pub mod redis_conn;
 pub mod redis_keys;
 pub mod stats;
-pub use pool::{pg_pool, redis_client, redis_pool, redis_reader, PgPool, RedisPool, RedisReader};
+pub use pool::{pg_pool, PgPool};
+pub use redis_conn::{
+    redis_client, redis_pool, redis_primary, redis_reader, RedisConn, RedisPool, RedisReader,
+};
 
 use crate::config::DatabaseConfig;
 use connect::PgTarget;
@@ -63,17 +67,22 @@ fn redis_major(info: &str) -> Option<(u32, &str)> {
 /// than every write failing. A Redis that can't be reached now is no error (the sinks retry
 /// until it is up); the check is then skipped, with a warning.
 pub async fn check_redis(cfg: &crate::config::RedisConfig, claims: bool) -> Result<(), DbError> {
-    let answer = async {
-        let client = redis_client(cfg, &cfg.db_url(0))?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("INFO")
-            .arg("server")
-            .query_async::<String>(&mut conn)
-            .await
-    };
+    if cfg.redis_cluster && cfg.redis_key_prefix.contains(['{', '}']) {
+        return Err(DbError::RedisRefused(format!(
+            "{}: REDIS_KEY_PREFIX {:?} has a brace, which would change every key's hash tag on a cluster",
+            cfg.redis_url, cfg.redis_key_prefix
+        )));
+    }
+    let answer = async { redis_conn::connect_once(cfg).await?.info_server().await };
     match tokio::time::timeout(std::time::Duration::from_secs(3), answer).await {
         Ok(Ok(info)) => match redis_major(&info) {
             Some((major, version)) if claims && major < 7 => Err(DbError::RedisTooOld(version.to_owned())),
+            _ if !cfg.redis_cluster && info.contains("redis_mode:cluster") => {
+                Err(DbError::RedisRefused(format!(
+                    "{}: this is a Redis Cluster node; set REDIS_CLUSTER=true",
+                    cfg.redis_url
+                )))
+            }
             _ => Ok(()),
         },
         Ok(Err(e)) if redis_refused(&e) => Err(DbError::RedisRefused(format!("{}: {e}", cfg.redis_url))),

@@ -2,6 +2,8 @@
 //! first in each; the Lua scripts get their keys, or the prefixes and suffixes they complete
 //! keys with, from here.
 //!
+//! On a single Redis (or a primary with replicas) the seed's names are used as they are:
+//!
 //! | key | DB | holds |
 //! |---|---|---|
 //! | `player_stats:{player}` | 0 | the seed's per-player hash |
@@ -11,6 +13,26 @@
 //! | `gamemetrics:seen:{generation}:{bucket}` | 0 and 1 | retry claims: a hash from event id (16 bytes) to where it was first seen |
 //! | `gamemetrics:offsets:{service}:{topic}:{partition}:{log}` | 0 or 1 | a partition's applied offset |
 //! | `gamemetrics:log:{service}:{topic}:{partition}` | 0 or 1 | the log last opened |
+//!
+//! On a Redis Cluster ([`Layout::Cluster`]) a script may only touch keys of one slot, so the
+//! seed's placeholders become hash tags, literally: `player_stats:{p1}`,
+//! `leaderboard:{g1}:daily`. A batch is applied one player (stats) or one game (boards) at a
+//! time, each call guarded by that player's or game's own offsets, and retry claims are kept
+//! per player or game. There is one database, so the keys that DB 0 and DB 1 kept apart carry
+//! the role (`stats`, `boards`):
+//!
+//! | key | holds |
+//! |---|---|
+//! | `player_stats:{player}` | the seed's per-player hash |
+//! | `leaderboard:{game}:…` | boards, dated boards and markers, as above |
+//! | `gamemetrics:applied:{role}:{tag}` | a hash: `{service}:{topic}:{partition}:{log}` → the offset applied up to for that player (stats) or game (boards) |
+//! | `gamemetrics:seen:{role}:{tag}:{generation}:{bucket}` | retry claims of that player or game |
+//! | `gamemetrics:offsets:{service:topic:partition}:{log}` | how far the whole partition is applied: where a restart resumes |
+//! | `gamemetrics:log:{service:topic:partition}` | the log last opened |
+//!
+//! An id is its own hash tag, except one starting with `}` or `~` (which would end the tag at
+//! once, or be mistaken for one that did): it gets a `~` in front, `{~}x}`, so every key of it
+//! still shares one slot and no two ids share a key.
 
 use super::PartitionLog;
 use crate::domain::leaderboard::{Board, Period};
@@ -21,33 +43,86 @@ pub const DATED_SEPARATOR: &str = ":";
 /// After a current daily or weekly board's key: the key of the stamp it holds.
 pub const CURRENT_MARKER_SUFFIX: &str = ":current";
 
+/// Which kind of Redis the keys are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// A single Redis: the seed's names, stats in DB 0 and boards in DB 1.
+    Single,
+    /// A Redis Cluster: hash-tagged names, all in DB 0.
+    Cluster,
+}
+
+/// Which of the two live stores a key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// Player stats (DB 0 of a single Redis).
+    Stats,
+    /// Leaderboards (DB 1 of a single Redis).
+    Boards,
+}
+
+impl Store {
+    fn name(self) -> &'static str {
+        match self {
+            Store::Stats => "stats",
+            Store::Boards => "boards",
+        }
+    }
+}
+
 /// Builds keys under one prefix. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RedisKeys {
     prefix: Arc<str>,
+    layout: Layout,
 }
 
 impl RedisKeys {
-    /// Keys under `prefix` (`REDIS_KEY_PREFIX`; may be empty).
+    /// Keys under `prefix` (`REDIS_KEY_PREFIX`; may be empty) for a single Redis.
     pub fn new(prefix: &str) -> Self {
+        Self::with_layout(prefix, Layout::Single)
+    }
+
+    /// Keys under `prefix` for the kind of Redis `layout` says.
+    pub fn with_layout(prefix: &str, layout: Layout) -> Self {
         RedisKeys {
             prefix: prefix.into(),
+            layout,
+        }
+    }
+
+    /// The keys the Redis configuration calls for.
+    pub fn for_config(cfg: &crate::config::RedisConfig) -> Self {
+        let layout = if cfg.redis_cluster {
+            Layout::Cluster
+        } else {
+            Layout::Single
+        };
+        Self::with_layout(&cfg.redis_key_prefix, layout)
+    }
+
+    /// Which kind of Redis these keys are for.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// An id as it appears in its keys: itself on a single Redis, a hash tag on a cluster.
+    fn id(&self, id: &str) -> String {
+        match self.layout {
+            Layout::Single => id.to_owned(),
+            Layout::Cluster if id.starts_with(['}', '~']) => format!("{{~{id}}}"),
+            Layout::Cluster => format!("{{{id}}}"),
         }
     }
 
     /// `player_stats:{player}`.
     pub fn player_stats(&self, player: &str) -> String {
-        format!("{}{player}", self.player_stats_prefix())
-    }
-
-    /// What a player id completes into its stats key (for the stats script).
-    pub fn player_stats_prefix(&self) -> String {
-        format!("{}player_stats:", self.prefix)
+        format!("{}player_stats:{}", self.prefix, self.id(player))
     }
 
     /// `leaderboard:{game}`: what a board's suffix completes (for the scores script).
     pub fn board_base(&self, game: &str) -> String {
-        format!("{}leaderboard:{game}", self.prefix)
+        format!("{}leaderboard:{}", self.prefix, self.id(game))
     }
 
     /// A current board's suffix after [`Self::board_base`]: `:daily`, `:weekly`, `:alltime`.
@@ -65,18 +140,47 @@ impl RedisKeys {
     }
 
     /// What a bucket number completes into a retry-claim hash of one generation:
-    /// `gamemetrics:seen:{generation}:`.
-    pub fn claims_of(&self, generation: u64) -> String {
-        format!("{}gamemetrics:seen:{generation}:", self.prefix)
+    /// `gamemetrics:seen:{generation}:` on a single Redis (one per DB), and
+    /// `gamemetrics:seen:{store}:{tag}:{generation}:` on a cluster, where `tag` is the player
+    /// (stats) or game (boards) the claims are kept with.
+    pub fn claims_of(&self, store: Store, tag: &str, generation: u64) -> String {
+        match self.layout {
+            Layout::Single => format!("{}gamemetrics:seen:{generation}:", self.prefix),
+            Layout::Cluster => format!(
+                "{}gamemetrics:seen:{}:{}:{generation}:",
+                self.prefix,
+                store.name(),
+                self.id(tag)
+            ),
+        }
+    }
+
+    /// On a cluster, the hash of how far a partition is applied for one player (stats) or game
+    /// (boards), and its field for `o`; on a single Redis, the partition's offset key and no
+    /// field (`""`).
+    pub fn guard(&self, store: Store, tag: &str, o: PartitionLog<'_>) -> (String, String) {
+        match self.layout {
+            Layout::Single => (self.offsets(o), String::new()),
+            Layout::Cluster => (
+                format!(
+                    "{}gamemetrics:applied:{}:{}",
+                    self.prefix,
+                    store.name(),
+                    self.id(tag)
+                ),
+                format!("{}:{}:{}:{}", o.service, o.topic, o.partition, o.log),
+            ),
+        }
+    }
+
+    fn partition_id(&self, o: PartitionLog<'_>) -> String {
+        self.id(&format!("{}:{}:{}", o.service, o.topic, o.partition))
     }
 
     /// A partition's offsets before they were kept per log; the key of a log's own is this,
     /// `:` and the log.
     pub fn legacy_offsets(&self, o: PartitionLog<'_>) -> String {
-        format!(
-            "{}gamemetrics:offsets:{}:{}:{}",
-            self.prefix, o.service, o.topic, o.partition
-        )
+        format!("{}gamemetrics:offsets:{}", self.prefix, self.partition_id(o))
     }
 
     /// The offset a consumer has applied up to in one log of one partition.
@@ -86,10 +190,7 @@ impl RedisKeys {
 
     /// The log a partition was last opened on.
     pub fn last_log(&self, o: PartitionLog<'_>) -> String {
-        format!(
-            "{}gamemetrics:log:{}:{}:{}",
-            self.prefix, o.service, o.topic, o.partition
-        )
+        format!("{}gamemetrics:log:{}", self.prefix, self.partition_id(o))
     }
 }
 
@@ -116,5 +217,72 @@ mod tests {
             log: "L",
         };
         assert_eq!(k.offsets(o), "t:gamemetrics:offsets:s:t:2:L");
+        assert_eq!(k.guard(Store::Stats, "p1", o), (k.offsets(o), String::new()));
+    }
+
+    #[test]
+    fn cluster_keys_tag_the_seeds_placeholders() {
+        let k = RedisKeys::with_layout("t:", Layout::Cluster);
+        assert_eq!(k.player_stats("p1"), "t:player_stats:{p1}");
+        assert_eq!(
+            k.board("g", &Board::Dated(Period::Daily, "2024-01-15".into())),
+            "t:leaderboard:{g}:daily:2024-01-15"
+        );
+        let o = PartitionLog {
+            service: "s",
+            topic: "t",
+            partition: 2,
+            log: "L",
+        };
+        assert_eq!(k.offsets(o), "t:gamemetrics:offsets:{s:t:2}:L");
+        assert_eq!(k.last_log(o), "t:gamemetrics:log:{s:t:2}");
+        assert_eq!(
+            k.guard(Store::Boards, "g", o),
+            ("t:gamemetrics:applied:boards:{g}".into(), "s:t:2:L".into())
+        );
+        assert_eq!(
+            k.claims_of(Store::Stats, "p1", 9),
+            "t:gamemetrics:seen:stats:{p1}:9:"
+        );
+    }
+
+    /// Redis's rule: the tag is what lies between the first `{` and the next `}`, if not empty.
+    fn tag(key: &str) -> &str {
+        key.find('{')
+            .and_then(|open| {
+                let rest = &key[open + 1..];
+                rest.find('}')
+                    .filter(|&close| close > 0)
+                    .map(|close| &rest[..close])
+            })
+            .unwrap_or(key)
+    }
+
+    #[test]
+    fn every_key_of_an_id_shares_its_slot_and_ids_never_share_a_key() {
+        let k = RedisKeys::with_layout("", Layout::Cluster);
+        let o = PartitionLog {
+            service: "s",
+            topic: "t",
+            partition: 0,
+            log: "L",
+        };
+        let ids = ["p1", "}p", "~}p", "~p", "a}b", "{x}", "{", "}", "~"];
+        let mut stats_keys = std::collections::HashSet::new();
+        for id in ids {
+            let stats = k.player_stats(id);
+            assert!(
+                !tag(&stats).is_empty() && tag(&stats) != stats,
+                "{stats} has a tag"
+            );
+            assert_eq!(tag(&stats), tag(&k.guard(Store::Stats, id, o).0), "{id}");
+            assert_eq!(tag(&stats), tag(&k.claims_of(Store::Stats, id, 1)), "{id}");
+            assert_eq!(
+                tag(&k.board_base(id)),
+                tag(&k.guard(Store::Boards, id, o).0),
+                "{id}"
+            );
+            assert!(stats_keys.insert(stats), "{id}'s key is its own");
+        }
     }
 }

@@ -413,7 +413,14 @@ async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() 
     let claim = |items: Vec<(i64, uuid::Uuid)>| {
         sink.send(ClaimFirst {
             position: position.clone(),
-            items,
+            items: items
+                .into_iter()
+                .map(|(offset, event_id)| gamemetrics::actors::messages::ClaimItem {
+                    offset,
+                    event_id,
+                    player_id: "p".into(),
+                })
+                .collect(),
         })
     };
 

@@ -37,8 +37,8 @@ fn tls_redis(host: &str, password: &str, ca: Option<PathBuf>) -> RedisConfig {
             .parse()
             .expect("url"),
         redis_key_prefix: format!("test:{}:", uuid::Uuid::new_v4().simple()),
-        redis_read_url: None,
         redis_ca_file: ca,
+        ..crate::helpers::test_config().redis
     }
 }
 

@@ -1,18 +1,21 @@
 //! `RedisSink`: live stats (DB 0) and leaderboards (DB 1), applied exactly once by Lua scripts
-//! that check and move the partition's offset in the same atomic step as the increments.
+//! that check and move an offset guard in the same atomic step as the increments.
 //!
-//! The scripts touch keys they compute from their arguments, which a single Redis (or a primary
-//! with replicas, as ElastiCache without cluster mode) allows; Redis Cluster would need hash tags.
-//! Every key, or the prefix and suffixes a script completes one with, comes from
-//! [`crate::db::redis_keys`].
+//! On a single Redis one script call applies a whole batch under the partition's offset. On a
+//! Redis Cluster a script may only touch one slot, so a batch goes as one call per player
+//! (stats) or game (boards), each under that player's or game's own offset for the partition
+//! (see [`crate::db::redis_keys`]); the partition's offset then records how far every call
+//! got, for the next start. With REDIS_WAIT_REPLICAS, a batch counts as applied only once that
+//! many replicas hold it, so a failover cannot lose counts whose Kafka offsets were committed.
 
 use super::{sink_actor, tracked, SinkError};
 use crate::actors::messages::*;
-use crate::db::redis_keys::{self, RedisKeys};
-use crate::db::RedisPool;
+use crate::db::redis_keys::{self, Layout, RedisKeys, Store};
+use crate::db::{RedisConn, RedisPool};
 use crate::domain::leaderboard::{periods_of, Board, BoardTop, Period};
 use actix::prelude::*;
-use redis::Script;
+use redis::{Script, ToRedisArgs};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Writes to and reads from Redis for all role actors of this process.
@@ -24,30 +27,60 @@ pub struct RedisSink {
     scores_script: Arc<Script>,
     claim_script: Arc<Script>,
     open_script: Arc<Script>,
+    advance_script: Arc<Script>,
     /// DEDUP_WINDOW_SECS; 0 when client retries are not deduplicated.
     dedup_window_secs: u64,
     /// DEDUP_BUCKETS: hashes one generation of claims is spread over.
     claim_buckets: u32,
+    wait: WaitForReplicas,
     failures: u32,
+}
+
+/// REDIS_WAIT_REPLICAS and REDIS_WAIT_TIMEOUT_MS.
+#[derive(Debug, Clone, Copy, Default)]
+struct WaitForReplicas {
+    replicas: u32,
+    timeout_ms: u64,
 }
 
 /// DEDUP_BUCKETS' default, for sinks built without a configuration (tests).
 const DEFAULT_CLAIM_BUCKETS: u32 = 1 << 19;
 
+/// One script call: the key it is routed by and guarded with, and its arguments.
+struct Call {
+    key: String,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    fn push(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+}
+
 impl RedisSink {
-    /// A sink over the stats (DB 0) and leaderboard (DB 1) pools, with every key under `prefix`,
-    /// remembering event ids for `dedup_window_secs` (0: not at all).
+    /// A sink over the stats (DB 0) and leaderboard (DB 1) pools (the same cluster, on a
+    /// cluster), with every key under `prefix`, remembering event ids for `dedup_window_secs`
+    /// (0: not at all).
     pub fn new(stats: RedisPool, boards: RedisPool, prefix: &str, dedup_window_secs: u64) -> Self {
+        let layout = if stats.is_cluster() {
+            Layout::Cluster
+        } else {
+            Layout::Single
+        };
         RedisSink {
             stats,
             boards,
-            keys: RedisKeys::new(prefix),
+            keys: RedisKeys::with_layout(prefix, layout),
             stats_script: Arc::new(Script::new(STATS_LUA)),
             scores_script: Arc::new(Script::new(SCORES_LUA)),
             claim_script: Arc::new(Script::new(CLAIM_LUA)),
             open_script: Arc::new(Script::new(OPEN_LUA)),
+            advance_script: Arc::new(Script::new(ADVANCE_LUA)),
             dedup_window_secs,
             claim_buckets: DEFAULT_CLAIM_BUCKETS,
+            wait: WaitForReplicas::default(),
             failures: 0,
         }
     }
@@ -55,6 +88,13 @@ impl RedisSink {
     /// Spreads each generation of retry claims over `buckets` hashes (DEDUP_BUCKETS).
     pub fn with_claim_buckets(mut self, buckets: u32) -> Self {
         self.claim_buckets = buckets.clamp(1, 1 << 24);
+        self
+    }
+
+    /// Reports a batch applied only once `replicas` replicas hold it, waiting up to
+    /// `timeout_ms` (REDIS_WAIT_REPLICAS, REDIS_WAIT_TIMEOUT_MS); 0 replicas: no wait.
+    pub fn with_wait_for_replicas(mut self, replicas: u32, timeout_ms: u64) -> Self {
+        self.wait = WaitForReplicas { replicas, timeout_ms };
         self
     }
 
@@ -68,21 +108,135 @@ impl RedisSink {
         }
     }
 
-    /// The arguments every claiming script starts with (see `claim_fn!`): this and the previous
-    /// generation's claims-hash prefixes, when this generation's hashes expire, the bucket
-    /// count. A generation is DEDUP_WINDOW_SECS long and its hashes live until the end of the
-    /// next one, so a claim is kept for one to two windows.
-    fn claim_args(&self) -> (String, String, u64, u32) {
+    /// Splits a batch into the groups one script call may touch: all of it on a single Redis;
+    /// per player or game (`tag`) on a cluster, in first-seen order, each in offset order.
+    fn groups<'a, T>(&self, items: &'a [T], tag: impl Fn(&'a T) -> &'a str) -> Vec<(&'a str, Vec<&'a T>)> {
+        if self.keys.layout() == Layout::Single {
+            return vec![("", items.iter().collect())];
+        }
+        let mut order: Vec<&'a str> = Vec::new();
+        let mut by_tag: BTreeMap<&'a str, Vec<&'a T>> = BTreeMap::new();
+        for item in items {
+            let t = tag(item);
+            by_tag
+                .entry(t)
+                .or_insert_with(|| {
+                    order.push(t);
+                    Vec::new()
+                })
+                .push(item);
+        }
+        order
+            .into_iter()
+            .map(|t| (t, by_tag.remove(t).unwrap_or_default()))
+            .collect()
+    }
+
+    /// A call guarded by `tag`'s offsets of `position` (the partition's, on a single Redis),
+    /// starting with the arguments every claiming script takes (see `claim_fn!`): this and the
+    /// previous generation's claims-hash prefixes, the sighting's place, when this generation's
+    /// hashes expire, the bucket count; then the guard's field. A generation is
+    /// DEDUP_WINDOW_SECS long and its hashes live until the end of the next one, so a claim is
+    /// kept for one to two windows.
+    fn call(&self, store: Store, tag: &str, position: &Position) -> Call {
         let window = self.dedup_window_secs.max(1);
         let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
         let generation = now / window;
-        (
-            self.keys.claims_of(generation),
-            self.keys.claims_of(generation.saturating_sub(1)),
-            (generation + 2) * window,
-            self.claim_buckets,
-        )
+        let buckets = match (self.keys.layout(), store) {
+            (Layout::Single, _) => self.claim_buckets,
+            // A player's claims are few: one hash. A game's may be most of the traffic.
+            (Layout::Cluster, Store::Stats) => 1,
+            (Layout::Cluster, Store::Boards) => (self.claim_buckets / 64).max(1),
+        };
+        let (key, field) = self.keys.guard(store, tag, position.partition_log());
+        let mut call = Call {
+            key,
+            args: Vec::new(),
+        };
+        call.push(self.keys.claims_of(store, tag, generation))
+            .push(claim_tag(position))
+            .push(self.keys.claims_of(store, tag, generation.saturating_sub(1)))
+            .push((generation + 2) * window)
+            .push(buckets)
+            .push(field);
+        call
     }
+
+    /// Runs `calls` of `script` (at once: they touch different slots), then, on a cluster,
+    /// moves the partition's offset to `next` (one past the batch's newest record), then waits
+    /// for the replicas. Answers each call's answer.
+    fn run<T: redis::FromRedisValue + Send + 'static>(
+        &mut self,
+        pool: RedisPool,
+        script: Arc<Script>,
+        calls: Vec<Call>,
+        position: &Position,
+        next: Option<i64>,
+    ) -> ResponseActFuture<Self, Result<Vec<T>, SinkError>> {
+        let advance = match (self.keys.layout(), next) {
+            (Layout::Cluster, Some(next)) => Some((
+                self.advance_script.clone(),
+                self.keys.offsets(position.partition_log()),
+                next,
+            )),
+            _ => None,
+        };
+        let wait = self.wait;
+        tracked(self, async move {
+            let answers = futures::future::join_all(calls.into_iter().map(|call| {
+                let (pool, script) = (pool.clone(), script.clone());
+                async move {
+                    let mut conn = pool.get().await.map_err(redis_err)?;
+                    let mut invocation = script.key(&call.key);
+                    for a in &call.args {
+                        invocation.arg(a.as_slice());
+                    }
+                    let answer = invocation.invoke_async::<T>(&mut conn).await.map_err(redis_err)?;
+                    Ok::<_, SinkError>((answer, conn))
+                }
+            }))
+            .await;
+            let mut out = Vec::with_capacity(answers.len());
+            let mut last_conn = None;
+            for answer in answers {
+                let (answer, conn) = answer?;
+                out.push(answer);
+                last_conn = Some(conn);
+            }
+            if let (Some((script, key, next)), Some(conn)) = (advance, last_conn.as_mut()) {
+                script
+                    .key(key)
+                    .arg(next)
+                    .invoke_async::<()>(conn)
+                    .await
+                    .map_err(redis_err)?;
+            }
+            if let (true, Some(conn)) = (wait.replicas > 0, last_conn.as_mut()) {
+                wait_for_replicas(conn, wait).await?;
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Blocks until `wait.replicas` replicas hold every write this connection made (on a cluster:
+/// every primary's replicas, for the writes to it). A script whose guard found nothing new
+/// still writes its guard, so this covers a replayed batch whose first run wrote on another
+/// connection.
+async fn wait_for_replicas(conn: &mut RedisConn, wait: WaitForReplicas) -> Result<(), SinkError> {
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(wait.replicas)
+        .arg(wait.timeout_ms)
+        .query_async(conn)
+        .await
+        .map_err(redis_err)?;
+    if acked < i64::from(wait.replicas) {
+        return Err(SinkError::Redis(format!(
+            "only {acked} of {} replicas acknowledged the batch within {} ms (REDIS_WAIT_REPLICAS); it will be retried",
+            wait.replicas, wait.timeout_ms
+        )));
+    }
+    Ok(())
 }
 
 sink_actor!(RedisSink, "Redis");
@@ -91,50 +245,40 @@ fn redis_err(e: impl std::fmt::Display) -> SinkError {
     SinkError::Redis(e.to_string())
 }
 
-impl RedisSink {
-    /// Runs one of the offset-guarded scripts: KEYS[1] is the partition's offset key, ARGV the
-    /// claim arguments (`claim_fn!`), then whatever `fill` adds.
-    fn apply_guarded<T: redis::FromRedisValue + 'static>(
-        &mut self,
-        pool: RedisPool,
-        script: Arc<Script>,
-        position: &Position,
-        fill: impl for<'a> FnOnce(&mut redis::ScriptInvocation<'a>) + 'static,
-    ) -> ResponseActFuture<Self, Result<T, SinkError>> {
-        let key = self.keys.offsets(position.partition_log());
-        let (claims, tag) = (self.claim_args(), claim_tag(position));
-        tracked(self, async move {
-            let mut invocation = script.key(key);
-            invocation
-                .arg(claims.0)
-                .arg(tag)
-                .arg(claims.1)
-                .arg(claims.2)
-                .arg(claims.3);
-            fill(&mut invocation);
-            let mut conn = pool.get().await.map_err(redis_err)?;
-            invocation.invoke_async::<T>(&mut *conn).await.map_err(redis_err)
-        })
-    }
-}
-
 impl Handler<ApplyStats> for RedisSink {
     type Result = ResponseActFuture<Self, Result<StatsApplied, SinkError>>;
 
     fn handle(&mut self, msg: ApplyStats, _: &mut Context<Self>) -> Self::Result {
+        let calls = self
+            .groups(&msg.deltas, |d| d.player_id.as_str())
+            .into_iter()
+            .map(|(player, deltas)| {
+                let mut call = self.call(Store::Stats, player, &msg.position);
+                for d in deltas {
+                    call.push(d.offset)
+                        .push(self.claim_field(d.event_id))
+                        .push(self.keys.player_stats(&d.player_id))
+                        .push(&d.event_type)
+                        .push(&d.timestamp);
+                }
+                call
+            })
+            .collect();
+        let next = msg.deltas.iter().map(|d| d.offset + 1).max();
         let (pool, script) = (self.stats.clone(), self.stats_script.clone());
-        let ids: Vec<Vec<u8>> = msg.deltas.iter().map(|d| self.claim_field(d.event_id)).collect();
-        let stats_prefix = self.keys.player_stats_prefix();
-        self.apply_guarded(pool, script, &msg.position, move |inv| {
-            inv.arg(stats_prefix);
-            for (d, id) in msg.deltas.iter().zip(ids) {
-                inv.arg(d.offset)
-                    .arg(id)
-                    .arg(&d.player_id)
-                    .arg(&d.event_type)
-                    .arg(&d.timestamp);
-            }
-        })
+        Box::pin(
+            self.run::<StatsApplied>(pool, script, calls, &msg.position, next)
+                .map(|answers, _, _| {
+                    // A call skips what its guard had already applied, unchecked for retries;
+                    // above the highest such mark every record was checked.
+                    let answers = answers?;
+                    Ok(StatsApplied {
+                        applied: answers.iter().map(|a| a.applied).sum(),
+                        checked_from: answers.iter().map(|a| a.checked_from).max().unwrap_or(0),
+                        retries: answers.into_iter().flat_map(|a| a.retries).collect(),
+                    })
+                }),
+        )
     }
 }
 
@@ -142,33 +286,38 @@ impl Handler<ApplyScores> for RedisSink {
     type Result = ResponseActFuture<Self, Result<usize, SinkError>>;
 
     fn handle(&mut self, msg: ApplyScores, _: &mut Context<Self>) -> Self::Result {
-        let (pool, script) = (self.boards.clone(), self.scores_script.clone());
         let now = periods_of(chrono::Utc::now(), 0);
-        let ids: Vec<Vec<u8>> = msg.deltas.iter().map(|d| self.claim_field(d.event_id)).collect();
-        let bases: Vec<String> = msg
-            .deltas
-            .iter()
-            .map(|d| self.keys.board_base(&d.game_id))
+        let calls = self
+            .groups(&msg.deltas, |d| d.game_id.as_str())
+            .into_iter()
+            .map(|(game, deltas)| {
+                let mut call = self.call(Store::Boards, game, &msg.position);
+                call.push(&now.day).push(&now.week);
+                for period in Period::ALL {
+                    call.push(RedisKeys::period_suffix(period));
+                }
+                call.push(redis_keys::DATED_SEPARATOR)
+                    .push(redis_keys::CURRENT_MARKER_SUFFIX);
+                for d in deltas {
+                    call.push(d.offset)
+                        .push(self.claim_field(d.event_id))
+                        .push(self.keys.board_base(&d.game_id))
+                        .push(&d.player_id)
+                        .push(d.score)
+                        .push(&d.day)
+                        .push(&d.week)
+                        .push(d.day_expires_at)
+                        .push(d.week_expires_at);
+                }
+                call
+            })
             .collect();
-        self.apply_guarded(pool, script, &msg.position, move |inv| {
-            inv.arg(now.day).arg(now.week);
-            for period in Period::ALL {
-                inv.arg(RedisKeys::period_suffix(period));
-            }
-            inv.arg(redis_keys::DATED_SEPARATOR)
-                .arg(redis_keys::CURRENT_MARKER_SUFFIX);
-            for ((d, id), base) in msg.deltas.iter().zip(ids).zip(bases) {
-                inv.arg(d.offset)
-                    .arg(id)
-                    .arg(base)
-                    .arg(&d.player_id)
-                    .arg(d.score)
-                    .arg(&d.day)
-                    .arg(&d.week)
-                    .arg(d.day_expires_at)
-                    .arg(d.week_expires_at);
-            }
-        })
+        let next = msg.deltas.iter().map(|d| d.offset + 1).max();
+        let (pool, script) = (self.boards.clone(), self.scores_script.clone());
+        Box::pin(
+            self.run::<usize>(pool, script, calls, &msg.position, next)
+                .map(|answers, _, _| Ok(answers?.into_iter().sum())),
+        )
     }
 }
 
@@ -194,7 +343,7 @@ impl Handler<OpenLogRedis> for RedisSink {
                 .key(&keys[..])
                 .arg(p.log.as_ref())
                 .arg(msg.log_end)
-                .invoke_async(&mut *conn)
+                .invoke_async(&mut conn)
                 .await
                 .map_err(redis_err)?;
             match state.as_str() {
@@ -218,30 +367,31 @@ impl Handler<ClaimFirst> for RedisSink {
     type Result = ResponseActFuture<Self, Result<Vec<i64>, SinkError>>;
 
     fn handle(&mut self, msg: ClaimFirst, _: &mut Context<Self>) -> Self::Result {
+        let calls = if self.dedup_window_secs == 0 {
+            Vec::new()
+        } else {
+            self.groups(&msg.items, |i| i.player_id.as_str())
+                .into_iter()
+                .map(|(player, items)| {
+                    let mut call = self.call(Store::Stats, player, &msg.position);
+                    for i in items {
+                        call.push(i.offset).push(self.claim_field(i.event_id));
+                    }
+                    call
+                })
+                .filter(|c| c.args.len() > CLAIM_FIXED_ARGS)
+                .collect()
+        };
         let (pool, script) = (self.stats.clone(), self.claim_script.clone());
-        let (window, tag, claims) = (
-            self.dedup_window_secs,
-            claim_tag(&msg.position),
-            self.claim_args(),
-        );
-        let keys: Vec<Vec<u8>> = msg.items.iter().map(|(_, id)| self.claim_field(*id)).collect();
-        tracked(self, async move {
-            if window == 0 || msg.items.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut invocation = script.arg(claims.0);
-            invocation.arg(tag).arg(claims.1).arg(claims.2).arg(claims.3);
-            for ((offset, _), key) in msg.items.iter().zip(keys) {
-                invocation.arg(*offset).arg(key);
-            }
-            let mut conn = pool.get().await.map_err(redis_err)?;
-            invocation
-                .invoke_async::<Vec<i64>>(&mut *conn)
-                .await
-                .map_err(redis_err)
-        })
+        Box::pin(
+            self.run::<Vec<i64>>(pool, script, calls, &msg.position, None)
+                .map(|answers, _, _| Ok(answers?.into_iter().flatten().collect())),
+        )
     }
 }
+
+/// The arguments every guarded or claiming call starts with (see [`RedisSink::call`]).
+const CLAIM_FIXED_ARGS: usize = 6;
 
 /// What a claim records as the first sighting of an event id: `log:partition:` + offset.
 /// Duplicates share a partition (the key is the player), and every lane reads a partition in
@@ -262,16 +412,41 @@ impl Handler<ReadTop> for RedisSink {
 
     fn handle(&mut self, msg: ReadTop, _: &mut Context<Self>) -> Self::Result {
         let pool = self.boards.clone();
-        let mut pipe = redis::pipe();
         let stop = isize::try_from(msg.n).unwrap_or(isize::MAX) - 1;
-        for game in &msg.game_ids {
-            for period in Period::ALL {
-                pipe.zrevrange_withscores(self.keys.board(game, &Board::Current(period)), 0, stop);
-            }
-        }
+        // One pipeline on a single Redis; on a cluster one per game (a game's boards share a
+        // slot), sent at once.
+        let per_pipe = match self.keys.layout() {
+            Layout::Single => msg.game_ids.len().max(1),
+            Layout::Cluster => 1,
+        };
+        let pipes: Vec<redis::Pipeline> = msg
+            .game_ids
+            .chunks(per_pipe)
+            .map(|games| {
+                let mut pipe = redis::pipe();
+                for game in games {
+                    for period in Period::ALL {
+                        pipe.zrevrange_withscores(self.keys.board(game, &Board::Current(period)), 0, stop);
+                    }
+                }
+                pipe
+            })
+            .collect();
         tracked(self, async move {
-            let mut conn = pool.get().await.map_err(redis_err)?;
-            let tops: Vec<Vec<(String, f64)>> = pipe.query_async(&mut *conn).await.map_err(redis_err)?;
+            let answers = futures::future::join_all(pipes.into_iter().map(|pipe| {
+                let pool = pool.clone();
+                async move {
+                    let mut conn = pool.get().await.map_err(redis_err)?;
+                    pipe.query_async::<Vec<Vec<(String, f64)>>>(&mut conn)
+                        .await
+                        .map_err(redis_err)
+                }
+            }))
+            .await;
+            let mut tops = Vec::new();
+            for answer in answers {
+                tops.extend(answer?);
+            }
             let mut tops = tops.into_iter();
             let mut out = Vec::new();
             for game in msg.game_ids {
@@ -326,28 +501,36 @@ end
     };
 }
 
-/// The offset guard around a guarded script's loop: `applied` is where the partition stands,
-/// a record at or above it is new, `nxt` is where it will stand; KEYS[1] is its offset key.
+/// The offset guard around a guarded script's loop: `applied` is where the partition (or, on a
+/// cluster, this player or game in it) stands, a record at or above it is new, `nxt` is where it
+/// will stand. The guard is KEYS[1], a string; or, when ARGV[6] is not empty, that field of the
+/// hash KEYS[1].
 macro_rules! guard_open {
     () => {
         r#"
-local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
+local function guard_get()
+  if ARGV[6] == '' then return redis.call('GET', KEYS[1]) end
+  return redis.call('HGET', KEYS[1], ARGV[6])
+end
+local applied = tonumber(guard_get() or '0')
 local nxt, n = applied, 0
 "#
     };
 }
 
-/// Moves the partition's offset past the records the loop saw (see `guard_open!`).
+/// Moves the guard past the records the loop saw (see `guard_open!`). It is written even when
+/// it doesn't move: a write is what a following WAIT waits for, and a replay that found the
+/// batch applied must still wait until the replicas hold what the first run wrote.
 macro_rules! guard_close {
     () => {
         r#"
-if nxt > applied then redis.call('SET', KEYS[1], nxt) end
+if ARGV[6] == '' then redis.call('SET', KEYS[1], nxt) else redis.call('HSET', KEYS[1], ARGV[6], nxt) end
 "#
     };
 }
 
-/// ARGV: the five claim arguments, the stats key prefix, then per event: offset, claim field,
-/// player_id, event_type, timestamp. Answers {counted, first offset checked, retry offsets...}: the stats
+/// ARGV: the five claim arguments, the guard's field, then per event: offset, claim field,
+/// the player's stats key, event_type, timestamp. Answers {counted, first offset checked, retry offsets...}: the stats
 /// PostgreSQL lane reuses these answers instead of asking again.
 const STATS_LUA: &str = concat!(
     claim_fn!(),
@@ -360,7 +543,7 @@ for i = 7, #ARGV, 5 do
     if not first(ARGV[i + 1], ARGV[i]) then
       out[#out + 1] = off
     else
-      local key = ARGV[6] .. ARGV[i + 2]
+      local key = ARGV[i + 2]
       redis.call('HINCRBY', key, 'total_events', 1)
       redis.call('HINCRBY', key, 'event_' .. ARGV[i + 3], 1)
       local last = redis.call('HGET', key, 'last_event')
@@ -399,20 +582,21 @@ if legacy then return { 'new', 0, 'from before topic ids', tonumber(legacy) } en
 return { 'new', 0, '', 0 }
 "#;
 
-/// ARGV: the five claim arguments, then per event: offset, claim field. Returns the retries'
-/// offsets.
+/// KEYS[1]: the guard of the claims' player (it routes the call to their slot). ARGV: the five
+/// claim arguments, the guard's field (unused), then per event: offset, claim field. Returns
+/// the retries' offsets.
 const CLAIM_LUA: &str = concat!(
     claim_fn!(),
     r#"
 local retries = {}
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   if not first(ARGV[i + 1], ARGV[i]) then retries[#retries + 1] = tonumber(ARGV[i]) end
 end
 return retries
 "#
 );
 
-/// ARGV: the five claim arguments, the server's current day and ISO week, the board key suffixes of
+/// ARGV: the five claim arguments, the guard's field, the server's current day and ISO week, the board key suffixes of
 /// daily, weekly and alltime, the dated-board separator and the current-marker suffix, then per
 /// event: offset, claim field, the game's board base key, player, score, day, week, day expiry,
 /// week expiry. The dated boards (`…:daily:2024-01-15`) keep past periods until their retention
@@ -424,14 +608,14 @@ const SCORES_LUA: &str = concat!(
     claim_fn!(),
     guard_open!(),
     r#"
-local server = { ARGV[6], ARGV[7] }
-local suffix = { ARGV[8], ARGV[9] }
-local alltime, sep, marker_suffix = ARGV[10], ARGV[11], ARGV[12]
+local server = { ARGV[7], ARGV[8] }
+local suffix = { ARGV[9], ARGV[10] }
+local alltime, sep, marker_suffix = ARGV[11], ARGV[12], ARGV[13]
 -- Within one call, a dated board's expiry is set once (its expiry is a function of its name)
 -- and a marker is read once: at thousands of events per call that is a third of the commands.
 -- A board past retention is deleted by its EXPIREAT, so it is set again on its next event.
 local expiry_set, markers = {}, {}
-for i = 13, #ARGV, 9 do
+for i = 14, #ARGV, 9 do
   local off = tonumber(ARGV[i])
   if off >= applied and first(ARGV[i + 1], ARGV[i]) then
     local base, player, score = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -474,3 +658,10 @@ end
 return n
 "#
 );
+
+/// KEYS[1]: a partition's offset on a cluster. ARGV[1]: how far a batch's calls applied it.
+/// Moves it forward only: batches of a partition may finish out of order after a retry.
+const ADVANCE_LUA: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+"#;

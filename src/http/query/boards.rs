@@ -203,7 +203,7 @@ async fn board_page(q: &QueryState, key: String, start: isize, stop: isize) -> R
     let pending = match pending {
         Some(p) => p,
         None => {
-            let mut conn = q.boards.conn().map_err(redis_unavailable)?;
+            let mut conn = q.boards.conn().await.map_err(redis_unavailable)?;
             let forget = ForgetOnDrop(id.clone());
             let read = async move {
                 let (key, start, stop) = &forget.0;
@@ -266,7 +266,7 @@ pub async fn player_rank(
     let board = which.board()?;
     let around = bounded("around", near.around, 5, 0, 100)? as usize;
     let board_key = q.keys.board(game.as_str(), &board);
-    let mut conn = q.boards.conn().map_err(redis_unavailable)?;
+    let mut conn = q.boards.conn().await.map_err(redis_unavailable)?;
     let rank: Option<usize> = redis::AsyncCommands::zrevrank(&mut conn, &board_key, player.as_str())
         .await
         .map_err(redis_unavailable)?;

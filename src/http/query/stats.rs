@@ -54,7 +54,7 @@ pub async fn player_stats(
     q: web::Data<QueryState>,
 ) -> Result<HttpResponse, ApiError> {
     let player = PlayerId::parse(path.into_inner())?;
-    let mut conn = q.stats.conn().map_err(redis_unavailable)?;
+    let mut conn = q.stats.conn().await.map_err(redis_unavailable)?;
     let hash: HashMap<String, String> =
         redis::AsyncCommands::hgetall(&mut conn, q.keys.player_stats(player.as_str()))
             .await

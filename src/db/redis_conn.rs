@@ -1,0 +1,306 @@
+//! Connections to Redis, single or cluster: the sinks' [`RedisPool`], the read API's
+//! [`RedisReader`], and [`RedisConn`], the one connection type both hand out, so the code that
+//! runs scripts and reads doesn't care which kind of Redis it talks to.
+//!
+//! A single Redis (or a primary with replicas: ElastiCache with cluster mode off) is reached
+//! through a bb8 pool of multiplexed connections per logical database. A Redis Cluster has one
+//! logical database; its cluster connection is multiplexed over one connection per node and
+//! follows slot moves and failovers by itself, so it is shared rather than pooled, and opened
+//! on first use so that start-up doesn't wait for the cluster.
+
+use super::pool::LogConnectErrors;
+use crate::config::RedisConfig;
+use redis::aio::ConnectionLike;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+/// How long a command may take before the caller treats it as failed. Longer than any
+/// REDIS_WAIT_TIMEOUT_MS a deployment would choose, since `WAIT` blocks for up to that.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// rustls needs one process-wide crypto provider; ring is the one compiled in.
+fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Err only if another provider was installed first, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+fn ca_bundle(cfg: &RedisConfig) -> Result<Option<Vec<u8>>, RedisError> {
+    let Some(ca) = &cfg.redis_ca_file else {
+        return Ok(None);
+    };
+    std::fs::read(ca).map(Some).map_err(|e| {
+        RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "REDIS_CA_FILE is not readable",
+            format!("{}: {e}", ca.display()),
+        ))
+    })
+}
+
+/// A client of one Redis URL: `rediss://` is TLS, checked against REDIS_CA_FILE when set (else
+/// the system's trust store); a password or ACL user comes in the URL
+/// (`rediss://user:token@host:6379`).
+pub fn redis_client(cfg: &RedisConfig, url: &str) -> Result<redis::Client, RedisError> {
+    install_crypto_provider();
+    match (url.starts_with("rediss://"), ca_bundle(cfg)?) {
+        (true, Some(root_cert)) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            },
+        ),
+        _ => redis::Client::open(url),
+    }
+}
+
+/// A client of the Redis Cluster REDIS_URL names, with the same TLS and AUTH rules.
+fn cluster_client(cfg: &RedisConfig) -> Result<ClusterClient, RedisError> {
+    install_crypto_provider();
+    let nodes = cfg.cluster_nodes();
+    let tls = nodes.iter().any(|u| u.starts_with("rediss://"));
+    let mut builder = ClusterClient::builder(nodes)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT);
+    if let (true, Some(root_cert)) = (tls, ca_bundle(cfg)?) {
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert),
+        });
+    }
+    builder.build()
+}
+
+/// A cluster connection opened on first use and shared after; a failed open is tried again
+/// by the next caller.
+#[derive(Clone)]
+pub struct LazyCluster(Arc<(ClusterClient, tokio::sync::OnceCell<ClusterConnection>)>);
+
+impl LazyCluster {
+    fn new(client: ClusterClient) -> Self {
+        LazyCluster(Arc::new((client, tokio::sync::OnceCell::new())))
+    }
+
+    async fn get(&self) -> Result<ClusterConnection, RedisError> {
+        let (client, conn) = &*self.0;
+        conn.get_or_try_init(|| client.get_async_connection())
+            .await
+            .cloned()
+    }
+}
+
+/// Where the sinks get connections to one of gamemetrics' Redis databases.
+#[derive(Clone)]
+pub enum RedisPool {
+    /// One logical database of a single Redis.
+    Single(bb8::Pool<redis::Client>),
+    /// The cluster (DB 0; stats and boards apart by key name).
+    Cluster(LazyCluster),
+}
+
+impl RedisPool {
+    /// A connection: checked out of the pool, or the shared cluster connection.
+    pub async fn get(&self) -> Result<RedisConn, RedisError> {
+        match self {
+            RedisPool::Single(pool) => pool
+                .get_owned()
+                .await
+                .map(RedisConn::Pooled)
+                .map_err(|e| match e {
+                    bb8::RunError::User(e) => e,
+                    bb8::RunError::TimedOut => RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no Redis connection within 5 s",
+                    )),
+                }),
+            RedisPool::Cluster(cluster) => cluster.get().await.map(RedisConn::Cluster),
+        }
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisPool::Cluster(_))
+    }
+}
+
+/// Builds the sinks' way to one Redis logical database (0: stats, 1: leaderboards; a cluster
+/// has DB 0 only, so both get the same connection there).
+pub fn redis_pool(cfg: &RedisConfig, db: u8) -> Result<RedisPool, RedisError> {
+    if cfg.redis_cluster {
+        return Ok(RedisPool::Cluster(LazyCluster::new(cluster_client(cfg)?)));
+    }
+    let client = redis_client(cfg, &cfg.db_url(db))?;
+    Ok(RedisPool::Single(
+        bb8::Pool::builder()
+            .max_size(8)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .error_sink(Box::new(LogConnectErrors("Redis")))
+            .build_unchecked(client),
+    ))
+}
+
+/// A connection to Redis, whichever kind: run commands, pipelines and scripts on it.
+pub enum RedisConn {
+    Direct(redis::aio::MultiplexedConnection),
+    Pooled(bb8::PooledConnection<'static, redis::Client>),
+    Managed(redis::aio::ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Direct(c) => c.req_packed_command(cmd),
+            RedisConn::Pooled(c) => (**c).req_packed_command(cmd),
+            RedisConn::Managed(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Direct(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Pooled(c) => (**c).req_packed_commands(pipeline, offset, count),
+            RedisConn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Direct(c) => c.get_db(),
+            RedisConn::Pooled(c) => c.get_db(),
+            RedisConn::Managed(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl RedisConn {
+    /// `INFO server` of one node (any node of a cluster: they run one version).
+    pub async fn info_server(&mut self) -> Result<String, RedisError> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("server");
+        match self {
+            RedisConn::Cluster(c) => {
+                let routing = redis::cluster_routing::RoutingInfo::SingleNode(
+                    redis::cluster_routing::SingleNodeRoutingInfo::Random,
+                );
+                let value = c.route_command(cmd, routing).await?;
+                Ok(redis::from_redis_value(value)?)
+            }
+            other => cmd.query_async(other).await,
+        }
+    }
+}
+
+/// The read API's way to one Redis logical database: a self-reconnecting, multiplexed
+/// connection per HTTP worker thread (a cluster connection per thread on a cluster). No pool
+/// checkout (bb8 pings on each, a round trip per read), it reconnects on its own after Redis
+/// restarts, and each worker's requests and the connection's driver task share a thread: one
+/// connection shared by all workers made every read hop threads twice.
+#[derive(Clone)]
+pub struct RedisReader {
+    target: ReadTarget,
+    /// Tells this reader's connections from other readers' in the thread's table.
+    id: String,
+}
+
+#[derive(Clone)]
+enum ReadTarget {
+    Single(Box<redis::Client>),
+    Cluster(Box<ClusterClient>),
+}
+
+#[derive(Clone)]
+enum ThreadConn {
+    Managed(redis::aio::ConnectionManager),
+    Cluster(LazyCluster),
+}
+
+thread_local! {
+    static READ_CONNECTIONS: std::cell::RefCell<std::collections::HashMap<String, ThreadConn>> =
+        std::cell::RefCell::default();
+}
+
+impl RedisReader {
+    /// The current thread's connection, made (lazily: it connects on first use) if new.
+    pub async fn conn(&self) -> Result<RedisConn, RedisError> {
+        let conn = READ_CONNECTIONS.with(|table| -> Result<ThreadConn, RedisError> {
+            if let Some(c) = table.borrow().get(&self.id) {
+                return Ok(c.clone());
+            }
+            let c = match &self.target {
+                ReadTarget::Single(client) => ThreadConn::Managed(
+                    redis::aio::ConnectionManager::new_lazy_with_config((**client).clone(), reader_config())?,
+                ),
+                ReadTarget::Cluster(client) => ThreadConn::Cluster(LazyCluster::new((**client).clone())),
+            };
+            table.borrow_mut().insert(self.id.clone(), c.clone());
+            Ok(c)
+        })?;
+        match conn {
+            ThreadConn::Managed(c) => Ok(RedisConn::Managed(c)),
+            ThreadConn::Cluster(c) => c.get().await.map(RedisConn::Cluster),
+        }
+    }
+
+    fn of(target: ReadTarget) -> Result<Self, RedisError> {
+        if let ReadTarget::Single(client) = &target {
+            // Fails now on a configuration the connection manager refuses, rather than on
+            // every read.
+            redis::aio::ConnectionManager::new_lazy_with_config((**client).clone(), reader_config())?;
+        }
+        Ok(RedisReader {
+            target,
+            id: uuid::Uuid::new_v4().simple().to_string(),
+        })
+    }
+}
+
+/// A reader of one Redis logical database for the read API, on REDIS_READ_URL if set.
+pub fn redis_reader(cfg: &RedisConfig, db: u8) -> Result<RedisReader, RedisError> {
+    if cfg.redis_cluster {
+        return RedisReader::of(ReadTarget::Cluster(Box::new(cluster_client(cfg)?)));
+    }
+    RedisReader::of(ReadTarget::Single(Box::new(redis_client(
+        cfg,
+        &cfg.read_db_url(db),
+    )?)))
+}
+
+/// A reader of one logical database on the primary (REDIS_URL), for tests and tools.
+pub fn redis_primary(cfg: &RedisConfig, db: u8) -> Result<RedisReader, RedisError> {
+    if cfg.redis_cluster {
+        return RedisReader::of(ReadTarget::Cluster(Box::new(cluster_client(cfg)?)));
+    }
+    RedisReader::of(ReadTarget::Single(Box::new(redis_client(cfg, &cfg.db_url(db))?)))
+}
+
+/// One connection to DB 0 of REDIS_URL, opened now and not retried: what it fails with is
+/// why this Redis can't be used (for start-up checks).
+pub async fn connect_once(cfg: &RedisConfig) -> Result<RedisConn, RedisError> {
+    if cfg.redis_cluster {
+        return cluster_client(cfg)?.get_async_connection().await.map(RedisConn::Cluster);
+    }
+    let client = redis_client(cfg, &cfg.db_url(0))?;
+    client.get_multiplexed_async_connection().await.map(RedisConn::Direct)
+}
+
+fn reader_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+}
