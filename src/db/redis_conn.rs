@@ -293,10 +293,16 @@ pub fn redis_primary(cfg: &RedisConfig, db: u8) -> Result<RedisReader, RedisErro
 /// why this Redis can't be used (for start-up checks).
 pub async fn connect_once(cfg: &RedisConfig) -> Result<RedisConn, RedisError> {
     if cfg.redis_cluster {
-        return cluster_client(cfg)?.get_async_connection().await.map(RedisConn::Cluster);
+        return cluster_client(cfg)?
+            .get_async_connection()
+            .await
+            .map(RedisConn::Cluster);
     }
     let client = redis_client(cfg, &cfg.db_url(0))?;
-    client.get_multiplexed_async_connection().await.map(RedisConn::Direct)
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .map(RedisConn::Direct)
 }
 
 fn reader_config() -> redis::aio::ConnectionManagerConfig {

@@ -368,6 +368,40 @@ pub async fn redis_conn(config: &Config, db: u8) -> redis::aio::MultiplexedConne
         .expect("Redis reachable")
 }
 
+/// A handle on one logical database of the configured Redis, single or cluster, on its
+/// primary: `.conn().await` for a connection.
+pub fn redis_view(config: &Config, db: u8) -> gamemetrics::db::RedisReader {
+    gamemetrics::db::redis_primary(&config.redis, db).expect("redis url")
+}
+
+/// The keys of the configured Redis (its prefix, its layout).
+pub fn redis_keys(config: &Config) -> gamemetrics::db::redis_keys::RedisKeys {
+    gamemetrics::db::redis_keys::RedisKeys::for_config(&config.redis)
+}
+
+/// The TLS Redis Cluster scripts/services starts (scripts/redis-cluster), or another on `port`.
+pub fn cluster_redis(port: u16) -> gamemetrics::config::RedisConfig {
+    let dir = std::env::var("REDIS_TLS_DIR").unwrap_or_else(|_| "/tmp/gamemetrics-services/redis-tls".into());
+    let token = std::env::var("REDIS_TLS_PASSWORD").unwrap_or_else(|_| "gamemetrics-tls-token".into());
+    gamemetrics::config::RedisConfig {
+        redis_url: format!("rediss://:{token}@localhost:{port}")
+            .parse()
+            .expect("url"),
+        redis_ca_file: Some(std::path::PathBuf::from(dir).join("ca.crt")),
+        redis_cluster: true,
+        redis_key_prefix: format!("test:{}:", uuid::Uuid::new_v4().simple()),
+        ..test_config().redis
+    }
+}
+
+/// The port of the shared test cluster.
+pub fn cluster_port() -> u16 {
+    std::env::var("REDIS_CLUSTER_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(7001)
+}
+
 /// A PostgreSQL connection to the test's schema.
 pub async fn pg_conn(config: &Config) -> diesel_async::AsyncPgConnection {
     use diesel_async::AsyncConnection;

@@ -16,6 +16,7 @@ mod ops;
 mod postgres_tls;
 mod queries;
 mod read_replica;
+mod redis_cluster;
 mod redis_tls;
 mod shutdown;
 mod start_over;

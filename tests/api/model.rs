@@ -209,8 +209,8 @@ pub async fn assert_state(config: &Config, model: &Model) {
     assert_eq!(distinct, expected_events);
 
     // Redis DB 0: every player's hash, field by field.
-    let r0 = redis_conn(config, 0).await;
-    let prefix = &config.redis.redis_key_prefix;
+    let r0 = redis_view(config, 0);
+    let keys = redis_keys(config);
     for (player, (total, breakdown, last)) in &model.stats {
         let mut want: BTreeMap<String, String> = breakdown
             .iter()
@@ -218,12 +218,12 @@ pub async fn assert_state(config: &Config, model: &Model) {
             .collect();
         want.insert("total_events".into(), total.to_string());
         want.insert("last_event".into(), last.clone());
-        let key = format!("{prefix}player_stats:{player}");
+        let key = keys.player_stats(player);
         eventually(Duration::from_secs(30), &format!("Redis {key}"), || {
-            let mut c = r0.clone();
+            let r0 = r0.clone();
             let (key, want) = (key.clone(), want.clone());
             async move {
-                let got: BTreeMap<String, String> = c.hgetall(&key).await.ok()?;
+                let got: BTreeMap<String, String> = r0.conn().await.ok()?.hgetall(&key).await.ok()?;
                 (got == want).then_some(())
             }
         })
@@ -251,15 +251,21 @@ pub async fn assert_state(config: &Config, model: &Model) {
     .await;
 
     // Redis DB 1 and the leaderboards table, board by board.
-    let r1 = redis_conn(config, 1).await;
+    let r1 = redis_view(config, 1);
     for game in model.newest_day.keys() {
         for period in ["daily", "weekly", "alltime"] {
             let want = model.current(game, period);
-            let key = format!("{prefix}leaderboard:{game}:{period}");
+            let key = format!("{}:{period}", keys.board_base(game));
             eventually(Duration::from_secs(30), &format!("Redis {key}"), || {
-                let (mut c, key, want) = (r1.clone(), key.clone(), want.clone());
+                let (r1, key, want) = (r1.clone(), key.clone(), want.clone());
                 async move {
-                    let got: Vec<(String, i64)> = c.zrevrange_withscores(&key, 0, -1).await.ok()?;
+                    let got: Vec<(String, i64)> = r1
+                        .conn()
+                        .await
+                        .ok()?
+                        .zrevrange_withscores(&key, 0, -1)
+                        .await
+                        .ok()?;
                     (got == want).then_some(())
                 }
             })
@@ -292,8 +298,8 @@ pub async fn assert_state(config: &Config, model: &Model) {
         }
         for (day, week) in [("2024-01-14", "2024-W02"), ("2024-01-15", "2024-W03")] {
             for (board, stamp) in [("daily", day), ("weekly", week)] {
-                let key = format!("{prefix}leaderboard:{game}:{board}:{stamp}");
-                let mut c = r1.clone();
+                let key = format!("{}:{board}:{stamp}", keys.board_base(game));
+                let mut c = r1.conn().await.expect("Redis");
                 let got: Vec<(String, i64)> = c.zrevrange_withscores(&key, 0, -1).await.expect("zrevrange");
                 assert_eq!(got, model.ranked(game, &format!("{board}:{stamp}")), "{key}");
                 if !got.is_empty() {
