@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 mod freshness;
 mod profile;
 mod raw;
+mod stores;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -34,7 +35,7 @@ struct Cli {
     config: Config,
 }
 
-/// Whether BENCH_ONLY (a comma-separated list of drain, latency, peers, soak, profile; all when
+/// Whether BENCH_ONLY (a comma-separated list of drain, stores, latency, peers, soak, profile; all when
 /// unset) asks
 /// for this phase.
 fn wants(phase: &str) -> bool {
@@ -685,6 +686,11 @@ async fn main() {
             unclaimed.push((name, rates));
         }
     }
+    let topologies = if wants("stores") {
+        stores::run(&base, &c.kafka.kafka_topic, n).await
+    } else {
+        Vec::new()
+    };
     let mut latencies = Vec::new();
     for &rate in rates.iter().filter(|_| wants("latency")) {
         let lat_cfg = fresh(&base, "latency").await;
@@ -800,6 +806,24 @@ async fn main() {
             alone(Role::Stats.service()) / raw_stats,
             alone(Role::Leaderboard.service()) / raw_scores
         );
+    }
+    if !topologies.is_empty() {
+        println!();
+        println!(
+            "The Redis roles and the pipeline on the production Redis shapes, same events: a single Redis"
+        );
+        println!("with one replica (started for these rows only), and the 6-node Redis Cluster of");
+        println!("`scripts/redis-cluster` (TLS, 3 primaries and 3 replicas, all on these 2 cores). With");
+        println!(
+            "`REDIS_WAIT_REPLICAS=1` a batch counts as applied only once a replica holds it (Redis `WAIT`),"
+        );
+        println!("so a failover can't lose counted events (docs/decisions.md).");
+        println!();
+        println!("| Redis | drained by | `REDIS_WAIT_REPLICAS` | events/s |");
+        println!("|---|---|---:|---:|");
+        for r in &topologies {
+            println!("| {} | {} | {} | {} |", r.redis, r.roles, r.wait, r.rates);
+        }
     }
     println!();
     println!("Freshness, all three roles running, producing in the background at a fixed rate for {secs} s");

@@ -35,6 +35,10 @@ for name in ("kafka-credentials", "db-credentials", "redis-credentials"):
     need(("Secret", name) in by, f"secret {name}")
 cm = by.get(("ConfigMap", "event-consumer-config"))
 need(cm is not None, "configmap event-consumer-config")
+if cm:
+    # The seed's 6-node ElastiCache is a cluster; and a failover must not lose counted events.
+    need(cm["data"].get("REDIS_CLUSTER") == "true", "REDIS_CLUSTER true (6-node ElastiCache)")
+    need(int(cm["data"].get("REDIS_WAIT_REPLICAS", "0")) >= 1, "REDIS_WAIT_REPLICAS at least 1")
 svc = by.get(("Service", "event-ingestion"))
 need(svc is not None and any(p["port"] == 8080 for p in svc["spec"]["ports"]), "service event-ingestion on 8080")
 kafka = by.get(("Kafka", "gamemetrics-kafka"))

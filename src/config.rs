@@ -255,7 +255,8 @@ pub struct RedisConfig {
 
     /// A replica the read API reads stats and boards from (ElastiCache's reader endpoint), so
     /// reads don't queue behind the consumers' scripts on the primary; unset: REDIS_URL.
-    /// Replication is asynchronous: a read may miss the last milliseconds of writes.
+    /// Replication is asynchronous: a read may miss the last milliseconds of writes. Single
+    /// Redis only: on a cluster the read API reads the primaries.
     #[arg(long, env = "REDIS_READ_URL")]
     pub redis_read_url: Option<SecretUrl>,
 

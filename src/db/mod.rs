@@ -114,6 +114,10 @@ pub fn redis_refused(e: &redis::RedisError) -> bool {
         "WRONGPASS",
         "NOPERM",
         "invalid username-password",
+        // The cluster client's wording of a refused AUTH.
+        "authentication failed",
+        // REDIS_CLUSTER=true on a Redis that isn't one.
+        "cluster support disabled",
     ]
     .iter()
     .any(|m| text.contains(m))

@@ -1,38 +1,17 @@
 //! Every Redis key gamemetrics reads or writes, built in one place. `REDIS_KEY_PREFIX` comes
 //! first in each; the Lua scripts get their keys, or the prefixes and suffixes they complete
-//! keys with, from here.
+//! keys with, from here. The full list, for a single Redis and for a Redis Cluster, is in
+//! docs/redis-keys.md.
 //!
-//! On a single Redis (or a primary with replicas) the seed's names are used as they are:
-//!
-//! | key | DB | holds |
-//! |---|---|---|
-//! | `player_stats:{player}` | 0 | the seed's per-player hash |
-//! | `leaderboard:{game}:{daily\|weekly\|alltime}` | 1 | a current board |
-//! | `leaderboard:{game}:{daily\|weekly}:{stamp}` | 1 | a dated board (`2024-01-15`, `2024-W03`) |
-//! | `leaderboard:{game}:{daily\|weekly}:current` | 1 | the stamp the current board holds |
-//! | `gamemetrics:seen:{generation}:{bucket}` | 0 and 1 | retry claims: a hash from event id (16 bytes) to where it was first seen |
-//! | `gamemetrics:offsets:{service}:{topic}:{partition}:{log}` | 0 or 1 | a partition's applied offset |
-//! | `gamemetrics:log:{service}:{topic}:{partition}` | 0 or 1 | the log last opened |
-//!
-//! On a Redis Cluster ([`Layout::Cluster`]) a script may only touch keys of one slot, so the
-//! seed's placeholders become hash tags, literally: `player_stats:{p1}`,
-//! `leaderboard:{g1}:daily`. A batch is applied one player (stats) or one game (boards) at a
-//! time, each call guarded by that player's or game's own offsets, and retry claims are kept
-//! per player or game. There is one database, so the keys that DB 0 and DB 1 kept apart carry
-//! the role (`stats`, `boards`):
-//!
-//! | key | holds |
-//! |---|---|
-//! | `player_stats:{player}` | the seed's per-player hash |
-//! | `leaderboard:{game}:…` | boards, dated boards and markers, as above |
-//! | `gamemetrics:applied:{role}:{tag}` | a hash: `{service}:{topic}:{partition}:{log}` → the offset applied up to for that player (stats) or game (boards) |
-//! | `gamemetrics:seen:{role}:{tag}:{generation}:{bucket}` | retry claims of that player or game |
-//! | `gamemetrics:offsets:{service:topic:partition}:{log}` | how far the whole partition is applied: where a restart resumes |
-//! | `gamemetrics:log:{service:topic:partition}` | the log last opened |
-//!
-//! An id is its own hash tag, except one starting with `}` or `~` (which would end the tag at
-//! once, or be mistaken for one that did): it gets a `~` in front, `{~}x}`, so every key of it
-//! still shares one slot and no two ids share a key.
+//! On a single Redis the seed's names are used as they are (`player_stats:p1` in DB 0,
+//! `leaderboard:g1:daily` in DB 1). On a Redis Cluster ([`Layout::Cluster`]) a script may only
+//! touch keys of one slot, so the seed's placeholders become hash tags, literally
+//! (`player_stats:{p1}`, `leaderboard:{g1}:daily`); a batch is applied one player (stats) or
+//! one game (boards) at a time, each call guarded by that player's or game's own offset, with
+//! retry claims kept per player or game; keys that DB 0 and DB 1 kept apart carry the store
+//! (`stats`, `boards`) instead. An id is its own hash tag, except one starting with `}` or `~`
+//! (which would end the tag at once, or be mistaken for one that did): it gets a `~` in front,
+//! `{~}x}`, so every key of it still shares one slot and no two ids share a key.
 
 use super::PartitionLog;
 use crate::domain::leaderboard::{Board, Period};

@@ -196,3 +196,42 @@ async fn a_cluster_primary_killed_mid_stream_loses_and_doubles_nothing() {
     drop(p);
     script(&["down", &base.to_string()]);
 }
+
+#[tokio::test]
+async fn a_cluster_taken_for_a_single_redis_a_single_redis_taken_for_a_cluster_and_a_wrong_token_are_refused_at_start(
+) {
+    let mut single_on_cluster = cluster_redis(cluster_port());
+    single_on_cluster.redis_cluster = false;
+    let err = gamemetrics::db::check_redis(&single_on_cluster, true)
+        .await
+        .expect_err("a cluster without REDIS_CLUSTER is refused")
+        .to_string();
+    assert!(err.contains("set REDIS_CLUSTER=true"), "{err}");
+
+    let mut cluster_on_single = cluster_redis(cluster_port());
+    cluster_on_single.redis_url = test_config().redis.redis_url;
+    let err = gamemetrics::db::check_redis(&cluster_on_single, true)
+        .await
+        .expect_err("REDIS_CLUSTER on a single Redis is refused")
+        .to_string();
+    assert!(err.contains("cluster support disabled"), "{err}");
+
+    let mut wrong_token = cluster_redis(cluster_port());
+    wrong_token.redis_url = format!("rediss://:not-the-token@localhost:{}", cluster_port())
+        .parse()
+        .expect("url");
+    let err = gamemetrics::db::check_redis(&wrong_token, true)
+        .await
+        .expect_err("a wrong token is refused")
+        .to_string();
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(!err.contains("not-the-token"), "the token is not echoed: {err}");
+
+    let mut braced = cluster_redis(cluster_port());
+    braced.redis_key_prefix = "tenant{1}:".into();
+    let err = gamemetrics::db::check_redis(&braced, true)
+        .await
+        .expect_err("a prefix with a brace is refused on a cluster")
+        .to_string();
+    assert!(err.contains("brace"), "{err}");
+}
