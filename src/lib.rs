@@ -47,5 +47,6 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod rate_limit;
+pub mod replay;
 pub mod schema;
 pub mod telemetry;

@@ -42,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Inspect and replay dead letters (the `dlq` table).
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Everything in one process, for a demo: migrations, topic, HTTP and all three consumer
     /// roles. Without KAFKA_BROKERS it starts an embedded, in-memory Kafka broker.
     Dev,
@@ -64,6 +69,43 @@ enum KeysAction {
     Revoke {
         /// The key id.
         key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Dead letters, oldest first, one JSON object per line.
+    List {
+        /// Only those this consumer wrote (event-logger, leaderboard-manager).
+        #[arg(long)]
+        service: Option<String>,
+        /// Only those written at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// One dead letter: what failed, where on the topic, why, and its replays.
+    Show {
+        /// The dead letter's id.
+        id: i32,
+    },
+    /// Produce dead letters to the topic again, as their rows now stand, for the consumers
+    /// that didn't apply them; one JSON line per dead letter says what happened.
+    Replay {
+        /// These dead letters (or select them with --service / --since).
+        ids: Vec<i32>,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Say what would be replayed; produce nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replay rows already replayed once more (a retry claim still keeps the event from
+        /// counting twice within DEDUP_WINDOW_SECS).
+        #[arg(long)]
+        again: bool,
     },
 }
 
@@ -102,6 +144,7 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Migrate => migrate(&config).await,
         Command::Keys { action } => keys(&config, action).await,
+        Command::Dlq { action } => dead_letters(&config, action).await,
         Command::Dev => {
             // A local demo accepts events without a key unless told otherwise.
             config.http.auth_required.get_or_insert(false);
@@ -231,6 +274,75 @@ async fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
             let revoked = auth::revoke_key(&pg, &key_id).await.context("revoking the key")?;
             anyhow::ensure!(revoked, "no live key with id {key_id}");
             eprintln!("revoked {key_id}");
+        }
+    }
+    Ok(())
+}
+
+async fn dead_letters(config: &Config, action: DlqAction) -> anyhow::Result<()> {
+    use gamemetrics::db::dlq::{self, DlqFilter};
+    match action {
+        DlqAction::List {
+            service,
+            since,
+            limit,
+        } => {
+            let mut conn = db::connect(&config.database).await?;
+            let filter = DlqFilter {
+                service,
+                since,
+                limit,
+                ..DlqFilter::default()
+            };
+            for row in dlq::list(&mut conn, &filter)
+                .await
+                .context("listing dead letters")?
+            {
+                println!("{}", serde_json::to_string(&row)?);
+            }
+        }
+        DlqAction::Show { id } => {
+            let mut conn = db::connect(&config.database).await?;
+            let filter = DlqFilter {
+                ids: vec![id],
+                limit: 1,
+                ..DlqFilter::default()
+            };
+            let row = dlq::list(&mut conn, &filter)
+                .await
+                .context("reading the dead letter")?;
+            let row = row.first().with_context(|| format!("no dead letter {id}"))?;
+            println!("{}", serde_json::to_string_pretty(row)?);
+        }
+        DlqAction::Replay {
+            ids,
+            service,
+            since,
+            dry_run,
+            again,
+        } => {
+            anyhow::ensure!(
+                !ids.is_empty() || service.is_some() || since.is_some(),
+                "name dead letters to replay: ids, --service or --since"
+            );
+            let filter = DlqFilter {
+                ids,
+                service,
+                since,
+                limit: i64::MAX,
+            };
+            let replays = gamemetrics::replay::replay(config, &filter, dry_run, again).await?;
+            for r in &replays {
+                println!("{}", serde_json::to_string(r)?);
+            }
+            let refused = replays
+                .iter()
+                .filter(|r| matches!(r.outcome, gamemetrics::replay::Outcome::Refused { .. }))
+                .count();
+            anyhow::ensure!(
+                refused == 0,
+                "{refused} dead letter(s) refused; their rows are unchanged"
+            );
         }
     }
     Ok(())

@@ -42,6 +42,8 @@ diesel::table! {
         kafka_offset -> Nullable<Int8>,
         #[max_length = 32]
         kafka_topic_id -> Varchar,
+        replayed_at -> Nullable<Timestamptz>,
+        replay_count -> Int4,
     }
 }
 

@@ -23,7 +23,7 @@ const EVENTS: LaneOps<Logger, Record, usize> = LaneOps {
     applied: |applied, _| *applied,
     ingested_at: Some(|r| match &r.payload {
         Payload::Event(e) => Some(e.ingested_at),
-        Payload::Poison { .. } => None,
+        Payload::Poison { .. } | Payload::NotForUs => None,
     }),
     lane: |act| &mut act.lane,
     write: |act, records| {

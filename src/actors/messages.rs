@@ -35,7 +35,12 @@ impl Position {
 #[derive(Debug, Clone)]
 pub enum Payload {
     Event(GameEvent),
-    Poison { original: Value, reason: String },
+    Poison {
+        original: Value,
+        reason: String,
+    },
+    /// A replayed dead letter for other consumers: it only moves the offset.
+    NotForUs,
 }
 
 /// A parsed record and its offset.

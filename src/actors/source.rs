@@ -97,6 +97,8 @@ pub type RoleConsumer = StreamConsumer<SourceContext>;
 pub struct Incoming {
     pub offset: i64,
     pub payload: Option<Vec<u8>>,
+    /// A replayed dead letter meant for other consumers ([`crate::kafka::REPLAY_FOR_HEADER`]).
+    pub not_for_us: bool,
 }
 
 /// Stop this partition's actors (it was revoked).
@@ -307,7 +309,11 @@ impl PartitionSource {
             self.store_offset(msg.offset);
         }
         self.dispatched_next = msg.offset + 1;
-        let payload = parse(msg.payload.as_deref());
+        let payload = if msg.not_for_us {
+            Payload::NotForUs
+        } else {
+            parse(msg.payload.as_deref())
+        };
         role.consumed.do_send(Consumed {
             record: Record {
                 offset: msg.offset,
@@ -551,6 +557,19 @@ impl Handler<StopPartition> for PartitionSource {
     }
 }
 
+/// Whether a record is a replayed dead letter addressed to other consumers than `service`.
+fn replayed_for_others(m: &rdkafka::message::BorrowedMessage<'_>, service: &str) -> bool {
+    use rdkafka::message::{Headers, Message};
+    let Some(headers) = m.headers() else {
+        return false;
+    };
+    headers
+        .iter()
+        .find(|h| h.key == crate::kafka::REPLAY_FOR_HEADER)
+        .and_then(|h| h.value)
+        .is_some_and(|v| !String::from_utf8_lossy(v).split(',').any(|s| s.trim() == service))
+}
+
 /// Parses a record value. Anything that is not a valid event becomes poison with a reason
 /// precise enough to fix the producer; the original is kept (as `{"raw": …}` if not JSON).
 pub fn parse(payload: Option<&[u8]>) -> Payload {
@@ -642,6 +661,7 @@ pub async fn poll_loop(
                     addr.do_send(Incoming {
                         offset: m.offset(),
                         payload: m.payload().map(<[u8]>::to_vec),
+                        not_for_us: replayed_for_others(&m, factory.role.service()),
                     });
                     None
                 }

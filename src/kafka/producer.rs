@@ -90,10 +90,22 @@ impl EventProducer {
 
     /// [`Self::send`] for an event already serialized.
     pub async fn send_wire(&self, event: &WireEvent) -> Result<Delivery, ProduceError> {
+        self.send_for(event, None).await
+    }
+
+    /// Writes a dead letter's event again for the named consumers only (`services`, by their
+    /// service names): the others already applied it, or skipped it for good reason. See
+    /// [`REPLAY_FOR_HEADER`].
+    pub async fn replay(&self, event: &GameEvent, services: &[&str]) -> Result<Delivery, ProduceError> {
+        self.send_for(&WireEvent::from(event), Some(&services.join(",")))
+            .await
+    }
+
+    async fn send_for(&self, event: &WireEvent, replay_for: Option<&str>) -> Result<Delivery, ProduceError> {
         let span = tracing::info_span!("produce", event_id = %event.event_id, topic = %self.topic);
         async {
             let started = Instant::now();
-            let result = self.send_inner(event).await;
+            let result = self.send_inner(event, replay_for).await;
             self.metrics
                 .produce_latency
                 .observe(started.elapsed().as_secs_f64());
@@ -110,9 +122,13 @@ impl EventProducer {
         .await
     }
 
-    async fn send_inner(&self, event: &WireEvent) -> Result<Delivery, ProduceError> {
+    async fn send_inner(
+        &self,
+        event: &WireEvent,
+        replay_for: Option<&str>,
+    ) -> Result<Delivery, ProduceError> {
         let event_id = event.event_id.to_string();
-        let headers = OwnedHeaders::new_with_capacity(2)
+        let mut headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header {
                 key: "event_type",
                 value: Some(event.event_type.as_str()),
@@ -121,6 +137,12 @@ impl EventProducer {
                 key: "event_id",
                 value: Some(event_id.as_str()),
             });
+        if let Some(services) = replay_for {
+            headers = headers.insert(Header {
+                key: REPLAY_FOR_HEADER,
+                value: Some(services),
+            });
+        }
         let record = FutureRecord::to(&self.topic)
             .key(event.player_id.as_str())
             .payload(&event.payload)
@@ -177,6 +199,10 @@ fn classify(err: KafkaError, timeout: Duration) -> ProduceError {
         _ => ProduceError::Kafka(err),
     }
 }
+
+/// A record header naming, comma-separated, the only consumers (by service name) that apply
+/// the record: a replayed dead letter, which the other consumers applied the first time.
+pub const REPLAY_FOR_HEADER: &str = "gamemetrics-replay-for";
 
 /// An event as written to Kafka: its message value and what the key and headers need. A batch
 /// keeps its events in this form, a few hundred bytes each, rather than as parsed JSON trees,

@@ -7,6 +7,7 @@ mod backlog;
 mod consumers;
 mod contract;
 mod crash;
+mod dlq;
 mod helpers;
 mod hostile;
 mod ingest;

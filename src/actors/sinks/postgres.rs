@@ -108,6 +108,7 @@ impl Handler<WriteEvents> for PgSink {
                             original: original.clone(),
                             reason: reason.clone(),
                         }),
+                        Payload::NotForUs => {}
                     }
                 }
                 events.insert(conn).await?;

@@ -1,0 +1,2 @@
+ALTER TABLE dlq DROP COLUMN replay_count;
+ALTER TABLE dlq DROP COLUMN replayed_at;
