@@ -46,3 +46,13 @@ ensure_schemathesis() {
     "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
   fi
 }
+
+# Prometheus and promtool (Debian's package), for scripts/check-monitoring and the monitoring
+# test; Debian's package only installs them here (no systemd to start its service).
+ensure_prometheus() {
+  command -v promtool >/dev/null && command -v prometheus >/dev/null && return
+  echo "installing prometheus (Debian package)" >&2
+  [ -f /tmp/.gamemetrics-apt-updated ] || { apt-get update -qq >/dev/null && touch /tmp/.gamemetrics-apt-updated; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+}
+

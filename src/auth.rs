@@ -1,4 +1,5 @@
-//! Per-game API keys for ingestion.
+//! API keys: per-game keys (write and read one game) and admin keys (read every game and
+//! administer; write no events).
 //!
 //! A key reads `gmk_<key_id>_<secret>`. The `key_id` finds the row; only SHA-256 of the secret
 //! is stored and it is compared in constant time. The key itself is printed once, by
@@ -28,17 +29,50 @@ pub enum AuthError {
     Throttled(Duration),
 }
 
-/// A key that authenticated: which game it may write, and its own rate limiter.
+/// What a key may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyScope {
+    /// Write and read this game's events.
+    Game(String),
+    /// Read every game and administer; no writes of events.
+    Admin,
+}
+
+impl KeyScope {
+    /// The one game this key is for; `None` for an admin key.
+    pub fn game(&self) -> Option<&str> {
+        match self {
+            KeyScope::Game(g) => Some(g),
+            KeyScope::Admin => None,
+        }
+    }
+
+    /// Whether the key may read `game`'s data.
+    pub fn may_read(&self, game: &str) -> bool {
+        self.game().is_none_or(|g| g == game)
+    }
+
+    /// Why the key may not write an event of `game`, if it may not.
+    pub fn write_refusal(&self, game: &str) -> Option<String> {
+        match self {
+            KeyScope::Game(g) if g == game => None,
+            KeyScope::Game(_) => Some(format!("this API key may not write events of game {game}")),
+            KeyScope::Admin => Some("an admin key writes no events: use the game's own key".into()),
+        }
+    }
+}
+
+/// A key that authenticated: what it may do, and its own rate limiter.
 #[derive(Clone)]
 pub struct Authenticated {
     pub key_id: String,
-    pub game_id: String,
+    pub scope: KeyScope,
     pub limiter: Option<Arc<RateLimiter>>,
 }
 
 #[derive(Clone)]
 struct CachedKey {
-    game_id: String,
+    scope: KeyScope,
     secret_sha256: String,
     revoked: bool,
     limiter: Option<Arc<RateLimiter>>,
@@ -156,7 +190,7 @@ impl KeyStore {
         }
         Ok(Authenticated {
             key_id: key_id.to_owned(),
-            game_id: key.game_id,
+            scope: key.scope,
             limiter: key.limiter,
         })
     }
@@ -165,7 +199,11 @@ impl KeyStore {
         let mut conn = self.pg.get().await.map_err(store_err)?;
         let row = db::api_keys::find(&mut conn, key_id).await.map_err(store_err)?;
         Ok(row.map(|r| CachedKey {
-            game_id: r.game_id,
+            scope: match (r.is_admin, r.game_id) {
+                (false, Some(game)) => KeyScope::Game(game),
+                // The table's CHECK allows no other row; a key for no game can't write any.
+                _ => KeyScope::Admin,
+            },
             secret_sha256: r.secret_sha256,
             revoked: r.revoked_at.is_some(),
             limiter: r
@@ -200,10 +238,11 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Creates a key for `game_id`; answers the full key, the only time it exists in clear.
+/// Creates a key for `game_id` (`None`: an admin key); answers the full key, the only time it
+/// exists in clear.
 pub async fn create_key(
     pg: &PgPool,
-    game_id: &str,
+    game_id: Option<&str>,
     rate_limit_rps: Option<u32>,
 ) -> Result<String, AuthError> {
     let key_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
@@ -227,15 +266,16 @@ pub async fn revoke_key(pg: &PgPool, key_id: &str) -> Result<bool, AuthError> {
     db::api_keys::revoke(&mut conn, key_id).await.map_err(store_err)
 }
 
-/// Lists keys (never secrets): id, game, rate limit, created, revoked.
+/// Lists keys (never secrets): id, game (or admin), rate limit, created, revoked.
 pub async fn list_keys(pg: &PgPool) -> Result<Vec<serde_json::Value>, AuthError> {
     let mut conn = pg.get().await.map_err(store_err)?;
     let rows = db::api_keys::all(&mut conn).await.map_err(store_err)?;
     Ok(rows
         .into_iter()
         .map(|r| {
-            serde_json::json!({"key_id": r.key_id, "game_id": r.game_id, "rate_limit_rps": r.rate_limit_rps,
-                               "created_at": r.created_at, "revoked_at": r.revoked_at})
+            serde_json::json!({"key_id": r.key_id, "game_id": r.game_id, "admin": r.is_admin,
+                               "rate_limit_rps": r.rate_limit_rps, "created_at": r.created_at,
+                               "revoked_at": r.revoked_at})
         })
         .collect())
 }

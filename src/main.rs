@@ -54,11 +54,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KeysAction {
-    /// Create a key for one game and print it (the only time it is shown).
+    /// Create a key for one game, or an admin key, and print it (the only time it is shown).
     Create {
-        /// The game whose events the key may write.
+        /// The game whose events the key may write and read.
+        #[arg(long, required_unless_present = "admin", conflicts_with = "admin")]
+        game: Option<String>,
+        /// A key for no game: reads every game and administers, writes no events.
         #[arg(long)]
-        game: String,
+        admin: bool,
         /// This key's own requests/s limit, on top of the instance limit.
         #[arg(long)]
         rps: Option<u32>,
@@ -255,15 +258,17 @@ async fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
     use gamemetrics::auth;
     let pg = db::pg_pool(&config.database);
     match action {
-        KeysAction::Create { game, rps } => {
-            let game = gamemetrics::domain::GameId::parse(game).context("--game")?;
-            let key = auth::create_key(&pg, game.as_str(), rps)
+        KeysAction::Create { game, admin: _, rps } => {
+            let game = game
+                .map(gamemetrics::domain::GameId::parse)
+                .transpose()
+                .context("--game")?;
+            let key = auth::create_key(&pg, game.as_ref().map(|g| g.as_str()), rps)
                 .await
                 .context("creating the key")?;
             println!("{key}");
-            eprintln!(
-                "API key for game {game}: shown once, store it now. Use it as `Authorization: Bearer <key>`."
-            );
+            let what = game.map_or("An admin API key".to_owned(), |g| format!("API key for game {g}"));
+            eprintln!("{what}: shown once, store it now. Use it as `Authorization: Bearer <key>`.");
         }
         KeysAction::List => {
             for k in auth::list_keys(&pg).await.context("listing keys")? {

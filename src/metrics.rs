@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The process's metrics and the registry that serves them.
@@ -52,6 +52,10 @@ pub struct Metrics {
     /// 1 while a partition is not consumed because it can't be told which log its offsets
     /// belong to, by service and partition (the reason is in `/readyz` and the logs).
     pub consumer_blocked: IntGaugeVec,
+    /// Store writes that failed (and will be retried), by consumer service and sink.
+    pub consumer_write_failures: IntCounterVec,
+    /// Problems keeping this process from being ready (what `/readyz` lists), at scrape time.
+    pub health_problems: IntGauge,
     /// What keeps this process from being ready, by component.
     pub health: Health,
 }
@@ -132,6 +136,17 @@ impl Metrics {
             &["service", "sink"],
         )?;
         let consumer_dlq = by_service("consumer_dlq_total", "Records sent to the DLQ", &["service"])?;
+        let consumer_write_failures = by_service(
+            "consumer_write_failures_total",
+            "Store writes that failed and will be retried",
+            &["service", "sink"],
+        )?;
+        registry.register(Box::new(consumer_write_failures.clone()))?;
+        let health_problems = IntGauge::new(
+            "health_problems",
+            "Problems keeping this process from being ready (see /readyz)",
+        )?;
+        registry.register(Box::new(health_problems.clone()))?;
         let consumer_flush_latency = HistogramVec::new(
             HistogramOpts::new("consumer_flush_duration_seconds", "Sink write latency")
                 .buckets(exponential_buckets(0.0001, 2.0, 16)?),
@@ -192,12 +207,16 @@ impl Metrics {
             consumer_in_flight,
             consumer_lag,
             consumer_blocked,
+            consumer_write_failures,
+            health_problems,
             health: Health::default(),
         })
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.health_problems
+            .set(i64::try_from(self.health.problems().len()).unwrap_or(i64::MAX));
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::warn!(error = %e, "encoding metrics failed");

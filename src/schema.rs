@@ -5,12 +5,13 @@ diesel::table! {
         #[max_length = 16]
         key_id -> Varchar,
         #[max_length = 100]
-        game_id -> Varchar,
+        game_id -> Nullable<Varchar>,
         #[max_length = 64]
         secret_sha256 -> Varchar,
         rate_limit_rps -> Nullable<Int4>,
         created_at -> Timestamptz,
         revoked_at -> Nullable<Timestamptz>,
+        is_admin -> Bool,
     }
 }
 

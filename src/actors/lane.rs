@@ -341,6 +341,12 @@ pub fn send_taken<A: RoleActor, T: Clone + 'static, R: 'static>(
         }
         Err(e) => {
             let (max, partition) = (act.core().settings.retry_max, act.core().position.partition);
+            act.core()
+                .settings
+                .metrics
+                .consumer_write_failures
+                .with_label_values(&[act.core().position.service, ops.sink])
+                .inc();
             let lane = (ops.lane)(act);
             let wait = if e.is_timeout() {
                 lane.timed_out(max)

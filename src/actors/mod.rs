@@ -78,6 +78,14 @@ impl Role {
             Role::Leaderboard => "leaderboard-manager",
         }
     }
+
+    /// The stores this role's lanes write to (the `sink` label of its metrics).
+    pub fn sinks(self) -> &'static [&'static str] {
+        match self {
+            Role::Logger => &["postgres"],
+            Role::Stats | Role::Leaderboard => &["redis", "postgres"],
+        }
+    }
 }
 
 /// What every role actor needs besides its sinks.
@@ -290,6 +298,13 @@ pub struct RoleConsumerHandle {
 impl RoleConsumerHandle {
     /// Subscribes to the topic in the role's group and starts polling on an arbiter of its own.
     pub fn start(config: &Config, role: Role, metrics: Metrics) -> Result<Self, ConsumerError> {
+        // Counters exported from 0, so the first failure or dead letter shows as an increase.
+        metrics.consumer_dlq.with_label_values(&[role.service()]);
+        for sink in role.sinks() {
+            metrics
+                .consumer_write_failures
+                .with_label_values(&[role.service(), sink]);
+        }
         let mut cc = crate::kafka::client_config(&config.kafka)?;
         let group = format!("{}{}", config.consumer.consumer_group_prefix, role.group_id());
         cc.set("group.id", &group)

@@ -1,4 +1,5 @@
-//! `api_keys`: per-game ingestion keys, by their public id; only a SHA-256 of the secret is kept.
+//! `api_keys`: per-game keys and admin keys, by their public id; only a SHA-256 of the secret
+//! is kept.
 
 use crate::schema::api_keys;
 use chrono::{DateTime, Utc};
@@ -10,11 +11,13 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 #[diesel(table_name = api_keys)]
 pub struct KeyRow {
     pub key_id: String,
-    pub game_id: String,
+    /// The game a per-game key writes and reads; `None` for an admin key.
+    pub game_id: Option<String>,
     pub secret_sha256: String,
     pub rate_limit_rps: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    pub is_admin: bool,
 }
 
 /// The key with this id, if any.
@@ -27,11 +30,11 @@ pub async fn find(conn: &mut AsyncPgConnection, id: &str) -> QueryResult<Option<
         .optional()
 }
 
-/// Stores a new key.
+/// Stores a new key: for one game, or (`game` `None`) an admin key.
 pub async fn insert(
     conn: &mut AsyncPgConnection,
     id: &str,
-    game: &str,
+    game: Option<&str>,
     secret_sha256: &str,
     rate_limit_rps: Option<i32>,
 ) -> QueryResult<()> {
@@ -39,6 +42,7 @@ pub async fn insert(
         .values((
             api_keys::key_id.eq(id),
             api_keys::game_id.eq(game),
+            api_keys::is_admin.eq(game.is_none()),
             api_keys::secret_sha256.eq(secret_sha256),
             api_keys::rate_limit_rps.eq(rate_limit_rps),
         ))

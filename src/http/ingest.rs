@@ -142,16 +142,13 @@ pub async fn ingest_event(
     let event = IngestRequest::parse(&body, &state.limits, chrono::Utc::now())?;
     tracing::Span::current().record("event_id", tracing::field::display(event.event_id));
     if let Some(key) = &key {
-        if key.game_id != event.game_id.as_str() {
+        if let Some(refusal) = key.scope.write_refusal(event.game_id.as_str()) {
             state
                 .metrics
                 .auth_failures
                 .with_label_values(&["wrong_game"])
                 .inc();
-            return Err(ApiError::Forbidden(format!(
-                "this API key may not write events of game {}",
-                event.game_id
-            )));
+            return Err(ApiError::Forbidden(refusal));
         }
     }
 
@@ -305,14 +302,17 @@ pub async fn ingest_batch(
                 ));
             }
             let event = IngestRequest::parse(raw.get().as_bytes(), &state.limits, now)?;
-            match &key {
-                Some(k) if k.game_id != event.game_id.as_str() => Err(crate::domain::ValidationError {
+            match key
+                .as_ref()
+                .and_then(|k| k.scope.write_refusal(event.game_id.as_str()))
+            {
+                Some(message) => Err(crate::domain::ValidationError {
                     field: Some("game_id".into()),
                     code: "forbidden_game",
-                    message: format!("this API key may not write events of game {}", event.game_id),
+                    message,
                 }),
                 // Kept serialized: the parsed tree is dropped here, item by item.
-                _ => Ok(crate::kafka::WireEvent::from(&event)),
+                None => Ok(crate::kafka::WireEvent::from(&event)),
             }
         })
         .collect();

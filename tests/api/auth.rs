@@ -29,9 +29,9 @@ async fn ingestion_requires_a_key_for_the_events_game() {
     let mut config = test_config();
     isolated_database(&mut config).await;
     let pg = gamemetrics::db::pg_pool(&config.database);
-    let key = auth::create_key(&pg, "game-a", None).await.unwrap();
-    let limited = auth::create_key(&pg, "game-a", Some(1)).await.unwrap();
-    let revoked = auth::create_key(&pg, "game-a", None).await.unwrap();
+    let key = auth::create_key(&pg, Some("game-a"), None).await.unwrap();
+    let limited = auth::create_key(&pg, Some("game-a"), Some(1)).await.unwrap();
+    let revoked = auth::create_key(&pg, Some("game-a"), None).await.unwrap();
     let revoked_id = revoked.split('_').nth(1).unwrap().to_owned();
     assert!(auth::revoke_key(&pg, &revoked_id).await.unwrap());
     let app = spawn_app_with(|c| {
@@ -94,7 +94,7 @@ async fn keyed_reads_see_only_the_keys_game() {
     let mut config = test_config();
     isolated_database(&mut config).await;
     let pg = gamemetrics::db::pg_pool(&config.database);
-    let key = auth::create_key(&pg, "game-a", None).await.unwrap();
+    let key = auth::create_key(&pg, Some("game-a"), None).await.unwrap();
     let (mine, theirs) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     diesel::sql_query(format!(
         "INSERT INTO events (event_id, event_type, player_id, game_id, event_timestamp, ingested_at) VALUES \
@@ -214,4 +214,83 @@ async fn an_unknown_key_id_costs_one_lookup_per_cache_period() {
         store.authenticate(Some("Bearer gmk_otherkey_abc")).await,
         Err(auth::AuthError::Store(_))
     ));
+}
+
+#[tokio::test]
+async fn an_admin_key_reads_every_game_and_writes_no_events() {
+    use diesel_async::RunQueryDsl;
+    let mut config = test_config();
+    isolated_database(&mut config).await;
+    let pg = gamemetrics::db::pg_pool(&config.database);
+    let admin = auth::create_key(&pg, None, None).await.unwrap();
+    let game_key = auth::create_key(&pg, Some("game-a"), None).await.unwrap();
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    diesel::sql_query(format!(
+        "INSERT INTO events (event_id, event_type, player_id, game_id, event_timestamp, ingested_at) VALUES \
+         ('{a}', 'a', 'p', 'game-a', now(), now()), ('{b}', 'a', 'p', 'game-b', now(), now())"
+    ))
+    .execute(&mut pg_conn(&config).await)
+    .await
+    .unwrap();
+    let app = spawn_app_with(|c| {
+        *c = config.clone();
+        c.http.query_auth_required = true;
+        c.http.auth_required = Some(true);
+    })
+    .await;
+
+    for game in ["game-a", "game-b"] {
+        let path = format!("/games/{game}/leaderboard");
+        assert_eq!(get_with(&app, Some(&admin), &path).await.status(), 200, "{path}");
+    }
+    for id in [a, b] {
+        let res = get_with(&app, Some(&admin), &format!("/events/{id}")).await;
+        assert_eq!(res.status(), 200, "the admin key reads {id}");
+    }
+    let page: Value = get_with(&app, Some(&admin), "/player/p/events")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+
+    // It writes no events, single or batched; the game's key still does.
+    let ev = json!({"event_type":"a","player_id":"p","game_id":"game-a"});
+    let res = send_with(
+        app.client
+            .post(format!("{}/api/v1/events", app.address))
+            .json(&ev),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(res.status(), 403);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("admin key"),
+        "{body}"
+    );
+    let res = send_with(
+        app.client
+            .post(format!("{}/api/v1/events/batch", app.address))
+            .json(&json!([ev])),
+        Some(&admin),
+    )
+    .await;
+    let body: Value = res.json().await.unwrap();
+    assert!(body.to_string().contains("forbidden_game"), "{body}");
+    let res = send_with(
+        app.client
+            .post(format!("{}/api/v1/events", app.address))
+            .json(&ev),
+        Some(&game_key),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+
+    // `keys list` says which is which.
+    let keys = auth::list_keys(&pg).await.unwrap();
+    let admins: Vec<&Value> = keys.iter().filter(|k| k["admin"] == json!(true)).collect();
+    assert_eq!(admins.len(), 1);
+    assert!(admins[0]["game_id"].is_null());
 }

@@ -37,7 +37,7 @@ async fn keyed_app(
     let pg = gamemetrics::db::pg_pool(&config.database);
     let mut keys = Vec::new();
     for (game, rps) in games {
-        keys.push(auth::create_key(&pg, game, *rps).await.expect("key"));
+        keys.push(auth::create_key(&pg, Some(game), *rps).await.expect("key"));
     }
     let app = spawn_app_with(|c| {
         *c = config.clone();

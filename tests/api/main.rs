@@ -13,6 +13,7 @@ mod hostile;
 mod ingest;
 mod migrations;
 mod model;
+mod monitoring;
 mod ops;
 mod postgres_tls;
 mod proxy;

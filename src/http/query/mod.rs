@@ -68,19 +68,19 @@ fn bounded(name: &str, value: Option<u32>, default: u32, min: u32, max: u32) -> 
 pub struct ReadKey(Option<Authenticated>);
 
 impl ReadKey {
-    /// 403 unless reads are open or the key belongs to `game`.
+    /// 403 unless reads are open, the key belongs to `game`, or it is an admin key.
     pub(crate) fn may_read(&self, game: &GameId) -> Result<(), ApiError> {
         match &self.0 {
-            Some(k) if k.game_id != game.as_str() => Err(ApiError::Forbidden(format!(
+            Some(k) if !k.scope.may_read(game.as_str()) => Err(ApiError::Forbidden(format!(
                 "this API key may not read game {game}"
             ))),
             _ => Ok(()),
         }
     }
 
-    /// The one game a keyed caller may see; `None` when reads are open.
+    /// The one game a keyed caller may see; `None` when reads are open or the key is an admin's.
     pub(crate) fn game(&self) -> Option<&str> {
-        self.0.as_ref().map(|k| k.game_id.as_str())
+        self.0.as_ref().and_then(|k| k.scope.game())
     }
 }
 
