@@ -87,16 +87,31 @@ impl RedisKeys {
 
     /// An id as it appears in its keys: itself on a single Redis, a hash tag on a cluster.
     fn id(&self, id: &str) -> String {
-        match self.layout {
-            Layout::Single => id.to_owned(),
-            Layout::Cluster if id.starts_with(['}', '~']) => format!("{{~{id}}}"),
-            Layout::Cluster => format!("{{{id}}}"),
-        }
+        let (open, close) = self.tag_marks(id);
+        format!("{open}{id}{close}")
     }
 
     /// `player_stats:{player}`.
     pub fn player_stats(&self, player: &str) -> String {
-        format!("{}player_stats:{}", self.prefix, self.id(player))
+        let (before, after) = self.player_stats_affixes(player);
+        format!("{before}{player}{after}")
+    }
+
+    /// What comes before and after `player` in its stats key (for the stats script, which
+    /// completes the keys of a call's players from these).
+    pub fn player_stats_affixes(&self, player: &str) -> (String, &'static str) {
+        let (open, close) = self.tag_marks(player);
+        (format!("{}player_stats:{open}", self.prefix), close)
+    }
+
+    /// What surrounds an id in its keys: nothing on a single Redis; braces on a cluster, with
+    /// a `~` first for an id that starts with `}` or `~`.
+    fn tag_marks(&self, id: &str) -> (&'static str, &'static str) {
+        match self.layout {
+            Layout::Single => ("", ""),
+            Layout::Cluster if id.starts_with(['}', '~']) => ("{~", "}"),
+            Layout::Cluster => ("{", "}"),
+        }
     }
 
     /// `leaderboard:{game}`: what a board's suffix completes (for the scores script).

@@ -46,16 +46,41 @@ struct WaitForReplicas {
 /// DEDUP_BUCKETS' default, for sinks built without a configuration (tests).
 const DEFAULT_CLAIM_BUCKETS: u32 = 1 << 19;
 
-/// One script call: the key it is routed by and guarded with, and its arguments.
+/// One script call, `EVALSHA` with the key it is routed by and guarded with, its arguments
+/// written straight into the command (a batch's are megabytes; no copy in between).
 struct Call {
-    key: String,
-    args: Vec<Vec<u8>>,
+    cmd: redis::Cmd,
+    /// Arguments pushed so far.
+    args: usize,
 }
 
 impl Call {
+    fn new(script: &Script, key: &str) -> Self {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(1).arg(key);
+        Call { cmd, args: 0 }
+    }
+
     fn push(&mut self, arg: impl ToRedisArgs) -> &mut Self {
-        arg.write_redis_args(&mut self.args);
+        self.cmd.arg(arg);
+        self.args += 1;
         self
+    }
+
+    /// Runs the call; a Redis that doesn't know the script yet (restarted, failed over, a new
+    /// node) is given it and asked again.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        conn: &mut RedisConn,
+    ) -> redis::RedisResult<T> {
+        match self.cmd.query_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                script.load_async(conn).await?;
+                self.cmd.query_async(conn).await
+            }
+            answer => answer,
+        }
     }
 }
 
@@ -138,7 +163,7 @@ impl RedisSink {
     /// hashes expire, the bucket count; then the guard's field. A generation is
     /// DEDUP_WINDOW_SECS long and its hashes live until the end of the next one, so a claim is
     /// kept for one to two windows.
-    fn call(&self, store: Store, tag: &str, position: &Position) -> Call {
+    fn call(&self, script: &Script, store: Store, tag: &str, position: &Position) -> Call {
         let window = self.dedup_window_secs.max(1);
         let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
         let generation = now / window;
@@ -149,10 +174,7 @@ impl RedisSink {
             (Layout::Cluster, Store::Boards) => (self.claim_buckets / 64).max(1),
         };
         let (key, field) = self.keys.guard(store, tag, position.partition_log());
-        let mut call = Call {
-            key,
-            args: Vec::new(),
-        };
+        let mut call = Call::new(script, &key);
         call.push(self.keys.claims_of(store, tag, generation))
             .push(claim_tag(position))
             .push(self.keys.claims_of(store, tag, generation.saturating_sub(1)))
@@ -187,11 +209,7 @@ impl RedisSink {
                 let (pool, script) = (pool.clone(), script.clone());
                 async move {
                     let mut conn = pool.get().await.map_err(redis_err)?;
-                    let mut invocation = script.key(&call.key);
-                    for a in &call.args {
-                        invocation.arg(a.as_slice());
-                    }
-                    let answer = invocation.invoke_async::<T>(&mut conn).await.map_err(redis_err)?;
+                    let answer = call.invoke::<T>(&script, &mut conn).await.map_err(redis_err)?;
                     Ok::<_, SinkError>((answer, conn))
                 }
             }))
@@ -253,11 +271,15 @@ impl Handler<ApplyStats> for RedisSink {
             .groups(&msg.deltas, |d| d.player_id.as_str())
             .into_iter()
             .map(|(player, deltas)| {
-                let mut call = self.call(Store::Stats, player, &msg.position);
+                let mut call = self.call(&self.stats_script, Store::Stats, player, &msg.position);
+                // What each delta's player completes into its key: the same for the whole call
+                // (on a cluster a call is one player's).
+                let (before, after) = self.keys.player_stats_affixes(player);
+                call.push(before).push(after);
                 for d in deltas {
                     call.push(d.offset)
                         .push(self.claim_field(d.event_id))
-                        .push(self.keys.player_stats(&d.player_id))
+                        .push(&d.player_id)
                         .push(&d.event_type)
                         .push(&d.timestamp);
                 }
@@ -291,7 +313,7 @@ impl Handler<ApplyScores> for RedisSink {
             .groups(&msg.deltas, |d| d.game_id.as_str())
             .into_iter()
             .map(|(game, deltas)| {
-                let mut call = self.call(Store::Boards, game, &msg.position);
+                let mut call = self.call(&self.scores_script, Store::Boards, game, &msg.position);
                 call.push(&now.day).push(&now.week);
                 for period in Period::ALL {
                     call.push(RedisKeys::period_suffix(period));
@@ -373,13 +395,13 @@ impl Handler<ClaimFirst> for RedisSink {
             self.groups(&msg.items, |i| i.player_id.as_str())
                 .into_iter()
                 .map(|(player, items)| {
-                    let mut call = self.call(Store::Stats, player, &msg.position);
+                    let mut call = self.call(&self.claim_script, Store::Stats, player, &msg.position);
                     for i in items {
                         call.push(i.offset).push(self.claim_field(i.event_id));
                     }
                     call
                 })
-                .filter(|c| c.args.len() > CLAIM_FIXED_ARGS)
+                .filter(|c| c.args > CLAIM_FIXED_ARGS)
                 .collect()
         };
         let (pool, script) = (self.stats.clone(), self.claim_script.clone());
@@ -529,21 +551,21 @@ if ARGV[6] == '' then redis.call('SET', KEYS[1], nxt) else redis.call('HSET', KE
     };
 }
 
-/// ARGV: the five claim arguments, the guard's field, then per event: offset, claim field,
-/// the player's stats key, event_type, timestamp. Answers {counted, first offset checked, retry offsets...}: the stats
+/// ARGV: the five claim arguments, the guard's field, what comes before and after a player id
+/// in its stats key, then per event: offset, claim field, player_id, event_type, timestamp. Answers {counted, first offset checked, retry offsets...}: the stats
 /// PostgreSQL lane reuses these answers instead of asking again.
 const STATS_LUA: &str = concat!(
     claim_fn!(),
     guard_open!(),
     r#"
 local out = { 0, applied }
-for i = 7, #ARGV, 5 do
+for i = 9, #ARGV, 5 do
   local off = tonumber(ARGV[i])
   if off >= applied then
     if not first(ARGV[i + 1], ARGV[i]) then
       out[#out + 1] = off
     else
-      local key = ARGV[i + 2]
+      local key = ARGV[7] .. ARGV[i + 2] .. ARGV[8]
       redis.call('HINCRBY', key, 'total_events', 1)
       redis.call('HINCRBY', key, 'event_' .. ARGV[i + 3], 1)
       local last = redis.call('HGET', key, 'last_event')
