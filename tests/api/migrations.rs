@@ -30,7 +30,11 @@ async fn migrations_create_the_seed_tables_and_run_twice() {
         .await
         .expect("PostgreSQL reachable");
     let first = run_migrations(&db).await.expect("first run");
-    assert_eq!(first.len(), 6, "every migration applied: {first:?}");
+    let on_disk = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .expect("migrations/")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().join("up.sql").exists()))
+        .count();
+    assert_eq!(first.len(), on_disk, "every migration applied: {first:?}");
     let second = run_migrations(&db).await.expect("second run is a no-op");
     assert!(second.is_empty());
 

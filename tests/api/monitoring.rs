@@ -76,12 +76,12 @@ async fn a_real_prometheus_records_every_rule_from_a_running_gamemetrics() {
     // Once Prometheus has scraped the counters at their start (so an increase shows as one),
     // traffic of every kind the rules read: events, a poison record, a 4xx.
     let client = reqwest::Client::new();
-    let query = |q: &'static str| {
-        let client = client.clone();
+    let query = |q: &str| {
+        let (client, q) = (client.clone(), q.to_owned());
         async move {
             let body: Value = client
                 .get(format!("http://127.0.0.1:{port}/api/v1/query"))
-                .query(&[("query", q)])
+                .query(&[("query", q.as_str())])
                 .send()
                 .await
                 .ok()?
@@ -138,21 +138,9 @@ async fn a_real_prometheus_records_every_rule_from_a_running_gamemetrics() {
         eventually(
             Duration::from_secs(60),
             &format!("Prometheus data for {q}"),
-            || {
-                let (client, q) = (client.clone(), q.clone());
-                async move {
-                    let body: Value = client
-                        .get(format!("http://127.0.0.1:{port}/api/v1/query"))
-                        .query(&[("query", q.as_str())])
-                        .send()
-                        .await
-                        .ok()?
-                        .json()
-                        .await
-                        .ok()?;
-                    let result = body["data"]["result"].as_array()?;
-                    (!result.is_empty()).then_some(())
-                }
+            || async {
+                let body = query(q).await?;
+                (!body["data"]["result"].as_array()?.is_empty()).then_some(())
             },
         )
         .await;

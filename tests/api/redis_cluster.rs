@@ -22,18 +22,23 @@ async fn slot(config: &Config, key: &str) -> i64 {
         .expect("CLUSTER KEYSLOT")
 }
 
+/// Every role on `redis`, each batch waiting for a replica.
+async fn cluster_pipeline(redis: gamemetrics::config::RedisConfig) -> Pipeline {
+    spawn_pipeline(&Role::ALL, |c| {
+        c.consumer.leaderboard_retention_days = 36_500;
+        c.redis = redis;
+        c.redis.redis_wait_replicas = 1;
+    })
+    .await
+}
+
 #[actix_web::test]
 async fn the_pipeline_and_the_read_api_run_on_a_tls_redis_cluster() {
     let redis = cluster_redis(cluster_port());
     gamemetrics::db::check_redis(&redis, true)
         .await
         .expect("the cluster passes the start-up check");
-    let p = spawn_pipeline(&Role::ALL, |c| {
-        c.consumer.leaderboard_retention_days = 36_500;
-        c.redis = redis.clone();
-        c.redis.redis_wait_replicas = 1;
-    })
-    .await;
+    let p = cluster_pipeline(redis).await;
     let (app, config) = (&p.app, p.app.config.clone());
 
     // Client retries too: on a cluster the claims are kept per player and per game.
@@ -146,13 +151,7 @@ async fn a_cluster_primary_killed_mid_stream_loses_and_doubles_nothing() {
     // A cluster of its own: the kill must not disturb the other tests' cluster.
     let base: u16 = 7101;
     script(&["up", &base.to_string()]);
-    let redis = cluster_redis(base);
-    let p = spawn_pipeline(&Role::ALL, |c| {
-        c.consumer.leaderboard_retention_days = 36_500;
-        c.redis = redis.clone();
-        c.redis.redis_wait_replicas = 1;
-    })
-    .await;
+    let p = cluster_pipeline(cluster_redis(base)).await;
     let (app, config) = (&p.app, p.app.config.clone());
     let keys = redis_keys(&config);
 
