@@ -15,8 +15,9 @@
 //!    id, its log) feeding a role actor that batches and flushes through supervised PostgreSQL
 //!    and Redis sinks, with exactly-once effects.
 //! 4. **Storage** ([`db`]): PostgreSQL tables from `migrations/` ([`schema`]) and the queries on
-//!    them; Redis DB 0 for stats and DB 1 for leaderboards, every key built by
-//!    [`db::redis_keys`]. What a board, a period and a score are: [`domain::leaderboard`].
+//!    them; Redis DB 0 for stats and DB 1 for leaderboards (on a Redis Cluster, one database
+//!    and hash-tagged keys), every key built by [`db::redis_keys`] and every connection by
+//!    [`db::redis_conn`]. What a board, a period and a score are: [`domain::leaderboard`].
 //! 5. **Reads** ([`http::query`]): player stats (Redis, falling back to PostgreSQL), leaderboards
 //!    and ranks (Redis), events (PostgreSQL). Ingestion, and optionally reads, can require
 //!    per-game API keys ([`auth`]), and every ingest request spends [`rate_limit`] tokens after
