@@ -11,7 +11,7 @@ use std::time::Duration;
 pub type PgPool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 
 /// Builds the PostgreSQL pool, over TLS as `DATABASE_URL`'s `sslmode` says (see
-/// [`super::connect`]). Connections are opened lazily, so this succeeds while the database is
+/// [`super::connect`](mod@super::connect)). Connections are opened lazily, so this succeeds while the database is
 /// down; sinks retry until it is back. A setting that can't work fails every connection with
 /// its reason, and [`super::check_postgres`] refuses it at start.
 pub fn pg_pool(cfg: &DatabaseConfig) -> PgPool {
