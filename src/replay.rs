@@ -98,15 +98,13 @@ pub async fn replay(
     let mut out = Vec::new();
     for row in dlq::list(&mut conn, filter).await? {
         let id = row.id;
-        let outcome = match (&producer, check(&row, scoring)) {
-            (_, Err(reason)) => Outcome::Refused { reason },
-            (_, Ok(_)) if row.replayed_at.is_some() && !again => Outcome::AlreadyReplayed {
-                at: row.replayed_at.unwrap_or_default(),
-            },
-            (None, Ok(_)) => Outcome::WouldReplay {
+        let outcome = match (check(&row, scoring), row.replayed_at, &producer) {
+            (Err(reason), _, _) => Outcome::Refused { reason },
+            (Ok(_), Some(at), _) if !again => Outcome::AlreadyReplayed { at },
+            (Ok(_), _, None) => Outcome::WouldReplay {
                 services: targets(&row.consumer_service),
             },
-            (Some(producer), Ok(_)) => replay_one(&mut conn, producer, id, scoring, again).await?,
+            (Ok(_), _, Some(producer)) => replay_one(&mut conn, producer, id, scoring, again).await?,
         };
         tracing::info!(dlq_id = id, outcome = ?outcome, "dead letter replay");
         out.push(Replay { id, outcome });

@@ -272,21 +272,22 @@ impl RedisReader {
 
 /// A reader of one Redis logical database for the read API, on REDIS_READ_URL if set.
 pub fn redis_reader(cfg: &RedisConfig, db: u8) -> Result<RedisReader, RedisError> {
-    if cfg.redis_cluster {
-        return RedisReader::of(ReadTarget::Cluster(Box::new(cluster_client(cfg)?)));
-    }
-    RedisReader::of(ReadTarget::Single(Box::new(redis_client(
-        cfg,
-        &cfg.read_db_url(db),
-    )?)))
+    reader_at(cfg, &cfg.read_db_url(db))
 }
 
 /// A reader of one logical database on the primary (REDIS_URL), for tests and tools.
 pub fn redis_primary(cfg: &RedisConfig, db: u8) -> Result<RedisReader, RedisError> {
-    if cfg.redis_cluster {
-        return RedisReader::of(ReadTarget::Cluster(Box::new(cluster_client(cfg)?)));
-    }
-    RedisReader::of(ReadTarget::Single(Box::new(redis_client(cfg, &cfg.db_url(db))?)))
+    reader_at(cfg, &cfg.db_url(db))
+}
+
+/// A reader of `url` on a single Redis; of the cluster REDIS_URL names on a cluster.
+fn reader_at(cfg: &RedisConfig, url: &str) -> Result<RedisReader, RedisError> {
+    let target = if cfg.redis_cluster {
+        ReadTarget::Cluster(Box::new(cluster_client(cfg)?))
+    } else {
+        ReadTarget::Single(Box::new(redis_client(cfg, url)?))
+    };
+    RedisReader::of(target)
 }
 
 /// One connection to DB 0 of REDIS_URL, opened now and not retried: what it fails with is
