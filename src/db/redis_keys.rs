@@ -192,6 +192,16 @@ impl RedisKeys {
 mod tests {
     use super::*;
 
+    /// Log `L` of partition `partition` of topic `t`, as service `s` reads it.
+    fn log(partition: i32) -> PartitionLog<'static> {
+        PartitionLog {
+            service: "s",
+            topic: "t",
+            partition,
+            log: "L",
+        }
+    }
+
     #[test]
     fn keys_are_the_seeds_names_under_the_prefix() {
         let k = RedisKeys::new("t:");
@@ -204,12 +214,7 @@ mod tests {
             k.board("g", &Board::Dated(Period::Daily, "2024-01-15".into())),
             "t:leaderboard:g:daily:2024-01-15"
         );
-        let o = PartitionLog {
-            service: "s",
-            topic: "t",
-            partition: 2,
-            log: "L",
-        };
+        let o = log(2);
         assert_eq!(k.offsets(o), "t:gamemetrics:offsets:s:t:2:L");
         assert_eq!(k.guard(Store::Stats, "p1", o), (k.offsets(o), String::new()));
     }
@@ -222,12 +227,7 @@ mod tests {
             k.board("g", &Board::Dated(Period::Daily, "2024-01-15".into())),
             "t:leaderboard:{g}:daily:2024-01-15"
         );
-        let o = PartitionLog {
-            service: "s",
-            topic: "t",
-            partition: 2,
-            log: "L",
-        };
+        let o = log(2);
         assert_eq!(k.offsets(o), "t:gamemetrics:offsets:{s:t:2}:L");
         assert_eq!(k.last_log(o), "t:gamemetrics:log:{s:t:2}");
         assert_eq!(
@@ -255,12 +255,7 @@ mod tests {
     #[test]
     fn every_key_of_an_id_shares_its_slot_and_ids_never_share_a_key() {
         let k = RedisKeys::with_layout("", Layout::Cluster);
-        let o = PartitionLog {
-            service: "s",
-            topic: "t",
-            partition: 0,
-            log: "L",
-        };
+        let o = log(0);
         let ids = ["p1", "}p", "~}p", "~p", "a}b", "{x}", "{", "}", "~"];
         let mut stats_keys = std::collections::HashSet::new();
         for id in ids {

@@ -32,6 +32,16 @@ fn lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
+/// Sets a dead letter's `original_event` to `event` (an SQL expression), as an operator would.
+async fn correct(config: &Config, id: &str, event: &str) {
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(format!("UPDATE dlq SET original_event = {event} WHERE id = {id}")),
+        &mut pg_conn(config).await,
+    )
+    .await
+    .expect("correct the row");
+}
+
 async fn score(config: &Config, game: &str, player: &str) -> Option<i64> {
     let key = format!("{}:alltime", redis_keys(config).board_base(game));
     let mut c = redis_view(config, 1).conn().await.ok()?;
@@ -104,14 +114,7 @@ async fn a_corrected_dead_letter_replays_into_every_store_exactly_once() {
     assert_eq!(count(&config, &replays).await, 0);
 
     // Corrected and replayed: the board takes it, once; the stats and `events` don't again.
-    diesel_async::RunQueryDsl::execute(
-        diesel::sql_query(format!(
-            "UPDATE dlq SET original_event = jsonb_set(original_event, '{{data,score}}', '100') WHERE id = {id}"
-        )),
-        &mut pg_conn(&config).await,
-    )
-    .await
-    .expect("correct the row");
+    correct(&config, &id, "jsonb_set(original_event, '{data,score}', '100')").await;
     let dry = lines(&dlq(&config, &["replay", "--dry-run", &id]));
     assert_eq!(dry[0]["outcome"], "would_replay");
     assert_eq!(count(&config, &replays).await, 0, "a dry run changes nothing");
@@ -176,14 +179,7 @@ async fn a_record_no_consumer_could_read_replays_for_all_three_once_fixed() {
     let fixed = json!({"event_id": uuid::Uuid::new_v4(), "event_type": "player_score", "player_id": player,
         "game_id": "game-poison", "timestamp": "2024-01-15T10:00:00Z", "ingested_at": "2024-01-15T10:00:00Z",
         "data": {"score": 7}});
-    diesel_async::RunQueryDsl::execute(
-        diesel::sql_query(format!(
-            "UPDATE dlq SET original_event = '{fixed}'::jsonb WHERE id = {id}"
-        )),
-        &mut pg_conn(&config).await,
-    )
-    .await
-    .expect("correct the row");
+    correct(&config, &id, &format!("'{fixed}'::jsonb")).await;
     let out = dlq(&config, &["replay", "--service", "event-logger"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let outcome = &lines(&out)[0];

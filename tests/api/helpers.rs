@@ -379,15 +379,25 @@ pub fn redis_keys(config: &Config) -> gamemetrics::db::redis_keys::RedisKeys {
     gamemetrics::db::redis_keys::RedisKeys::for_config(&config.redis)
 }
 
+/// Where scripts/services keeps the TLS Redis servers' CA and certificates.
+pub fn redis_tls_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var("REDIS_TLS_DIR").unwrap_or_else(|_| "/tmp/gamemetrics-services/redis-tls".into()),
+    )
+}
+
+/// The AUTH token of scripts/services' TLS Redis servers (the TLS Redis and the cluster).
+pub fn redis_tls_token() -> String {
+    std::env::var("REDIS_TLS_PASSWORD").unwrap_or_else(|_| "gamemetrics-tls-token".into())
+}
+
 /// The TLS Redis Cluster scripts/services starts (scripts/redis-cluster), or another on `port`.
 pub fn cluster_redis(port: u16) -> gamemetrics::config::RedisConfig {
-    let dir = std::env::var("REDIS_TLS_DIR").unwrap_or_else(|_| "/tmp/gamemetrics-services/redis-tls".into());
-    let token = std::env::var("REDIS_TLS_PASSWORD").unwrap_or_else(|_| "gamemetrics-tls-token".into());
     gamemetrics::config::RedisConfig {
-        redis_url: format!("rediss://:{token}@localhost:{port}")
+        redis_url: format!("rediss://:{}@localhost:{port}", redis_tls_token())
             .parse()
             .expect("url"),
-        redis_ca_file: Some(std::path::PathBuf::from(dir).join("ca.crt")),
+        redis_ca_file: Some(redis_tls_dir().join("ca.crt")),
         redis_cluster: true,
         redis_key_prefix: format!("test:{}:", uuid::Uuid::new_v4().simple()),
         ..test_config().redis

@@ -127,11 +127,18 @@ fn primary_of(base: u16, slot: i64) -> (u16, i32) {
 }
 
 fn cli(port: u16, args: &[&str]) -> Vec<u8> {
-    let dir = std::env::var("REDIS_TLS_DIR").unwrap_or_else(|_| "/tmp/gamemetrics-services/redis-tls".into());
-    let token = std::env::var("REDIS_TLS_PASSWORD").unwrap_or_else(|_| "gamemetrics-tls-token".into());
     std::process::Command::new("redis-cli")
-        .args(["--tls", "--cacert", &format!("{dir}/ca.crt"), "-h", "localhost"])
-        .args(["-p", &port.to_string(), "-a", &token, "--no-auth-warning"])
+        .args(["--tls", "--cacert"])
+        .arg(redis_tls_dir().join("ca.crt"))
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &port.to_string(),
+            "-a",
+            &redis_tls_token(),
+            "--no-auth-warning",
+        ])
         .args(args)
         .output()
         .expect("redis-cli")
@@ -199,38 +206,43 @@ async fn a_cluster_primary_killed_mid_stream_loses_and_doubles_nothing() {
 #[tokio::test]
 async fn a_cluster_taken_for_a_single_redis_a_single_redis_taken_for_a_cluster_and_a_wrong_token_are_refused_at_start(
 ) {
-    let mut single_on_cluster = cluster_redis(cluster_port());
-    single_on_cluster.redis_cluster = false;
-    let err = gamemetrics::db::check_redis(&single_on_cluster, true)
-        .await
-        .expect_err("a cluster without REDIS_CLUSTER is refused")
-        .to_string();
+    /// The start-up check's refusal of the cluster's configuration as `adjust` leaves it.
+    async fn refusal(adjust: impl FnOnce(&mut gamemetrics::config::RedisConfig), what: &str) -> String {
+        let mut redis = cluster_redis(cluster_port());
+        adjust(&mut redis);
+        gamemetrics::db::check_redis(&redis, true)
+            .await
+            .expect_err(what)
+            .to_string()
+    }
+
+    let err = refusal(
+        |r| r.redis_cluster = false,
+        "a cluster without REDIS_CLUSTER is refused",
+    )
+    .await;
     assert!(err.contains("set REDIS_CLUSTER=true"), "{err}");
 
-    let mut cluster_on_single = cluster_redis(cluster_port());
-    cluster_on_single.redis_url = test_config().redis.redis_url;
-    let err = gamemetrics::db::check_redis(&cluster_on_single, true)
-        .await
-        .expect_err("REDIS_CLUSTER on a single Redis is refused")
-        .to_string();
+    let err = refusal(
+        |r| r.redis_url = test_config().redis.redis_url,
+        "REDIS_CLUSTER on a single Redis is refused",
+    )
+    .await;
     assert!(err.contains("cluster support disabled"), "{err}");
 
-    let mut wrong_token = cluster_redis(cluster_port());
-    wrong_token.redis_url = format!("rediss://:not-the-token@localhost:{}", cluster_port())
-        .parse()
-        .expect("url");
-    let err = gamemetrics::db::check_redis(&wrong_token, true)
-        .await
-        .expect_err("a wrong token is refused")
-        .to_string();
+    let wrong = format!("rediss://:not-the-token@localhost:{}", cluster_port());
+    let err = refusal(
+        |r| r.redis_url = wrong.parse().expect("url"),
+        "a wrong token is refused",
+    )
+    .await;
     assert!(err.contains("authentication failed"), "{err}");
     assert!(!err.contains("not-the-token"), "the token is not echoed: {err}");
 
-    let mut braced = cluster_redis(cluster_port());
-    braced.redis_key_prefix = "tenant{1}:".into();
-    let err = gamemetrics::db::check_redis(&braced, true)
-        .await
-        .expect_err("a prefix with a brace is refused on a cluster")
-        .to_string();
+    let err = refusal(
+        |r| r.redis_key_prefix = "tenant{1}:".into(),
+        "a prefix with a brace is refused on a cluster",
+    )
+    .await;
     assert!(err.contains("brace"), "{err}");
 }

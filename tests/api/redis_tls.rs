@@ -10,23 +10,13 @@ use gamemetrics::config::RedisConfig;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
-fn tls_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("REDIS_TLS_DIR").unwrap_or_else(|_| "/tmp/gamemetrics-services/redis-tls".into()),
-    )
-}
-
 fn tls_port() -> String {
     std::env::var("REDIS_TLS_PORT").unwrap_or_else(|_| "6380".into())
 }
 
-fn token() -> String {
-    std::env::var("REDIS_TLS_PASSWORD").unwrap_or_else(|_| "gamemetrics-tls-token".into())
-}
-
 /// The TLS Redis, reached as `host`, with `password` and the CA `ca`.
 fn tls_redis(host: &str, password: &str, ca: Option<PathBuf>) -> RedisConfig {
-    let ca_path = tls_dir().join("ca.crt");
+    let ca_path = redis_tls_dir().join("ca.crt");
     assert!(
         ca_path.exists(),
         "{} is missing: run scripts/services start",
@@ -44,7 +34,11 @@ fn tls_redis(host: &str, password: &str, ca: Option<PathBuf>) -> RedisConfig {
 
 #[actix_web::test]
 async fn the_pipeline_runs_on_a_tls_redis_with_an_auth_token() {
-    let redis = tls_redis("localhost", &token(), Some(tls_dir().join("ca.crt")));
+    let redis = tls_redis(
+        "localhost",
+        &redis_tls_token(),
+        Some(redis_tls_dir().join("ca.crt")),
+    );
     gamemetrics::db::check_redis(&redis, true)
         .await
         .expect("the right CA and token pass the start-up check");
@@ -72,7 +66,7 @@ async fn the_pipeline_runs_on_a_tls_redis_with_an_auth_token() {
 
 #[tokio::test]
 async fn a_wrong_token_a_wrong_ca_and_a_wrong_host_name_are_refused_at_start() {
-    let ca = Some(tls_dir().join("ca.crt"));
+    let ca = Some(redis_tls_dir().join("ca.crt"));
     let wrong_token =
         gamemetrics::db::check_redis(&tls_redis("localhost", "not-the-token", ca.clone()), true)
             .await
@@ -85,17 +79,18 @@ async fn a_wrong_token_a_wrong_ca_and_a_wrong_host_name_are_refused_at_start() {
     );
 
     // The system trust store doesn't know the test CA: the certificate doesn't verify.
-    let no_ca = gamemetrics::db::check_redis(&tls_redis("localhost", &token(), None), true)
+    let no_ca = gamemetrics::db::check_redis(&tls_redis("localhost", &redis_tls_token(), None), true)
         .await
         .expect_err("an unknown CA is refused")
         .to_string();
     assert!(no_ca.contains("certificate"), "{no_ca}");
 
     // The certificate names localhost, not 127.0.0.1.
-    let wrong_host = gamemetrics::db::check_redis(&tls_redis("127.0.0.1", &token(), ca.clone()), true)
-        .await
-        .expect_err("a host name the certificate doesn't carry is refused")
-        .to_string();
+    let wrong_host =
+        gamemetrics::db::check_redis(&tls_redis("127.0.0.1", &redis_tls_token(), ca.clone()), true)
+            .await
+            .expect_err("a host name the certificate doesn't carry is refused")
+            .to_string();
     assert!(wrong_host.contains("certificate"), "{wrong_host}");
 
     // The binary's own start-up says so and exits.
@@ -105,7 +100,7 @@ async fn a_wrong_token_a_wrong_ca_and_a_wrong_host_name_are_refused_at_start() {
             "REDIS_URL",
             format!("rediss://:not-the-token@localhost:{}", tls_port()),
         )
-        .env("REDIS_CA_FILE", tls_dir().join("ca.crt"))
+        .env("REDIS_CA_FILE", redis_tls_dir().join("ca.crt"))
         .env("HTTP_ADDR", "127.0.0.1:0")
         .output()
         .expect("run gamemetrics consume");
