@@ -55,7 +55,11 @@ impl Application {
             stats: redis_reader(0)?,
             boards: redis_reader(1)?,
             keys: crate::db::redis_keys::RedisKeys::for_config(&config.redis),
-            auth: http.query_auth_required.then_some(keys),
+            auth: http.query_auth_required.then(|| keys.clone()),
+        });
+        let admin = web::Data::new(http::players::AdminState {
+            keys: keys.clone(),
+            pg: queries.pg.clone(),
         });
         let probe = web::Data::new(http::health::PgProbe::new(queries.pg.clone(), &config.database));
         let api = http.http_api;
@@ -66,6 +70,7 @@ impl Application {
                 .app_data(metrics.clone())
                 .app_data(queries.clone())
                 .app_data(probe.clone())
+                .app_data(admin.clone())
                 .app_data(web::QueryConfig::default().error_handler(http::query::query_error))
                 // Inside `observe`, so a request cut short is counted and logged as a 408.
                 .wrap(from_fn(move |req, next| {

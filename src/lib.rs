@@ -44,6 +44,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod forget;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

@@ -47,9 +47,28 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Forget a player (GDPR article 17): remove their data from every store, for good.
+    Players {
+        #[command(subcommand)]
+        action: PlayersAction,
+    },
     /// Everything in one process, for a demo: migrations, topic, HTTP and all three consumer
     /// roles. Without KAFKA_BROKERS it starts an embedded, in-memory Kafka broker.
     Dev,
+}
+
+#[derive(Subcommand)]
+enum PlayersAction {
+    /// Remove the player's events, stats, leaderboard entries and dead letters, and drop their
+    /// events from now on; prints the tombstone with what each consumer removed so far.
+    Forget {
+        player_id: String,
+        /// Wait (up to this many seconds) until every consumer role has removed the player.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+    },
+    /// Print a forgotten player's tombstone: when, by whom, what each role removed.
+    Show { player_id: String },
 }
 
 #[derive(Subcommand)]
@@ -148,6 +167,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Migrate => migrate(&config).await,
         Command::Keys { action } => keys(&config, action).await,
         Command::Dlq { action } => dead_letters(&config, action).await,
+        Command::Players { action } => players(&config, action).await,
         Command::Dev => {
             // A local demo accepts events without a key unless told otherwise.
             config.http.auth_required.get_or_insert(false);
@@ -279,6 +299,49 @@ async fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
             let revoked = auth::revoke_key(&pg, &key_id).await.context("revoking the key")?;
             anyhow::ensure!(revoked, "no live key with id {key_id}");
             eprintln!("revoked {key_id}");
+        }
+    }
+    Ok(())
+}
+
+async fn players(config: &Config, action: PlayersAction) -> anyhow::Result<()> {
+    use gamemetrics::db::forget;
+    use gamemetrics::domain::PlayerId;
+    let mut conn = db::connect(&config.database).await?;
+    match action {
+        PlayersAction::Forget { player_id, wait } => {
+            let player = PlayerId::parse(player_id)?;
+            let metrics = Metrics::new().context("registering metrics")?;
+            let producer =
+                EventProducer::new(&config.kafka, metrics).context("creating the Kafka producer")?;
+            let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+            let mut answer = gamemetrics::forget::forget(
+                &mut conn,
+                &producer,
+                player.as_str(),
+                &format!("cli:{user}"),
+                gamemetrics::forget::Via::Cli,
+            )
+            .await?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(wait.unwrap_or(0));
+            while !answer.complete() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(t) = forget::find(&mut conn, player.as_str()).await? {
+                    answer.status = if t.complete() { "forgotten" } else { "forgetting" };
+                    answer.tombstone = t;
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            anyhow::ensure!(
+                wait.is_none() || answer.complete(),
+                "not every consumer role has removed the player yet: are all three running?"
+            );
+        }
+        PlayersAction::Show { player_id } => {
+            let t = forget::find(&mut conn, &player_id)
+                .await?
+                .with_context(|| format!("player {player_id} was never forgotten"))?;
+            println!("{}", serde_json::to_string_pretty(&t)?);
         }
     }
     Ok(())

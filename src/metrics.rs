@@ -35,6 +35,7 @@ pub struct Metrics {
     pub consumer_duplicates: IntCounterVec,
     /// Records sent to the DLQ, by consumer service.
     pub consumer_dlq: IntCounterVec,
+    pub consumer_forgotten: IntCounterVec,
     /// Sink write latency, by consumer service and sink.
     pub consumer_flush_latency: HistogramVec,
     /// Records per sink write, by consumer service and sink.
@@ -136,6 +137,11 @@ impl Metrics {
             &["service", "sink"],
         )?;
         let consumer_dlq = by_service("consumer_dlq_total", "Records sent to the DLQ", &["service"])?;
+        let consumer_forgotten = by_service(
+            "consumer_forgotten_records_total",
+            "Records of forgotten players dropped unapplied",
+            &["service"],
+        )?;
         let consumer_write_failures = by_service(
             "consumer_write_failures_total",
             "Store writes that failed and will be retried",
@@ -173,6 +179,7 @@ impl Metrics {
         registry.register(Box::new(consumer_applied.clone()))?;
         registry.register(Box::new(consumer_duplicates.clone()))?;
         registry.register(Box::new(consumer_dlq.clone()))?;
+        registry.register(Box::new(consumer_forgotten.clone()))?;
         registry.register(Box::new(consumer_flush_latency.clone()))?;
         registry.register(Box::new(consumer_flush_size.clone()))?;
         registry.register(Box::new(consumer_e2e_latency.clone()))?;
@@ -200,6 +207,7 @@ impl Metrics {
             consumer_applied,
             consumer_duplicates,
             consumer_dlq,
+            consumer_forgotten,
             consumer_flush_latency,
             consumer_flush_size,
             consumer_e2e_latency,

@@ -71,7 +71,7 @@ pub fn check(row: &DlqRow, scoring: &[String]) -> Result<GameEvent, String> {
     let event = match crate::actors::source::parse(Some(&bytes)) {
         Payload::Event(event) => event,
         Payload::Poison { reason, .. } => return Err(reason),
-        Payload::NotForUs => return Err("not an event".into()),
+        Payload::NotForUs | Payload::Forget { .. } => return Err("not an event".into()),
     };
     let scores = scoring.iter().any(|t| t == event.event_type.as_str());
     if row.consumer_service == Role::Leaderboard.service() && scores {

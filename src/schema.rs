@@ -65,6 +65,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    forgotten_players (player_id) {
+        #[max_length = 100]
+        player_id -> Varchar,
+        forgotten_at -> Timestamptz,
+        #[max_length = 120]
+        requested_by -> Varchar,
+        events_removed -> Nullable<Int8>,
+        dlq_removed -> Nullable<Int8>,
+        logger_done_at -> Nullable<Timestamptz>,
+        statistics_removed -> Nullable<Int8>,
+        stats_done_at -> Nullable<Timestamptz>,
+        leaderboard_rows_removed -> Nullable<Int8>,
+        leaderboard_done_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     leaderboards (game_id, player_id, period) {
         #[max_length = 100]
         game_id -> Varchar,
@@ -76,6 +93,19 @@ diesel::table! {
         score -> Int8,
         updated_at -> Timestamptz,
         created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    player_forget_requests (id) {
+        id -> Int8,
+        #[max_length = 100]
+        player_id -> Varchar,
+        #[max_length = 120]
+        requested_by -> Varchar,
+        requested_at -> Timestamptz,
+        #[max_length = 10]
+        via -> Varchar,
     }
 }
 
@@ -95,6 +125,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     consumer_offsets,
     dlq,
     events,
+    forgotten_players,
     leaderboards,
+    player_forget_requests,
     player_statistics,
 );

@@ -4,6 +4,7 @@
 
 use actix::prelude::*;
 use clap::Parser;
+use gamemetrics::actors::forget::Forgetters;
 use gamemetrics::actors::lane::RoleCore;
 use gamemetrics::actors::leaderboard::Leaderboard;
 use gamemetrics::actors::logger::Logger;
@@ -90,6 +91,9 @@ struct FakeSinks {
     fail: Arc<AtomicUsize>,
     /// While set, every stats write to Redis fails.
     redis_down: Arc<AtomicBool>,
+    /// Every forget call, as `store:player`, with how many event, stats and score batches had
+    /// been written when it came.
+    forgets: Log<(String, usize)>,
 }
 
 impl FakeSinks {
@@ -188,6 +192,41 @@ impl Handler<WriteBoards> for FakeSinks {
     }
 }
 
+impl FakeSinks {
+    fn writes_so_far(&self) -> usize {
+        self.events.all().len()
+            + self.stats_pg.all().len()
+            + self.stats_redis.all().len()
+            + self.scores.all().len()
+    }
+}
+
+impl Handler<ForgetInPg> for FakeSinks {
+    type Result = Result<Vec<String>, SinkError>;
+    fn handle(&mut self, m: ForgetInPg, _: &mut Context<Self>) -> Self::Result {
+        self.forgets
+            .push((format!("pg:{}", m.player_id), self.writes_so_far()));
+        Ok(vec!["g-of-the-table".into()])
+    }
+}
+
+impl Handler<ForgetInRedis> for FakeSinks {
+    type Result = Result<Vec<String>, SinkError>;
+    fn handle(&mut self, m: ForgetInRedis, _: &mut Context<Self>) -> Self::Result {
+        self.forgets
+            .push((format!("redis:{}", m.player_id), self.writes_so_far()));
+        Ok(vec!["g-of-redis".into()])
+    }
+}
+
+/// Where role actors forget players: the recording sinks.
+fn forgetters(sinks: &Addr<FakeSinks>) -> Forgetters {
+    Forgetters {
+        pg: sinks.clone().recipient(),
+        redis: sinks.clone().recipient(),
+    }
+}
+
 /// Stands in for the partition source: records every `Applied`.
 struct Source(Log<i64>);
 impl Actor for Source {
@@ -212,14 +251,16 @@ fn start_leaderboard(sinks: Addr<FakeSinks>, source: Addr<Source>) -> Addr<Leade
         core,
         sinks.clone().recipient(),
         sinks.clone().recipient(),
-        sinks.recipient(),
+        sinks.clone().recipient(),
+        forgetters(&sinks),
     )
     .start()
 }
 
 /// A logger writing to `sink` and reporting to `source`.
 fn start_logger(sink: Recipient<WriteEvents>, source: Addr<Source>) -> Addr<Logger> {
-    Logger::new(core(Role::Logger, settings(Role::Logger), source), sink).start()
+    let forget = forgetters(&FakeSinks::default().start());
+    Logger::new(core(Role::Logger, settings(Role::Logger), source), sink, forget).start()
 }
 
 /// A stats buffer wired to the recording sinks and source.
@@ -238,7 +279,8 @@ fn start_stats_with(
         core,
         sinks.clone().recipient(),
         sinks.clone().recipient(),
-        sinks.recipient(),
+        sinks.clone().recipient(),
+        forgetters(&sinks),
     )
     .start()
 }
@@ -669,7 +711,8 @@ async fn boards_left_over_by_a_capped_write_are_written_at_the_gap_not_the_inter
         core,
         sinks.clone().recipient(),
         sinks.clone().recipient(),
-        sinks.recipient(),
+        sinks.clone().recipient(),
+        forgetters(&sinks),
     )
     .start();
     feed(
@@ -683,4 +726,105 @@ async fn boards_left_over_by_a_capped_write_are_written_at_the_gap_not_the_inter
     // for the 100 ms gap.
     assert!(boards.all().len() >= 3, "{} board writes", boards.all().len());
     assert_eq!(applied.all().last(), Some(&300));
+}
+
+/// A forget record at offset 7 for player `p0`: each role removes the player only after every
+/// record before it is durable (so nothing of theirs lands after the removal), drops `p0`'s
+/// records after it, and reports the forget's offset applied only once the removal is done.
+#[actix_web::test]
+async fn a_forget_runs_after_the_records_before_it_are_durable_and_later_records_of_the_player_are_dropped() {
+    tokio::time::pause();
+    let forget = |offset| Consumed {
+        record: Record {
+            offset,
+            payload: Payload::Forget {
+                player_id: "p0".into(),
+            },
+        },
+    };
+    for role in Role::ALL {
+        let sinks = FakeSinks::default();
+        let logs = (
+            sinks.forgets.clone(),
+            sinks.events.clone(),
+            sinks.stats_pg.clone(),
+            sinks.scores.clone(),
+            sinks.boards.clone(),
+        );
+        let sinks = sinks.start();
+        let applied = Log::default();
+        let source = Source(applied.clone()).start();
+        let handle: Recipient<Consumed> = match role {
+            Role::Logger => {
+                let core = core(Role::Logger, settings(Role::Logger), source);
+                Logger::new(core, sinks.clone().recipient(), forgetters(&sinks))
+                    .start()
+                    .recipient()
+            }
+            Role::Stats => start_stats(sinks.clone(), source).recipient(),
+            Role::Leaderboard => start_leaderboard(sinks.clone(), source).recipient(),
+        };
+        // Offsets 0..7 (p0 is offset 0), the forget at 7, then 8..15 (p0 again at 14).
+        for o in 0..7 {
+            handle
+                .send(event(o, "player_score", "g", json!({"score": 1})))
+                .await
+                .unwrap();
+        }
+        handle.send(forget(7)).await.unwrap();
+        for o in 8..15 {
+            handle
+                .send(event(o, "player_score", "g", json!({"score": 1})))
+                .await
+                .unwrap();
+        }
+        settle(Duration::from_secs(40)).await;
+        let (forgets, events, stats_pg, scores, boards) = logs;
+        let written: Vec<i64> = match role {
+            Role::Logger => events.all().concat(),
+            Role::Stats => stats_pg.all().concat(),
+            Role::Leaderboard => scores.all().concat(),
+        };
+        assert!(
+            written.contains(&0),
+            "{role:?}: p0's record before the forget is applied: {written:?}"
+        );
+        assert!(
+            !written.contains(&14),
+            "{role:?}: p0's record after the forget is dropped: {written:?}"
+        );
+        assert!(
+            written.contains(&13),
+            "{role:?}: others' records after it are applied: {written:?}"
+        );
+        let forgets = forgets.all();
+        let expected: Vec<&str> = match role {
+            Role::Logger => vec!["pg:p0"],
+            Role::Stats | Role::Leaderboard => vec!["redis:p0", "pg:p0"],
+        };
+        assert_eq!(
+            forgets.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>(),
+            expected,
+            "{role:?}"
+        );
+        // Every write of records 0..7 came before the removal: for stats, the Redis lane and
+        // the 30-second upsert of 0..7 (forced early by the forget) both.
+        assert!(
+            forgets[0].1 > usize::from(role == Role::Stats),
+            "{role:?}: {forgets:?}"
+        );
+        assert_eq!(
+            applied.all().last(),
+            Some(&15),
+            "{role:?}: everything applied in the end"
+        );
+        if role == Role::Leaderboard {
+            let rewritten: Vec<String> = boards.all().concat();
+            assert!(
+                rewritten.contains(&"g-of-redis".to_owned())
+                    && rewritten.contains(&"g-of-the-table".to_owned()),
+                "the games that held the player get their top N written again: {rewritten:?}"
+            );
+        }
+    }
 }

@@ -10,10 +10,12 @@
 //! The score is `data.score`, an integer from 0 to 1,000,000,000. A scoring event without one, or
 //! with anything else, can never score: it goes to the DLQ as `leaderboard-manager`.
 
+use super::forget::{run_forgets, ForgetQueue, Forgetters, Forgetting};
 use super::lane::{arm_live, flush_lane, role_actor, send, Lane, LaneOps, RoleCore};
 use super::messages::*;
 use crate::domain::leaderboard::{periods_of, score_of};
 use actix::prelude::*;
+use futures::future::LocalBoxFuture;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,8 @@ pub struct Leaderboard {
     pg: Recipient<WriteBoards>,
     scores_sink: Recipient<ApplyScores>,
     top_sink: Recipient<ReadTop>,
+    forget: Forgetters,
+    forgets: ForgetQueue,
     scores: Lane<ScoreDelta>,
     boards: Lane<BoardWork>,
     /// Scoring events applied to Redis since the last board write started.
@@ -61,6 +65,7 @@ const SCORES: LaneOps<Leaderboard, ScoreDelta, usize> = LaneOps {
         }
         act.scored_since_flush += deltas.len();
         act.after_board_work(ctx);
+        run_forgets(act, ctx);
         act.flush_scores(ctx);
     },
     again: |act, ctx| act.flush_scores(ctx),
@@ -98,6 +103,7 @@ const BOARDS: LaneOps<Leaderboard, BoardWork, ()> = LaneOps {
     },
     done: |act, _, (), ctx| {
         act.report();
+        run_forgets(act, ctx);
         if act.boards.pending_len() > 0 {
             act.after_board_work(ctx);
         }
@@ -106,13 +112,14 @@ const BOARDS: LaneOps<Leaderboard, BoardWork, ()> = LaneOps {
 };
 
 impl Leaderboard {
-    /// A leaderboard manager writing boards through `pg`, scores through `scores_sink`, and
-    /// reading the top N from `top_sink`.
+    /// A leaderboard manager writing boards through `pg`, scores through `scores_sink`,
+    /// reading the top N from `top_sink`, and forgetting players through `forget`.
     pub fn new(
         core: RoleCore,
         pg: Recipient<WriteBoards>,
         scores_sink: Recipient<ApplyScores>,
         top_sink: Recipient<ReadTop>,
+        forget: Forgetters,
     ) -> Self {
         let max_batch = core.settings.config.sink_max_batch;
         Leaderboard {
@@ -120,6 +127,8 @@ impl Leaderboard {
             pg,
             scores_sink,
             top_sink,
+            forget,
+            forgets: ForgetQueue::default(),
             scores: Lane::new(max_batch),
             // One board write rewrites each touched game's top N once, however many of its
             // events it carries: its cost is bounded by the games, not the items, so the lane
@@ -147,11 +156,13 @@ impl Leaderboard {
         // Scoring events applied since the last write began, or still waiting from before it (a
         // write carries at most the lane's cap): either way, that many boards changes are due.
         let waiting = self.scored_since_flush.max(self.boards.pending_len());
-        let due_now = draining || waiting >= config.leaderboard_flush_events;
+        let due_now = draining
+            || waiting >= config.leaderboard_flush_events
+            || self.forgets.waits_on(self.boards.lowest_unapplied());
         if due_now {
             // Every 50 scoring events, but not more often than the gap allows: under load a
             // flush per 50 events would rewrite thousands of top-N rows per second.
-            let wait = if draining {
+            let wait = if draining || self.forgets.waits_on(self.boards.lowest_unapplied()) {
                 Duration::ZERO
             } else {
                 gap.saturating_sub(since_last)
@@ -184,12 +195,59 @@ impl Leaderboard {
     }
 
     fn report(&mut self) {
-        self.core
-            .report([self.scores.lowest_unapplied(), self.boards.lowest_unapplied()]);
+        self.core.report([
+            self.scores.lowest_unapplied(),
+            self.boards.lowest_unapplied(),
+            self.forgets.lowest(),
+        ]);
     }
 }
 
 role_actor!(Leaderboard);
+
+impl Forgetting for Leaderboard {
+    fn forgets(&mut self) -> &mut ForgetQueue {
+        &mut self.forgets
+    }
+
+    fn lanes_lowest(&self) -> Option<i64> {
+        [self.scores.lowest_unapplied(), self.boards.lowest_unapplied()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Redis first, then the table: a top-N write that read Redis before the player left it
+    /// and lands after the table's rows went is followed by the rewrite `removed` queues.
+    fn remove(&mut self, player_id: String) -> LocalBoxFuture<'static, Result<Vec<String>, SinkError>> {
+        let redis = self.forget.redis.send(ForgetInRedis {
+            player_id: player_id.clone(),
+            db: LiveDb::Boards,
+        });
+        let pg = self.forget.pg.clone();
+        let role = self.core.settings.role;
+        Box::pin(async move {
+            let mut games = redis.await??;
+            games.extend(pg.send(ForgetInPg { player_id, role }).await??);
+            games.sort_unstable();
+            games.dedup();
+            Ok(games)
+        })
+    }
+
+    /// The games that held the player get their top N written again, now without them: the
+    /// next one moves up, so the table still holds exactly the top N.
+    fn removed(&mut self, offset: i64, games: Vec<String>, ctx: &mut Context<Self>) {
+        for game in games {
+            self.boards.push(offset, BoardWork::Touched(game));
+        }
+        self.flush_boards(ctx);
+    }
+
+    fn report_progress(&mut self) {
+        self.report();
+    }
+}
 
 impl Handler<Consumed> for Leaderboard {
     type Result = ();
@@ -198,7 +256,19 @@ impl Handler<Consumed> for Leaderboard {
         let offset = msg.record.offset;
         self.core.marks.seen_next = offset + 1;
         let event = match msg.record.payload {
+            Payload::Event(e) if self.core.settings.drops_event(&e) => {
+                self.report();
+                return;
+            }
             Payload::Event(e) if self.core.settings.scoring.contains(e.event_type.as_str()) => e,
+            Payload::Forget { player_id } => {
+                self.core.settings.forgotten.extend([player_id.clone()]);
+                self.forgets.push(offset, player_id);
+                self.flush_scores(ctx);
+                self.flush_boards(ctx);
+                run_forgets(self, ctx);
+                return;
+            }
             // Not a scoring event, or poison (the logger's to dead-letter): nothing to do.
             _ => {
                 self.report();

@@ -41,6 +41,11 @@ pub enum Payload {
     },
     /// A replayed dead letter for other consumers: it only moves the offset.
     NotForUs,
+    /// `gamemetrics players forget`: remove this player from the role's stores once every
+    /// record before this one is durable, and drop the player's records from now on.
+    Forget {
+        player_id: String,
+    },
 }
 
 /// A parsed record and its offset.
@@ -185,7 +190,30 @@ pub struct WriteBoards {
     pub dlq: Vec<DlqEntry>,
 }
 
+/// A role's part of forgetting a player in PostgreSQL (`db::forget`), recorded on its
+/// tombstone. Answers the games whose stored top N lost the player (the leaderboard's).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, SinkError>")]
+pub struct ForgetInPg {
+    pub player_id: String,
+    pub role: super::Role,
+}
+
+/// Every forgotten player id, for a role starting on a partition.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, SinkError>")]
+pub struct LoadForgotten;
+
 // ---- Redis sink ----
+
+/// A role's part of forgetting a player in Redis: its stats hash (`Stats`), or its entries in
+/// every board, current and dated (`Boards`). Answers the games whose current boards held it.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, SinkError>")]
+pub struct ForgetInRedis {
+    pub player_id: String,
+    pub db: LiveDb,
+}
 
 /// One event's contribution to `player_stats:{player_id}`.
 #[derive(Debug, Clone)]

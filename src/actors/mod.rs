@@ -27,6 +27,7 @@
 //! until the sinks catch up to half of it. librdkafka's own prefetch is capped by
 //! `queued.max.messages.kbytes`. Sink mailboxes are bounded at 256.
 
+pub mod forget;
 pub mod lane;
 pub mod leaderboard;
 pub mod logger;
@@ -96,6 +97,8 @@ pub struct RoleSettings {
     pub retry_max: Duration,
     pub scoring: Arc<HashSet<String>>,
     pub role: Role,
+    /// The forgotten player ids, whose records this role drops.
+    pub forgotten: forget::Forgotten,
 }
 
 impl RoleSettings {
@@ -113,7 +116,28 @@ impl RoleSettings {
             config: Arc::new(config.clone()),
             metrics,
             role,
+            forgotten: forget::Forgotten::default(),
         }
+    }
+
+    /// True (and counted) when a record must be dropped because it is a forgotten player's.
+    pub fn drops(&self, payload: &messages::Payload) -> bool {
+        self.count_dropped(self.forgotten.drops(payload))
+    }
+
+    /// [`Self::drops`] for a parsed event.
+    pub fn drops_event(&self, event: &crate::domain::GameEvent) -> bool {
+        self.count_dropped(self.forgotten.contains(event.player_id.as_str()))
+    }
+
+    fn count_dropped(&self, dropped: bool) -> bool {
+        if dropped {
+            self.metrics
+                .consumer_forgotten
+                .with_label_values(&[self.role.service()])
+                .inc();
+        }
+        dropped
     }
 
     /// The micro-batch window for live effects.
@@ -185,14 +209,19 @@ impl RoleFactory {
     pub fn spawn(&self, position: Position, source: Recipient<Applied>) -> RoleHandle {
         let core = lane::RoleCore::new(position, self.settings.clone(), source);
         let (pg, redis) = (self.pg.clone(), self.redis.clone());
+        let forget = forget::Forgetters {
+            pg: pg.clone().recipient(),
+            redis: redis.clone().recipient(),
+        };
         match self.role {
-            Role::Logger => RoleHandle::of(logger::Logger::new(core, pg.recipient()).start()),
+            Role::Logger => RoleHandle::of(logger::Logger::new(core, pg.recipient(), forget).start()),
             Role::Stats => RoleHandle::of(
                 stats_buffer::StatsBuffer::new(
                     core,
                     pg.recipient(),
                     redis.clone().recipient(),
                     redis.recipient(),
+                    forget,
                 )
                 .start(),
             ),
@@ -202,6 +231,7 @@ impl RoleFactory {
                     pg.recipient(),
                     redis.clone().recipient(),
                     redis.recipient(),
+                    forget,
                 )
                 .start(),
             ),
@@ -225,6 +255,10 @@ impl RoleFactory {
                 db,
             })
         };
+        // Before the partition's first record: a forgotten player's records read again (a
+        // restart, a rewind) must be dropped even before their forget record comes round.
+        let forgotten = self.pg.send(messages::LoadForgotten).await??;
+        self.settings.forgotten.extend(forgotten);
         let states = match self.role {
             Role::Logger => vec![pg().await??],
             Role::Stats => vec![pg().await??, redis(LiveDb::Stats).await??],

@@ -99,6 +99,8 @@ pub struct Incoming {
     pub payload: Option<Vec<u8>>,
     /// A replayed dead letter meant for other consumers ([`crate::kafka::REPLAY_FOR_HEADER`]).
     pub not_for_us: bool,
+    /// A control record ([`crate::kafka::CONTROL_HEADER`]): forget a player.
+    pub forget: bool,
 }
 
 /// Stop this partition's actors (it was revoked).
@@ -311,6 +313,8 @@ impl PartitionSource {
         self.dispatched_next = msg.offset + 1;
         let payload = if msg.not_for_us {
             Payload::NotForUs
+        } else if msg.forget {
+            parse_forget(msg.payload.as_deref())
         } else {
             parse(msg.payload.as_deref())
         };
@@ -557,6 +561,32 @@ impl Handler<StopPartition> for PartitionSource {
     }
 }
 
+/// Whether a record is a control record asking to forget a player.
+fn is_forget(m: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+    use rdkafka::message::{Headers, Message};
+    m.headers().is_some_and(|headers| {
+        headers.iter().any(|h| {
+            h.key == crate::kafka::CONTROL_HEADER && h.value == Some(crate::kafka::FORGET_PLAYER.as_bytes())
+        })
+    })
+}
+
+/// A forget record's value, `{"player_id": …}`; anything else is poison (the DLQ keeps it).
+pub fn parse_forget(payload: Option<&[u8]>) -> Payload {
+    let value: serde_json::Value = payload
+        .and_then(|p| serde_json::from_slice(p).ok())
+        .unwrap_or_default();
+    match value.get("player_id").and_then(|p| p.as_str()) {
+        Some(player) if crate::domain::PlayerId::try_from(player.to_owned()).is_ok() => Payload::Forget {
+            player_id: player.to_owned(),
+        },
+        _ => Payload::Poison {
+            reason: "a forget record must be {\"player_id\": <a valid player id>}".into(),
+            original: serde_json::json!({ "forget": value }),
+        },
+    }
+}
+
 /// Whether a record is a replayed dead letter addressed to other consumers than `service`.
 fn replayed_for_others(m: &rdkafka::message::BorrowedMessage<'_>, service: &str) -> bool {
     use rdkafka::message::{Headers, Message};
@@ -662,6 +692,7 @@ pub async fn poll_loop(
                         offset: m.offset(),
                         payload: m.payload().map(<[u8]>::to_vec),
                         not_for_us: replayed_for_others(&m, factory.role.service()),
+                        forget: is_forget(&m),
                     });
                     None
                 }

@@ -4,10 +4,12 @@
 //! the batch lane holds STATS_FLUSH_EVENTS events or STATS_FLUSH_INTERVAL_MS, whichever comes
 //! first, then becomes one upsert. The partition's durable offset is the lower of the two.
 
+use super::forget::{run_forgets, ForgetQueue, Forgetters, Forgetting};
 use super::lane::{arm_live, flush_lane, role_actor, send, send_taken, Lane, LaneOps, RoleCore};
 use super::messages::*;
 use actix::prelude::*;
 use chrono::SecondsFormat;
+use futures::future::LocalBoxFuture;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +20,8 @@ pub struct StatsBuffer {
     pg: Recipient<UpsertStats>,
     redis: Recipient<ApplyStats>,
     claims: Recipient<ClaimFirst>,
+    forget_pg: Recipient<ForgetInPg>,
+    forget_redis: Recipient<ForgetInRedis>,
     live: Lane<StatDelta>,
     batch: Lane<StatRow>,
     /// Offset -> "is a retry", as the live lane's script answered: the batch lane reuses these
@@ -31,6 +35,7 @@ pub struct StatsBuffer {
     parked: Option<Arc<Vec<StatRow>>>,
     live_timer: Option<SpawnHandle>,
     batch_timer: Option<SpawnHandle>,
+    forgets: ForgetQueue,
 }
 
 /// Counts to Redis DB 0, within LIVE_FLUSH_MS.
@@ -56,6 +61,7 @@ const LIVE: LaneOps<StatsBuffer, StatDelta, StatsApplied> = LaneOps {
             act.send_batch(batch, ctx);
         }
         act.report();
+        run_forgets(act, ctx);
         act.flush_live(ctx);
     },
     again: |act, ctx| act.flush_live(ctx),
@@ -104,9 +110,12 @@ const BATCH: LaneOps<StatsBuffer, StatRow, usize> = LaneOps {
             act.checked = act.checked.split_off(&(last.offset + 1));
         }
         act.report();
+        run_forgets(act, ctx);
         // Whatever piled up meanwhile waits for its own trigger, as the seed's "every 100
-        // events or 30 s" asks; a full buffer goes at once.
-        if act.core.marks.draining() || act.batch.pending_len() >= act.core.settings.config.stats_flush_events
+        // events or 30 s" asks; a full buffer goes at once, and so does one a forget waits on.
+        if act.core.marks.draining()
+            || act.batch.pending_len() >= act.core.settings.config.stats_flush_events
+            || act.forgets.waits_on(act.batch.lowest_unapplied())
         {
             act.flush_batch(ctx);
         } else {
@@ -117,13 +126,14 @@ const BATCH: LaneOps<StatsBuffer, StatRow, usize> = LaneOps {
 };
 
 impl StatsBuffer {
-    /// A stats buffer upserting through `pg`, counting live through `redis`, and asking `claims`
-    /// which events are retries.
+    /// A stats buffer upserting through `pg`, counting live through `redis`, asking `claims`
+    /// which events are retries, and forgetting players through `forget`.
     pub fn new(
         core: RoleCore,
         pg: Recipient<UpsertStats>,
         redis: Recipient<ApplyStats>,
         claims: Recipient<ClaimFirst>,
+        forget: Forgetters,
     ) -> Self {
         let max_batch = core.settings.config.sink_max_batch;
         StatsBuffer {
@@ -131,6 +141,8 @@ impl StatsBuffer {
             pg,
             redis,
             claims,
+            forget_pg: forget.pg,
+            forget_redis: forget.redis,
             live: Lane::new(max_batch),
             batch: Lane::new(max_batch),
             checked: BTreeMap::new(),
@@ -138,6 +150,7 @@ impl StatsBuffer {
             parked: None,
             live_timer: None,
             batch_timer: None,
+            forgets: ForgetQueue::default(),
         }
     }
 
@@ -180,12 +193,47 @@ impl StatsBuffer {
     }
 
     fn report(&mut self) {
-        self.core
-            .report([self.live.lowest_unapplied(), self.batch.lowest_unapplied()]);
+        self.core.report([
+            self.live.lowest_unapplied(),
+            self.batch.lowest_unapplied(),
+            self.forgets.lowest(),
+        ]);
     }
 }
 
 role_actor!(StatsBuffer);
+
+impl Forgetting for StatsBuffer {
+    fn forgets(&mut self) -> &mut ForgetQueue {
+        &mut self.forgets
+    }
+
+    fn lanes_lowest(&self) -> Option<i64> {
+        [self.live.lowest_unapplied(), self.batch.lowest_unapplied()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn remove(&mut self, player_id: String) -> LocalBoxFuture<'static, Result<Vec<String>, SinkError>> {
+        let redis = self.forget_redis.send(ForgetInRedis {
+            player_id: player_id.clone(),
+            db: LiveDb::Stats,
+        });
+        let pg = self.forget_pg.clone();
+        let role = self.core.settings.role;
+        Box::pin(async move {
+            redis.await??;
+            pg.send(ForgetInPg { player_id, role }).await?
+        })
+    }
+
+    fn removed(&mut self, _: i64, _: Vec<String>, _: &mut Context<Self>) {}
+
+    fn report_progress(&mut self) {
+        self.report();
+    }
+}
 
 impl Handler<Consumed> for StatsBuffer {
     type Result = ();
@@ -193,10 +241,21 @@ impl Handler<Consumed> for StatsBuffer {
     fn handle(&mut self, msg: Consumed, ctx: &mut Context<Self>) {
         let offset = msg.record.offset;
         self.core.marks.seen_next = offset + 1;
-        // Poison messages are the logger's to dead-letter; they count for nothing here.
-        let Payload::Event(event) = msg.record.payload else {
-            self.report();
-            return;
+        let event = match msg.record.payload {
+            Payload::Event(event) if !self.core.settings.drops_event(&event) => event,
+            Payload::Forget { player_id } => {
+                self.core.settings.forgotten.extend([player_id.clone()]);
+                self.forgets.push(offset, player_id);
+                self.flush_live(ctx);
+                self.flush_batch(ctx);
+                run_forgets(self, ctx);
+                return;
+            }
+            // Poison messages are the logger's to dead-letter; they count for nothing here.
+            _ => {
+                self.report();
+                return;
+            }
         };
         let scoped = event.scoped_id();
         self.live.push(

@@ -6,6 +6,7 @@ pub mod boards;
 pub mod connect;
 pub mod dlq;
 pub mod events;
+pub mod forget;
 pub mod offsets;
 mod pool;
 pub mod redis_conn;

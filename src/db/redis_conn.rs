@@ -189,6 +189,59 @@ impl ConnectionLike for RedisConn {
 }
 
 impl RedisConn {
+    /// Every key matching `pattern` whose type is `kind` (`SCAN … MATCH … TYPE …`): on a
+    /// cluster, of every primary. Meant for rare operations (forgetting a player, a rebuild).
+    pub async fn scan_keys(&mut self, pattern: &str, kind: &str) -> Result<Vec<String>, RedisError> {
+        let scan = |cursor: &str| {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .arg("TYPE")
+                .arg(kind);
+            cmd
+        };
+        let mut keys = Vec::new();
+        match self {
+            RedisConn::Cluster(c) => {
+                for (host, port) in cluster_primaries(c).await? {
+                    let mut cursor = "0".to_owned();
+                    loop {
+                        let routing = redis::cluster_routing::RoutingInfo::SingleNode(
+                            redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+                                host: host.clone(),
+                                port,
+                            },
+                        );
+                        let (next, page): (String, Vec<String>) =
+                            redis::from_redis_value(c.route_command(scan(&cursor), routing).await?)?;
+                        keys.extend(page);
+                        if next == "0" {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                }
+            }
+            other => {
+                let mut cursor = "0".to_owned();
+                loop {
+                    let (next, page): (String, Vec<String>) = scan(&cursor).query_async(other).await?;
+                    keys.extend(page);
+                    if next == "0" {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+
     /// `INFO server` of one node (any node of a cluster: they run one version).
     pub async fn info_server(&mut self) -> Result<String, RedisError> {
         let mut cmd = redis::cmd("INFO");
@@ -204,6 +257,27 @@ impl RedisConn {
             other => cmd.query_async(other).await,
         }
     }
+}
+
+/// The primaries of a cluster, as `CLUSTER SLOTS` names them (the addresses the cluster
+/// connection routes by).
+async fn cluster_primaries(c: &mut ClusterConnection) -> Result<Vec<(String, u16)>, RedisError> {
+    let slots: Vec<Vec<Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await?;
+    let mut primaries = Vec::new();
+    for range in slots {
+        // [first slot, last slot, [host, port, id, …] of the primary, replicas…]
+        let Some(Value::Array(node)) = range.get(2) else {
+            continue;
+        };
+        if let (Some(host), Some(port)) = (node.first(), node.get(1)) {
+            let host: String = redis::from_redis_value(host.clone())?;
+            let port: u16 = redis::from_redis_value(port.clone())?;
+            primaries.push((host, port));
+        }
+    }
+    primaries.sort_unstable();
+    primaries.dedup();
+    Ok(primaries)
 }
 
 /// The read API's way to one Redis logical database: a self-reconnecting, multiplexed

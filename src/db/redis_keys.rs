@@ -133,6 +133,40 @@ impl RedisKeys {
         }
     }
 
+    /// A `SCAN MATCH` pattern for every board key, current and dated (and the current boards'
+    /// stamp markers, which are strings: scan with `TYPE zset`).
+    pub fn board_pattern(&self) -> String {
+        let mut escaped = String::with_capacity(self.prefix.len() + 14);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                escaped.push('\\');
+            }
+            escaped.push(c);
+        }
+        escaped.push_str("leaderboard:*");
+        escaped
+    }
+
+    /// The game of a current board's key (`leaderboard:g1:daily` → `g1`); `None` for a dated
+    /// board or any other key.
+    pub fn game_of_current_board(&self, key: &str) -> Option<String> {
+        let rest = key.strip_prefix(&*self.prefix)?.strip_prefix("leaderboard:")?;
+        let id = Period::ALL
+            .iter()
+            .find_map(|p| rest.strip_suffix(&Self::period_suffix(*p)))?;
+        match self.layout {
+            Layout::Single => Some(id.to_owned()),
+            Layout::Cluster => {
+                let inner = id.strip_prefix('{')?.strip_suffix('}')?;
+                let game = inner
+                    .strip_prefix('~')
+                    .filter(|g| g.starts_with(['}', '~']))
+                    .unwrap_or(inner);
+                (self.id(game) == id).then(|| game.to_owned())
+            }
+        }
+    }
+
     /// What a bucket number completes into a retry-claim hash of one generation:
     /// `gamemetrics:seen:{generation}:` on a single Redis (one per DB), and
     /// `gamemetrics:seen:{store}:{tag}:{generation}:` on a cluster, where `tag` is the player
@@ -191,6 +225,26 @@ impl RedisKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_current_boards_key_names_its_game_and_a_dated_one_none() {
+        for layout in [Layout::Single, Layout::Cluster] {
+            let keys = RedisKeys::with_layout("p*:", layout);
+            for game in ["g1", "a:daily", "}x", "~y", "{z}"] {
+                for period in Period::ALL {
+                    let current = keys.board(game, &Board::Current(period));
+                    assert_eq!(
+                        keys.game_of_current_board(&current).as_deref(),
+                        Some(game),
+                        "{current}"
+                    );
+                }
+                let dated = keys.board(game, &Board::Dated(Period::Daily, "2024-01-15".into()));
+                assert_eq!(keys.game_of_current_board(&dated), None, "{dated}");
+            }
+            assert_eq!(keys.board_pattern(), "p\\*:leaderboard:*");
+        }
+    }
 
     /// Log `L` of partition `partition` of topic `t`, as service `s` reads it.
     fn log(partition: i32) -> PartitionLog<'static> {

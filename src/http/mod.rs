@@ -11,12 +11,14 @@
 //! | `GET /games/{id}/leaderboard` | [`query::leaderboard`] |
 //! | `GET /events/{id}`       | [`query::event`]      |
 //! | `GET /player/{id}/events`, `GET /games/{id}/leaderboard/players/{pid}`, `POST /api/v1/events/batch` | see [`openapi`] |
+//! | `DELETE /players/{id}`   | [`players::forget_player`] (admin keys) |
 //! | `GET /openapi.json`, `GET /docs` | [`openapi`] |
 
 pub mod error;
 pub mod health;
 pub mod ingest;
 pub mod openapi;
+pub mod players;
 pub mod query;
 
 use crate::auth::{AuthError, Authenticated, KeyStore};
@@ -62,6 +64,12 @@ pub fn routes(cfg: &mut web::ServiceConfig, api: HttpApi) {
         .service(
             web::resource("/api/v1/events")
                 .route(web::post().to(ingest::ingest_event))
+                .default_service(web::to(method_not_allowed)),
+        )
+        // With ingestion: forgetting writes a record to the topic.
+        .service(
+            web::resource("/players/{player_id}")
+                .route(web::delete().to(players::forget_player))
                 .default_service(web::to(method_not_allowed)),
         );
     }

@@ -2,7 +2,7 @@
 //! typed bodies they answer with, served at `/openapi.json`, and a rendered page at `/docs`.
 
 use super::error::{ErrorBody, ErrorDetail, ErrorTag};
-use super::{health, ingest, query, AppState};
+use super::{health, ingest, players, query, AppState};
 use crate::config::HttpApi;
 use actix_web::{web, HttpResponse};
 use std::sync::OnceLock;
@@ -26,6 +26,7 @@ use utoipa::{Modify, OpenApi};
         query::boards::leaderboard,
         query::boards::player_rank,
         query::events::event,
+        players::forget_player,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -35,6 +36,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "ingest", description = "Send player events"),
         (name = "queries", description = "Read stats, leaderboards and events"),
+        (name = "admin", description = "Admin keys only: forget a player"),
         (name = "operations", description = "Probes and metrics"),
     )
 )]
@@ -55,12 +57,12 @@ pub fn document(api: HttpApi) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     // By the tag each handler's annotation gives its operation, so the grouping is stated once.
     doc.paths.paths.retain(|_, item| {
-        [&item.get, &item.post]
+        [&item.get, &item.post, &item.delete]
             .into_iter()
             .flatten()
             .flat_map(|op| op.tags.iter().flatten())
             .all(|tag| match tag.as_str() {
-                "ingest" => api.ingest(),
+                "ingest" | "admin" => api.ingest(),
                 "queries" => api.query(),
                 _ => true,
             })

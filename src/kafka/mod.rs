@@ -12,7 +12,9 @@ mod topic_id;
 
 pub use admin::{ensure_topic, TopicSpec};
 pub use embedded::EmbeddedKafka;
-pub use producer::{Delivery, EventProducer, ProduceError, WireEvent, REPLAY_FOR_HEADER};
+pub use producer::{
+    Delivery, EventProducer, ProduceError, WireEvent, CONTROL_HEADER, FORGET_PLAYER, REPLAY_FOR_HEADER,
+};
 pub use topic_id::{describe_topic_id, TopicId, TopicIdError};
 
 use crate::config::{ConfigError, KafkaConfig};

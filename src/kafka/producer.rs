@@ -101,6 +101,35 @@ impl EventProducer {
             .await
     }
 
+    /// Writes a control record asking every consumer to forget `player`, behind every event of
+    /// theirs already written (same key, same partition).
+    pub async fn forget_player(&self, player: &str) -> Result<Delivery, ProduceError> {
+        let value = serde_json::json!({ "player_id": player }).to_string();
+        let record = FutureRecord::to(&self.topic)
+            .key(player)
+            .payload(value.as_bytes())
+            .headers(OwnedHeaders::new_with_capacity(1).insert(Header {
+                key: CONTROL_HEADER,
+                value: Some(FORGET_PLAYER),
+            }));
+        self.deliver(record).await
+    }
+
+    /// Sends one record and waits for its delivery report.
+    async fn deliver(&self, record: FutureRecord<'_, str, [u8]>) -> Result<Delivery, ProduceError> {
+        // The outer timeout is a guard against a hang the delivery timeout somehow misses: the
+        // API promises an answer, never a stuck connection.
+        let guard = self.timeout + Duration::from_millis(500);
+        match tokio::time::timeout(guard, self.producer.send(record, Timeout::After(self.timeout))).await {
+            Err(_) => Err(ProduceError::Timeout(self.timeout)),
+            Ok(Ok(delivery)) => Ok(Delivery {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((err, _msg))) => Err(classify(err, self.timeout)),
+        }
+    }
+
     async fn send_for(&self, event: &WireEvent, replay_for: Option<&str>) -> Result<Delivery, ProduceError> {
         let span = tracing::info_span!("produce", event_id = %event.event_id, topic = %self.topic);
         async {
@@ -145,19 +174,9 @@ impl EventProducer {
         }
         let record = FutureRecord::to(&self.topic)
             .key(event.player_id.as_str())
-            .payload(&event.payload)
+            .payload(event.payload.as_slice())
             .headers(headers);
-        // The outer timeout is a guard against a hang the delivery timeout somehow misses: the
-        // API promises an answer, never a stuck connection.
-        let guard = self.timeout + Duration::from_millis(500);
-        match tokio::time::timeout(guard, self.producer.send(record, Timeout::After(self.timeout))).await {
-            Err(_) => Err(ProduceError::Timeout(self.timeout)),
-            Ok(Ok(delivery)) => Ok(Delivery {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Ok(Err((err, _msg))) => Err(classify(err, self.timeout)),
-        }
+        self.deliver(record).await
     }
 
     /// Asks the cluster for the topic's metadata: the readiness check.
@@ -199,6 +218,14 @@ fn classify(err: KafkaError, timeout: Duration) -> ProduceError {
         _ => ProduceError::Kafka(err),
     }
 }
+
+/// A record header marking a control record for the consumers rather than an event; its value
+/// says which ([`FORGET_PLAYER`]).
+pub const CONTROL_HEADER: &str = "gamemetrics-control";
+
+/// [`CONTROL_HEADER`]'s value on a record asking every consumer to forget a player: its key is
+/// the player (so it follows their events on their partition), its value `{"player_id": …}`.
+pub const FORGET_PLAYER: &str = "forget-player";
 
 /// A record header naming, comma-separated, the only consumers (by service name) that apply
 /// the record: a replayed dead letter, which the other consumers applied the first time.

@@ -8,6 +8,7 @@ mod consumers;
 mod contract;
 mod crash;
 mod dlq;
+mod forget;
 mod helpers;
 mod hostile;
 mod ingest;

@@ -4,6 +4,7 @@
 
 use super::{sink_actor, tracked, SinkError};
 use crate::actors::messages::*;
+use crate::actors::Role;
 use crate::db::{self, PgPool};
 use actix::prelude::*;
 use diesel_async::AsyncConnection;
@@ -88,6 +89,38 @@ impl Handler<OpenLogPg> for PgSink {
     }
 }
 
+impl Handler<LoadForgotten> for PgSink {
+    type Result = ResponseActFuture<Self, Result<Vec<String>, SinkError>>;
+
+    fn handle(&mut self, msg: LoadForgotten, _: &mut Context<Self>) -> Self::Result {
+        in_transaction!(self, msg, |conn| {
+            let LoadForgotten = msg;
+            Ok(db::forget::all_ids(conn).await?)
+        })
+    }
+}
+
+impl Handler<ForgetInPg> for PgSink {
+    type Result = ResponseActFuture<Self, Result<Vec<String>, SinkError>>;
+
+    fn handle(&mut self, msg: ForgetInPg, _: &mut Context<Self>) -> Self::Result {
+        in_transaction!(self, msg, |conn| {
+            let player = msg.player_id.as_str();
+            match msg.role {
+                Role::Logger => db::forget::remove_events(conn, player).await?,
+                Role::Stats => db::forget::remove_statistics(conn, player).await?,
+                Role::Leaderboard => {
+                    // Under the boards' locks, as every top-N write: none can interleave.
+                    let games: Vec<String> = db::forget::board_games(conn, player).await?;
+                    db::boards::lock(conn, &games).await?;
+                    return Ok(db::forget::remove_board_rows(conn, player).await?);
+                }
+            }
+            Ok(Vec::new())
+        })
+    }
+}
+
 impl Handler<WriteEvents> for PgSink {
     type Result = ResponseActFuture<Self, Result<usize, SinkError>>;
 
@@ -108,7 +141,7 @@ impl Handler<WriteEvents> for PgSink {
                             original: original.clone(),
                             reason: reason.clone(),
                         }),
-                        Payload::NotForUs => {}
+                        Payload::NotForUs | Payload::Forget { .. } => {}
                     }
                 }
                 events.insert(conn).await?;

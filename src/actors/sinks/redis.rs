@@ -385,6 +385,58 @@ impl Handler<OpenLogRedis> for RedisSink {
     }
 }
 
+/// Forgetting a player: their stats hash, or their entry in every board of every game, current
+/// and dated (found by `SCAN`: which games a player scored in is known nowhere else once the
+/// logger has deleted their events). Both are idempotent.
+impl Handler<ForgetInRedis> for RedisSink {
+    type Result = ResponseActFuture<Self, Result<Vec<String>, SinkError>>;
+
+    fn handle(&mut self, msg: ForgetInRedis, _: &mut Context<Self>) -> Self::Result {
+        let keys = self.keys.clone();
+        let player = msg.player_id;
+        match msg.db {
+            LiveDb::Stats => {
+                let (pool, key) = (self.stats.clone(), keys.player_stats(&player));
+                tracked(self, async move {
+                    let mut conn = pool.get().await.map_err(redis_err)?;
+                    redis::cmd("DEL")
+                        .arg(&key)
+                        .query_async::<i64>(&mut conn)
+                        .await
+                        .map_err(redis_err)?;
+                    Ok(Vec::new())
+                })
+            }
+            LiveDb::Boards => {
+                let pool = self.boards.clone();
+                tracked(self, async move {
+                    let mut conn = pool.get().await.map_err(redis_err)?;
+                    let boards = conn
+                        .scan_keys(&keys.board_pattern(), "zset")
+                        .await
+                        .map_err(redis_err)?;
+                    let mut removed_from = Vec::new();
+                    // One key per command: on a cluster the boards live on every node.
+                    for board in boards {
+                        let removed: i64 = redis::cmd("ZREM")
+                            .arg(&board)
+                            .arg(&player)
+                            .query_async(&mut conn)
+                            .await
+                            .map_err(redis_err)?;
+                        if removed > 0 {
+                            removed_from.extend(keys.game_of_current_board(&board));
+                        }
+                    }
+                    removed_from.sort_unstable();
+                    removed_from.dedup();
+                    Ok(removed_from)
+                })
+            }
+        }
+    }
+}
+
 impl Handler<ClaimFirst> for RedisSink {
     type Result = ResponseActFuture<Self, Result<Vec<i64>, SinkError>>;
 

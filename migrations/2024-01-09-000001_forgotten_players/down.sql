@@ -1,0 +1,2 @@
+DROP TABLE player_forget_requests;
+DROP TABLE forgotten_players;
