@@ -46,8 +46,9 @@ async fn the_pipeline_and_the_read_api_run_on_a_tls_redis_cluster() {
     let retries = with_retries(&mut evs, 2, 40, 77);
     evs.extend(retries);
     let mut model = Model::default();
-    for (ev, id) in post_all(app, evs, 8).await {
-        model.add(&ev, &id);
+    let accepted = post_all(app, evs, 8).await;
+    for (ev, id) in &accepted {
+        model.add(ev, id);
     }
     assert_state(&config, &model).await;
 
@@ -95,6 +96,32 @@ async fn the_pipeline_and_the_read_api_run_on_a_tls_redis_cluster() {
         .map(|e| json!([e["player_id"], e["score"]]))
         .collect();
     assert_eq!(got, want);
+
+    // Forgetting a player finds their board entries on every shard.
+    let forgotten = "player-5";
+    let pg = gamemetrics::db::pg_pool(&config.database);
+    let admin = gamemetrics::auth::create_key(&pg, None, None)
+        .await
+        .expect("admin key");
+    let res = app
+        .client
+        .delete(format!("{}/players/{forgotten}", app.address))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(res.status(), 202);
+    let mut without = Model::default();
+    for (ev, id) in accepted.iter().filter(|(ev, _)| ev["player_id"] != forgotten) {
+        without.add(ev, id);
+    }
+    assert!(without.stats.len() < model.stats.len(), "the player had events");
+    assert_state(&config, &without).await;
+    let mut stats = redis_view(&config, 0).conn().await.expect("Redis");
+    let exists: bool = redis::AsyncCommands::exists(&mut stats, keys.player_stats(forgotten))
+        .await
+        .expect("EXISTS");
+    assert!(!exists, "the player's stats hash is gone");
 }
 
 /// The node of the test's own cluster that is primary for `slot`, and its process id, from
