@@ -49,6 +49,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod rate_limit;
+pub mod rebuild;
 pub mod replay;
 pub mod schema;
 pub mod telemetry;

@@ -52,9 +52,22 @@ enum Command {
         #[command(subcommand)]
         action: PlayersAction,
     },
+    /// Rebuild a lost Redis from PostgreSQL.
+    Rebuild {
+        #[command(subcommand)]
+        what: RebuildWhat,
+    },
     /// Everything in one process, for a demo: migrations, topic, HTTP and all three consumer
     /// roles. Without KAFKA_BROKERS it starts an embedded, in-memory Kafka broker.
     Dev,
+}
+
+#[derive(Subcommand)]
+enum RebuildWhat {
+    /// Recompute the live stats and boards from `events` after a lost Redis. Stop the stats and
+    /// leaderboard consumers first (the command refuses otherwise); the logger and ingestion may
+    /// keep running. They resume exactly where the rebuild ends.
+    Redis,
 }
 
 #[derive(Subcommand)]
@@ -168,6 +181,13 @@ async fn run() -> anyhow::Result<()> {
         Command::Keys { action } => keys(&config, action).await,
         Command::Dlq { action } => dead_letters(&config, action).await,
         Command::Players { action } => players(&config, action).await,
+        Command::Rebuild {
+            what: RebuildWhat::Redis,
+        } => {
+            let rebuilt = gamemetrics::rebuild::rebuild_redis(&config).await?;
+            println!("{}", serde_json::to_string_pretty(&rebuilt)?);
+            Ok(())
+        }
         Command::Dev => {
             // A local demo accepts events without a key unless told otherwise.
             config.http.auth_required.get_or_insert(false);

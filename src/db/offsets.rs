@@ -69,6 +69,17 @@ pub async fn store(conn: &mut AsyncPgConnection, p: PartitionLog<'_>, next: i64)
         .map(drop)
 }
 
+/// Sets the partition's log to `next`, back or forward (`gamemetrics rebuild redis`, with the
+/// consumer stopped).
+pub async fn reset(conn: &mut AsyncPgConnection, p: PartitionLog<'_>, next: i64) -> QueryResult<()> {
+    lock(conn, p).await?;
+    diesel::update(row_of!(p).filter(topic_id.eq(p.log)))
+        .set((next_offset.eq(next), updated_at.eq(diesel::dsl::now)))
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 /// Makes `consumer_offsets` ready for the partition's current log: finds what was applied of it,
 /// adopts a row stored before offsets were kept per log, or starts a new row at 0 and says so.
 /// Callers are in a transaction.

@@ -133,18 +133,42 @@ impl RedisKeys {
         }
     }
 
-    /// A `SCAN MATCH` pattern for every board key, current and dated (and the current boards'
-    /// stamp markers, which are strings: scan with `TYPE zset`).
-    pub fn board_pattern(&self) -> String {
-        let mut escaped = String::with_capacity(self.prefix.len() + 14);
+    /// How many hashes one generation of `store`'s retry claims of one tag is spread over, with
+    /// DEDUP_BUCKETS at `configured`: all of them on a single Redis; on a cluster one per player
+    /// (a player's claims are few) and a 64th per game (a game's may be most of the traffic).
+    pub fn claim_buckets(&self, store: Store, configured: u32) -> u32 {
+        let configured = configured.clamp(1, 1 << 24);
+        match (self.layout, store) {
+            (Layout::Single, _) => configured,
+            (Layout::Cluster, Store::Stats) => 1,
+            (Layout::Cluster, Store::Boards) => (configured / 64).max(1),
+        }
+    }
+
+    /// The bucket of a claim, from the id's first three bytes, as the scripts' `first()` picks it.
+    pub fn claim_bucket(id: &uuid::Uuid, buckets: u32) -> u32 {
+        let b = id.as_bytes();
+        (u32::from(b[0]) * 65_536 + u32::from(b[1]) * 256 + u32::from(b[2])) % buckets.max(1)
+    }
+
+    /// The `SCAN MATCH` pattern of every key under the prefix that starts with `what`.
+    pub fn pattern(&self, what: &str) -> String {
+        let mut escaped = String::with_capacity(self.prefix.len() + what.len() + 1);
         for c in self.prefix.chars() {
             if matches!(c, '*' | '?' | '[' | ']' | '\\') {
                 escaped.push('\\');
             }
             escaped.push(c);
         }
-        escaped.push_str("leaderboard:*");
+        escaped.push_str(what);
+        escaped.push('*');
         escaped
+    }
+
+    /// A `SCAN MATCH` pattern for every board key, current and dated (and the current boards'
+    /// stamp markers, which are strings: scan with `TYPE zset`).
+    pub fn board_pattern(&self) -> String {
+        self.pattern("leaderboard:")
     }
 
     /// The game of a current board's key (`leaderboard:g1:daily` → `g1`); `None` for a dated
@@ -214,6 +238,11 @@ impl RedisKeys {
     /// The offset a consumer has applied up to in one log of one partition.
     pub fn offsets(&self, o: PartitionLog<'_>) -> String {
         format!("{}:{}", self.legacy_offsets(o), o.log)
+    }
+
+    /// Set while `gamemetrics rebuild redis` runs: a consumer doesn't open a partition then.
+    pub fn rebuilding(&self) -> String {
+        format!("{}gamemetrics:rebuilding", self.prefix)
     }
 
     /// The log a partition was last opened on.

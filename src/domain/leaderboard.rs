@@ -41,7 +41,7 @@ impl std::fmt::Display for Period {
 }
 
 /// One board of a game: a period's current board, or a past day's or week's.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Board {
     Current(Period),
     /// `Daily` with `2024-01-15`, or `Weekly` with `2024-W03`.

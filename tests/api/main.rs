@@ -20,6 +20,7 @@ mod postgres_tls;
 mod proxy;
 mod queries;
 mod read_replica;
+mod rebuild;
 mod redis_cluster;
 mod redis_failover;
 mod redis_tls;

@@ -167,12 +167,7 @@ impl RedisSink {
         let window = self.dedup_window_secs.max(1);
         let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
         let generation = now / window;
-        let buckets = match (self.keys.layout(), store) {
-            (Layout::Single, _) => self.claim_buckets,
-            // A player's claims are few: one hash. A game's may be most of the traffic.
-            (Layout::Cluster, Store::Stats) => 1,
-            (Layout::Cluster, Store::Boards) => (self.claim_buckets / 64).max(1),
-        };
+        let buckets = self.keys.claim_buckets(store, self.claim_buckets);
         let (key, field) = self.keys.guard(store, tag, position.partition_log());
         let mut call = Call::new(script, &key);
         call.push(self.keys.claims_of(store, tag, generation))
@@ -359,8 +354,19 @@ impl Handler<OpenLogRedis> for RedisSink {
             self.keys.last_log(o),
         ];
         let script = self.open_script.clone();
+        let rebuilding = self.keys.rebuilding();
         tracked(self, async move {
             let mut conn = pool.get().await.map_err(redis_err)?;
+            let rebuild: Option<String> = redis::cmd("GET")
+                .arg(&rebuilding)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err)?;
+            if let Some(by) = rebuild {
+                return Err(SinkError::Redis(format!(
+                    "gamemetrics rebuild redis is running ({by}); the partition opens once it is done"
+                )));
+            }
             let (state, stored, old_log, old_next): (String, i64, String, i64) = script
                 .key(&keys[..])
                 .arg(p.log.as_ref())

@@ -1,0 +1,147 @@
+//! Rebuilding a lost Redis: the stats and leaderboard consumers stop, Redis loses everything of
+//! ours, events keep coming (ingestion and the logger run on), `gamemetrics rebuild redis`
+//! recomputes the stores from `events`, the consumers start again, and every hash and sorted
+//! set equals the model of all accepted events: nothing missing at the seam, nothing counted
+//! twice, client retries after the rebuild still counted once.
+
+use crate::helpers::*;
+use crate::model::{assert_state, events, with_retries, Model};
+use gamemetrics::actors::Role;
+use gamemetrics::config::Config;
+use std::process::Output;
+use std::time::Duration;
+
+/// Runs `gamemetrics rebuild redis` against the test's topic, groups, schema and prefix.
+async fn rebuild(config: &Config) -> Output {
+    let c = config.clone();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gamemetrics"))
+            .args(["rebuild", "redis"])
+            .env("KAFKA_BROKERS", c.kafka.brokers())
+            .env("KAFKA_TOPIC", &c.kafka.kafka_topic)
+            .env("DATABASE_URL", c.database.database_url.expose())
+            .env("REDIS_URL", c.redis.redis_url.expose())
+            .env("REDIS_KEY_PREFIX", &c.redis.redis_key_prefix)
+            .env("CONSUMER_GROUP_PREFIX", &c.consumer.consumer_group_prefix)
+            .env(
+                "LEADERBOARD_RETENTION_DAYS",
+                c.consumer.leaderboard_retention_days.to_string(),
+            )
+            .env("DEDUP_WINDOW_SECS", c.consumer.dedup_window_secs.to_string())
+            .env("DEDUP_BUCKETS", c.consumer.dedup_buckets.to_string())
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("run gamemetrics rebuild redis")
+    })
+    .await
+    .expect("join")
+}
+
+/// Deletes every key of the test's prefix in both databases: to this test, a lost Redis (the
+/// server is shared with tests running beside it, so no FLUSHALL).
+async fn lose_redis(config: &Config) -> usize {
+    let mut lost = 0;
+    for db in [0, 1] {
+        let mut c = redis_conn(config, db).await;
+        let keys: Vec<String> =
+            redis::AsyncCommands::keys(&mut c, format!("{}*", config.redis.redis_key_prefix))
+                .await
+                .expect("KEYS");
+        lost += keys.len();
+        if !keys.is_empty() {
+            redis::AsyncCommands::del::<_, ()>(&mut c, keys)
+                .await
+                .expect("DEL");
+        }
+    }
+    lost
+}
+
+#[actix_web::test]
+async fn a_lost_redis_rebuilt_mid_stream_joins_what_the_consumers_add_next() {
+    lost_and_rebuilt(true).await;
+}
+
+/// Without retry claims the offsets the rebuild sets are all that keeps records below the cut,
+/// which the consumers read again, from counting twice.
+#[actix_web::test]
+async fn without_retry_dedup_the_offsets_alone_join_the_rebuild_to_the_consumers() {
+    lost_and_rebuilt(false).await;
+}
+
+async fn lost_and_rebuilt(dedup: bool) {
+    let p = spawn_pipeline(&Role::ALL, |c| {
+        c.consumer.leaderboard_retention_days = 36_500;
+        if !dedup {
+            c.consumer.dedup_window_secs = 0;
+        }
+    })
+    .await;
+    let (app, config) = (&p.app, p.app.config.clone());
+    let mut evs = events(900, 31);
+    let mut retries = with_retries(&mut evs, 3, 90, 31);
+    if !dedup {
+        retries.clear();
+    }
+    let mut parts = evs.chunks(300);
+    let mut model = Model::default();
+    let mut accept = |accepted: Vec<(serde_json::Value, String)>| {
+        for (ev, id) in &accepted {
+            model.add(ev, id);
+        }
+    };
+
+    accept(post_all(app, parts.next().expect("part").to_vec(), 8).await);
+    let mut consumers = p.consumers;
+    let leaderboard = consumers.pop().expect("leaderboard");
+    let stats = consumers.pop().expect("stats");
+    // Stopped with work in hand: whatever they hadn't applied is re-read after the rebuild.
+    stats.shutdown(Duration::from_secs(10)).await;
+    leaderboard.shutdown(Duration::from_secs(10)).await;
+
+    // Redis is lost while events keep coming; the logger stores them.
+    let (accepted, lost) = tokio::join!(post_all(app, parts.next().expect("part").to_vec(), 4), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        lose_redis(&config).await
+    });
+    accept(accepted);
+    assert!(lost > 0, "the stores had keys to lose");
+
+    // Refused while a stats consumer is a member of its group.
+    let running = start_consumers(&config, &[Role::Stats]);
+    let out = eventually(Duration::from_secs(30), "the refusal", || async {
+        let out = rebuild(&config).await;
+        (!out.status.success()).then_some(out)
+    })
+    .await;
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("stop the stats and leaderboard consumers"), "{why}");
+    for c in running {
+        c.shutdown(Duration::from_secs(10)).await;
+    }
+    lose_redis(&config).await;
+
+    // The rebuild runs while the third part is posted.
+    let (accepted, out) = tokio::join!(post_all(app, parts.next().expect("part").to_vec(), 4), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        eventually(
+            Duration::from_secs(60),
+            "a rebuild once the group is empty",
+            || async {
+                let out = rebuild(&config).await;
+                out.status.success().then_some(out)
+            },
+        )
+        .await
+    });
+    accept(accepted);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(report["players"].as_u64().expect("players") > 0, "{report}");
+    assert!(report["board_entries"].as_u64().expect("entries") > 0, "{report}");
+
+    // The consumers come back and carry on from the cut; client retries of events counted by
+    // the rebuild (and of ones they apply themselves) count once.
+    let _back = start_consumers(&config, &[Role::Stats, Role::Leaderboard]);
+    accept(post_all(app, retries, 4).await);
+    assert_state(&config, &model).await;
+}
