@@ -15,13 +15,17 @@ use std::time::Duration;
 async fn rebuild(config: &Config) -> Output {
     let c = config.clone();
     tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_gamemetrics"))
-            .args(["rebuild", "redis"])
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gamemetrics"));
+        if let Some(ca) = &c.redis.redis_ca_file {
+            cmd.env("REDIS_CA_FILE", ca);
+        }
+        cmd.args(["rebuild", "redis"])
             .env("KAFKA_BROKERS", c.kafka.brokers())
             .env("KAFKA_TOPIC", &c.kafka.kafka_topic)
             .env("DATABASE_URL", c.database.database_url.expose())
             .env("REDIS_URL", c.redis.redis_url.expose())
             .env("REDIS_KEY_PREFIX", &c.redis.redis_key_prefix)
+            .env("REDIS_CLUSTER", c.redis.redis_cluster.to_string())
             .env("CONSUMER_GROUP_PREFIX", &c.consumer.consumer_group_prefix)
             .env(
                 "LEADERBOARD_RETENTION_DAYS",
@@ -37,21 +41,24 @@ async fn rebuild(config: &Config) -> Output {
     .expect("join")
 }
 
-/// Deletes every key of the test's prefix in both databases: to this test, a lost Redis (the
-/// server is shared with tests running beside it, so no FLUSHALL).
+/// Deletes every key of the test's prefix in both databases (on a cluster, on every primary):
+/// to this test, a lost Redis (the server is shared with tests running beside it, so no
+/// FLUSHALL).
 async fn lose_redis(config: &Config) -> usize {
+    let keys = redis_keys(config);
     let mut lost = 0;
     for db in [0, 1] {
-        let mut c = redis_conn(config, db).await;
-        let keys: Vec<String> =
-            redis::AsyncCommands::keys(&mut c, format!("{}*", config.redis.redis_key_prefix))
-                .await
-                .expect("KEYS");
-        lost += keys.len();
-        if !keys.is_empty() {
-            redis::AsyncCommands::del::<_, ()>(&mut c, keys)
-                .await
-                .expect("DEL");
+        let pool = gamemetrics::db::redis_pool(&config.redis, db).expect("Redis pool");
+        let mut c = pool.get().await.expect("Redis");
+        for kind in ["hash", "zset", "string"] {
+            for key in c.scan_keys(&keys.pattern(""), kind).await.expect("SCAN") {
+                redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async::<()>(&mut c)
+                    .await
+                    .expect("DEL");
+                lost += 1;
+            }
         }
     }
     lost
@@ -59,21 +66,31 @@ async fn lose_redis(config: &Config) -> usize {
 
 #[actix_web::test]
 async fn a_lost_redis_rebuilt_mid_stream_joins_what_the_consumers_add_next() {
-    lost_and_rebuilt(true).await;
+    lost_and_rebuilt(true, None).await;
 }
 
 /// Without retry claims the offsets the rebuild sets are all that keeps records below the cut,
 /// which the consumers read again, from counting twice.
 #[actix_web::test]
 async fn without_retry_dedup_the_offsets_alone_join_the_rebuild_to_the_consumers() {
-    lost_and_rebuilt(false).await;
+    lost_and_rebuilt(false, None).await;
 }
 
-async fn lost_and_rebuilt(dedup: bool) {
+/// On a Redis Cluster the offsets are per player and game as well, on every shard (and, without
+/// retry claims, all that keeps records read again from counting twice).
+#[actix_web::test]
+async fn a_lost_redis_cluster_is_rebuilt_the_same_way() {
+    lost_and_rebuilt(false, Some(cluster_redis(cluster_port()))).await;
+}
+
+async fn lost_and_rebuilt(dedup: bool, cluster: Option<gamemetrics::config::RedisConfig>) {
     let p = spawn_pipeline(&Role::ALL, |c| {
         c.consumer.leaderboard_retention_days = 36_500;
         if !dedup {
             c.consumer.dedup_window_secs = 0;
+        }
+        if let Some(redis) = cluster {
+            c.redis = redis;
         }
     })
     .await;
