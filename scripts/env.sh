@@ -47,6 +47,14 @@ ensure_schemathesis() {
   fi
 }
 
+# Chromium and ChromeDriver (Debian's packages), for the dashboard's browser test.
+ensure_chromium() {
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && return
+  echo "installing chromium and chromium-driver (Debian packages)" >&2
+  [ -f /tmp/.gamemetrics-apt-updated ] || { apt-get update -qq >/dev/null && touch /tmp/.gamemetrics-apt-updated; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+}
+
 # Prometheus and promtool (Debian's package), for scripts/check-monitoring and the monitoring
 # test; Debian's package only installs them here (no systemd to start its service).
 ensure_prometheus() {

@@ -61,6 +61,10 @@ impl Application {
             keys: keys.clone(),
             pg: queries.pg.clone(),
         });
+        let pipeline = web::Data::new(http::dashboard::pipeline::PipelineProbe::new(
+            config,
+            queries.pg.clone(),
+        ));
         let probe = web::Data::new(http::health::PgProbe::new(queries.pg.clone(), &config.database));
         let api = http.http_api;
         let request_timeout = http.request_timeout();
@@ -71,6 +75,7 @@ impl Application {
                 .app_data(queries.clone())
                 .app_data(probe.clone())
                 .app_data(admin.clone())
+                .app_data(pipeline.clone())
                 .app_data(web::QueryConfig::default().error_handler(http::query::query_error))
                 // Inside `observe`, so a request cut short is counted and logged as a 408.
                 .wrap(from_fn(move |req, next| {

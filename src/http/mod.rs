@@ -11,9 +11,11 @@
 //! | `GET /games/{id}/leaderboard` | [`query::leaderboard`] |
 //! | `GET /events/{id}`       | [`query::event`]      |
 //! | `GET /player/{id}/events`, `GET /games/{id}/leaderboard/players/{pid}`, `POST /api/v1/events/batch` | see [`openapi`] |
+//! | `GET /games`, `GET /dashboard` (and its assets and live streams) | [`query::games`], [`dashboard`] |
 //! | `DELETE /players/{id}`   | [`players::forget_player`] (admin keys) |
 //! | `GET /openapi.json`, `GET /docs` | [`openapi`] |
 
+pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod ingest;
@@ -81,7 +83,16 @@ pub fn routes(cfg: &mut web::ServiceConfig, api: HttpApi) {
                 "/games/{game_id}/leaderboard/players/{player_id}",
                 web::get().to(query::player_rank),
             )
-            .route("/events/{event_id}", web::get().to(query::event));
+            .route("/events/{event_id}", web::get().to(query::event))
+            .route("/games", web::get().to(query::games))
+            .route("/dashboard", web::get().to(dashboard::page))
+            .route("/dashboard/app.js", web::get().to(dashboard::script))
+            .route("/dashboard/app.css", web::get().to(dashboard::style))
+            .route("/dashboard/live/board", web::get().to(dashboard::live_board))
+            .route(
+                "/dashboard/live/pipeline",
+                web::get().to(dashboard::live_pipeline),
+            );
     }
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))

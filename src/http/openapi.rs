@@ -2,7 +2,7 @@
 //! typed bodies they answer with, served at `/openapi.json`, and a rendered page at `/docs`.
 
 use super::error::{ErrorBody, ErrorDetail, ErrorTag};
-use super::{health, ingest, players, query, AppState};
+use super::{dashboard, health, ingest, players, query, AppState};
 use crate::config::HttpApi;
 use actix_web::{web, HttpResponse};
 use std::sync::OnceLock;
@@ -26,7 +26,11 @@ use utoipa::{Modify, OpenApi};
         query::boards::leaderboard,
         query::boards::player_rank,
         query::events::event,
+        query::games::games,
         players::forget_player,
+        dashboard::page,
+        dashboard::live_board,
+        dashboard::live_pipeline,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -37,6 +41,7 @@ use utoipa::{Modify, OpenApi};
         (name = "ingest", description = "Send player events"),
         (name = "queries", description = "Read stats, leaderboards and events"),
         (name = "admin", description = "Admin keys only: forget a player"),
+        (name = "dashboard", description = "The live console and its streams (server-sent events)"),
         (name = "operations", description = "Probes and metrics"),
     )
 )]
@@ -63,7 +68,7 @@ pub fn document(api: HttpApi) -> utoipa::openapi::OpenApi {
             .flat_map(|op| op.tags.iter().flatten())
             .all(|tag| match tag.as_str() {
                 "ingest" | "admin" => api.ingest(),
-                "queries" => api.query(),
+                "queries" | "dashboard" => api.query(),
                 _ => true,
             })
     });

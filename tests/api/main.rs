@@ -7,6 +7,7 @@ mod backlog;
 mod consumers;
 mod contract;
 mod crash;
+mod dashboard;
 mod dlq;
 mod forget;
 mod helpers;

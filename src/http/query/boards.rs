@@ -92,7 +92,7 @@ fn digits(s: &str, range: std::ops::Range<usize>) -> bool {
 impl BoardParams {
     /// The board these parameters name. Dates and weeks must be exactly the board key's form:
     /// chrono alone also takes `2026-1-5` or `+202`, which name no board.
-    fn board(&self) -> Result<Board, ApiError> {
+    pub fn board(&self) -> Result<Board, ApiError> {
         let period = self.period.unwrap_or(Period::Alltime);
         match (period, &self.date, &self.week) {
             (_, None, None) => Ok(Board::Current(period)),
@@ -154,24 +154,50 @@ pub async fn leaderboard(
 ) -> Result<HttpResponse, ApiError> {
     let game = GameId::parse(path.into_inner())?;
     key.may_read(&game)?;
-    let board = which.board()?;
-    let limit = bounded("limit", page.limit, 10, 1, 1000)? as usize;
-    let offset = bounded("offset", page.offset, 0, 0, 1_000_000)? as usize;
-    let start = isize::try_from(offset).unwrap_or(isize::MAX);
-    let stop = start.saturating_add(isize::try_from(limit).unwrap_or(1000) - 1);
-    let entries = board_page(&q, q.keys.board(game.as_str(), &board), start, stop).await?;
-    Ok(HttpResponse::Ok().json(LeaderboardPage {
+    let (board, page) = (which.board()?, page.checked()?);
+    Ok(HttpResponse::Ok().json(read_page(&q, &game, &board, page).await?))
+}
+
+/// A checked page of a board: how many entries from where.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    limit: usize,
+    offset: usize,
+}
+
+impl PageParams {
+    /// The page asked for, checked against its bounds.
+    pub fn checked(&self) -> Result<Page, ApiError> {
+        Ok(Page {
+            limit: bounded("limit", self.limit, 10, 1, 1000)? as usize,
+            offset: bounded("offset", self.offset, 0, 0, 1_000_000)? as usize,
+        })
+    }
+}
+
+/// One page of one of a game's boards, from Redis (the read endpoint and the dashboard's live
+/// stream).
+pub async fn read_page(
+    q: &QueryState,
+    game: &GameId,
+    board: &Board,
+    page: Page,
+) -> Result<LeaderboardPage, ApiError> {
+    let start = isize::try_from(page.offset).unwrap_or(isize::MAX);
+    let stop = start.saturating_add(isize::try_from(page.limit).unwrap_or(1000) - 1);
+    let entries = board_page(q, q.keys.board(game.as_str(), board), start, stop).await?;
+    Ok(LeaderboardPage {
         game_id: game.as_str().to_owned(),
         period: board.period(),
         board: board.name(),
-        offset: offset as u64,
-        limit: limit as u64,
-        entries: ranked(offset, entries.iter().cloned()),
-    }))
+        offset: page.offset as u64,
+        limit: page.limit as u64,
+        entries: ranked(page.offset, entries.iter().cloned()),
+    })
 }
 
-type Page = Rc<Vec<(String, f64)>>;
-type PageRead = LocalBoxFuture<'static, Result<Page, String>>;
+type Entries = Rc<Vec<(String, f64)>>;
+type PageRead = LocalBoxFuture<'static, Result<Entries, String>>;
 
 thread_local! {
     /// Board pages being read from Redis by this HTTP worker (each worker is one thread). Weak:
@@ -197,7 +223,7 @@ impl Drop for ForgetOnDrop {
 /// ZREVRANGE … WITHSCORES of one page, shared by identical requests that arrive while it is in
 /// flight on this worker: a top-10 that many clients poll at once costs one Redis round trip, and
 /// no answer is older than that round trip (no cache: nothing is kept once it lands).
-async fn board_page(q: &QueryState, key: String, start: isize, stop: isize) -> Result<Page, ApiError> {
+async fn board_page(q: &QueryState, key: String, start: isize, stop: isize) -> Result<Entries, ApiError> {
     let id = (key, start, stop);
     let pending = PAGES_IN_FLIGHT.with(|m| m.borrow().get(&id).and_then(WeakShared::upgrade));
     let pending = match pending {

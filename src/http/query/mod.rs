@@ -5,10 +5,12 @@
 
 pub mod boards;
 pub mod events;
+pub mod games;
 pub mod stats;
 
 pub use boards::{leaderboard, player_rank};
 pub use events::{event, player_events};
+pub use games::games;
 pub use stats::player_stats;
 
 use super::error::{ApiError, ErrorBody};
