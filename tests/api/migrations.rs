@@ -53,7 +53,9 @@ async fn migrations_create_the_seed_tables_and_run_twice() {
             "consumer_offsets",
             "dlq",
             "events",
+            "forgotten_players",
             "leaderboards",
+            "player_forget_requests",
             "player_statistics"
         ]
     );
