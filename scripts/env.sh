@@ -47,6 +47,16 @@ ensure_schemathesis() {
   fi
 }
 
+# cargo-deny (crates.io), for the licence, ban and source checks in scripts/test (deny.toml).
+CARGO_DENY_VERSION=0.20.2
+ensure_cargo_deny() {
+  local have
+  have=$(cargo deny --version 2>/dev/null || true)
+  [ "$have" = "cargo-deny $CARGO_DENY_VERSION" ] && return
+  echo "installing cargo-deny $CARGO_DENY_VERSION (a few minutes, once)" >&2
+  cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION"
+}
+
 # Chromium and ChromeDriver (Debian's packages), for the dashboard's browser test.
 ensure_chromium() {
   command -v chromium >/dev/null && command -v chromedriver >/dev/null && return

@@ -36,6 +36,7 @@ pub struct Metrics {
     /// Records sent to the DLQ, by consumer service.
     pub consumer_dlq: IntCounterVec,
     pub consumer_forgotten: IntCounterVec,
+    pub consumer_rejected: IntCounterVec,
     /// Sink write latency, by consumer service and sink.
     pub consumer_flush_latency: HistogramVec,
     /// Records per sink write, by consumer service and sink.
@@ -137,6 +138,11 @@ impl Metrics {
             &["service", "sink"],
         )?;
         let consumer_dlq = by_service("consumer_dlq_total", "Records sent to the DLQ", &["service"])?;
+        let consumer_rejected = by_service(
+            "consumer_rejected_records_total",
+            "Records a store refused for their content, dead-lettered alone",
+            &["service", "sink"],
+        )?;
         let consumer_forgotten = by_service(
             "consumer_forgotten_records_total",
             "Records of forgotten players dropped unapplied",
@@ -180,6 +186,7 @@ impl Metrics {
         registry.register(Box::new(consumer_duplicates.clone()))?;
         registry.register(Box::new(consumer_dlq.clone()))?;
         registry.register(Box::new(consumer_forgotten.clone()))?;
+        registry.register(Box::new(consumer_rejected.clone()))?;
         registry.register(Box::new(consumer_flush_latency.clone()))?;
         registry.register(Box::new(consumer_flush_size.clone()))?;
         registry.register(Box::new(consumer_e2e_latency.clone()))?;
@@ -208,6 +215,7 @@ impl Metrics {
             consumer_duplicates,
             consumer_dlq,
             consumer_forgotten,
+            consumer_rejected,
             consumer_flush_latency,
             consumer_flush_size,
             consumer_e2e_latency,

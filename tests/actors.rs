@@ -147,6 +147,7 @@ impl Handler<ApplyStats> for FakeSinks {
             applied: m.deltas.len() - retries.len(),
             checked_from: 0,
             retries,
+            refused: Vec::new(),
         })
     }
 }
@@ -163,10 +164,13 @@ impl Handler<ClaimFirst> for FakeSinks {
 }
 
 impl Handler<ApplyScores> for FakeSinks {
-    type Result = Result<usize, SinkError>;
+    type Result = Result<ScoresApplied, SinkError>;
     fn handle(&mut self, m: ApplyScores, _: &mut Context<Self>) -> Self::Result {
         self.scores.push(m.deltas.iter().map(|d| d.offset).collect());
-        Ok(m.deltas.len())
+        Ok(ScoresApplied {
+            applied: m.deltas.len(),
+            refused: Vec::new(),
+        })
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Lane<T> {
     cap: usize,
     /// What `cap` grows back to.
     max: usize,
+    /// The batch in flight is a refused record's dead letter.
+    dead_letter_in_flight: bool,
 }
 
 impl<T> Default for Lane<T> {
@@ -57,6 +59,7 @@ impl<T> Lane<T> {
             retry_at: None,
             cap: max,
             max,
+            dead_letter_in_flight: false,
         }
     }
 
@@ -97,6 +100,7 @@ impl<T> Lane<T> {
     /// instead of bouncing off it every other write).
     pub fn succeeded(&mut self) {
         self.in_flight = None;
+        self.dead_letter_in_flight = false;
         self.sending = false;
         self.failures = 0;
         self.retry_at = None;
@@ -119,20 +123,62 @@ impl<T> Lane<T> {
     where
         T: Clone,
     {
-        if let Some((batch, offsets, _)) = self.in_flight.take() {
-            let half = batch.len().div_ceil(2);
-            self.cap = half.max(1);
-            let mut items: Vec<T> = Arc::try_unwrap(batch).unwrap_or_else(|shared| (*shared).clone());
-            let (back_items, back_offsets) = (items.split_off(half), offsets[half..].to_vec());
-            for (o, item) in back_offsets.into_iter().zip(back_items).rev() {
-                self.pending_from = Some(self.pending_from.map_or(o, |f| f.min(o)));
-                self.pending.push_front((o, item));
-            }
-            let kept = offsets[..half].to_vec();
-            let from = kept.iter().copied().min().unwrap_or(i64::MAX);
-            self.in_flight = Some((Arc::new(items), kept, from));
+        if let Some(kept) = self.halve() {
+            self.cap = kept.max(1);
         }
         self.failed(max_backoff)
+    }
+
+    /// The in-flight batch was refused for its content ([`SinkError::Rejected`]). A batch of
+    /// several records is halved, its second half back to the front of the queue, to be sent
+    /// again at once (the cap stays: the next batches are as big as before); `None`. A batch of
+    /// one answers that record, still in flight, for [`Self::replace_in_flight`].
+    pub fn rejected(&mut self) -> Option<(i64, T)>
+    where
+        T: Clone,
+    {
+        self.sending = false;
+        self.retry_at = None;
+        let (batch, offsets, from) = self.in_flight.as_ref()?;
+        if let ([record], [offset]) = (batch.as_slice(), offsets.as_slice()) {
+            debug_assert_eq!(*from, *offset);
+            return Some((*offset, record.clone()));
+        }
+        self.halve();
+        None
+    }
+
+    /// Halves the in-flight batch, its second half back to the front of the queue; answers how
+    /// many records it kept.
+    fn halve(&mut self) -> Option<usize>
+    where
+        T: Clone,
+    {
+        let (batch, offsets, _) = self.in_flight.take()?;
+        let half = batch.len().div_ceil(2);
+        let mut items: Vec<T> = Arc::try_unwrap(batch).unwrap_or_else(|shared| (*shared).clone());
+        let (back_items, back_offsets) = (items.split_off(half), offsets[half..].to_vec());
+        for (o, item) in back_offsets.into_iter().zip(back_items).rev() {
+            self.pending_from = Some(self.pending_from.map_or(o, |f| f.min(o)));
+            self.pending.push_front((o, item));
+        }
+        let kept = offsets[..half].to_vec();
+        let from = kept.iter().copied().min().unwrap_or(i64::MAX);
+        self.in_flight = Some((Arc::new(items), kept, from));
+        Some(half)
+    }
+
+    /// Replaces the one record in flight (a refused record, by its dead-letter form).
+    pub fn replace_in_flight(&mut self, item: T) {
+        if let Some((_, offsets, from)) = self.in_flight.take() {
+            self.in_flight = Some((Arc::new(vec![item]), offsets, from));
+            self.dead_letter_in_flight = true;
+        }
+    }
+
+    /// True while the batch in flight is a refused record's dead letter.
+    pub fn dead_letter_in_flight(&self) -> bool {
+        self.dead_letter_in_flight
     }
 
     /// The lowest offset this lane has not yet made durable, if any. Both the in-flight batch
@@ -304,6 +350,11 @@ pub struct LaneOps<A: Actor<Context = Context<A>>, T, R> {
     pub done: Done<A, T, R>,
     /// The lane's flush entry point, called again after a failed write's backoff.
     pub again: fn(&mut A, &mut Context<A>),
+    /// What a record the store refused ([`SinkError::Rejected`]) is written as instead: its
+    /// dead letter, with the store's reason. `None`: the lane's store can't refuse a record
+    /// alone (its writes are checked before anything is written, or are snapshots), and a
+    /// refusal is retried like any failure.
+    pub dead_letter: Option<fn(&mut A, T, String) -> T>,
 }
 
 /// Sends the lane's next batch (the failed one again, or what is pending): on success the lane
@@ -338,6 +389,25 @@ pub fn send_taken<A: RoleActor, T: Clone + 'static, R: 'static>(
                 settings.observe_latency(ops.sink, batch.iter().filter_map(ingested_at));
             }
             (ops.done)(act, batch, r, ctx);
+        }
+        // A dead letter refused in turn (the `dlq` table refusing it) is retried with backoff
+        // like any failure, rather than in a tight loop.
+        Err(e) if e.is_rejected() && ops.dead_letter.is_some() && !(ops.lane)(act).dead_letter_in_flight() => {
+            let (service, partition) = (act.core().position.service, act.core().position.partition);
+            act.core()
+                .settings
+                .metrics
+                .consumer_rejected
+                .with_label_values(&[service, ops.sink])
+                .inc();
+            // Halved until the refused record is alone, then written as its dead letter: the
+            // partition keeps moving, and only that record is left out.
+            if let Some((offset, record)) = (ops.lane)(act).rejected() {
+                tracing::error!(service, partition, offset, lane = ops.what, error = %e, "a store refused the record: dead-lettered");
+                let dead = ops.dead_letter.map(|d| d(act, record.clone(), e.to_string()));
+                (ops.lane)(act).replace_in_flight(dead.unwrap_or(record));
+            }
+            (ops.again)(act, ctx);
         }
         Err(e) => {
             let (max, partition) = (act.core().settings.retry_max, act.core().position.partition);
@@ -411,6 +481,31 @@ mod tests {
         assert_eq!(*lane.take().unwrap(), vec!["c"]);
         lane.succeeded();
         assert_eq!(lane.lowest_unapplied(), None);
+    }
+
+    #[test]
+    fn a_refused_batch_is_halved_until_one_record_is_left_then_replaced_by_its_dead_letter() {
+        let mut lane = Lane::new(8);
+        for o in 0..4 {
+            lane.push(o, o);
+        }
+        assert_eq!(*lane.take().unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(lane.rejected(), None, "halved");
+        assert_eq!(*lane.take().unwrap(), vec![0, 1], "at once: no backoff");
+        assert_eq!(lane.rejected(), None);
+        assert_eq!(*lane.take().unwrap(), vec![0]);
+        assert_eq!(lane.rejected(), Some((0, 0)), "alone: the refused record");
+        lane.replace_in_flight(-1);
+        assert!(lane.dead_letter_in_flight());
+        assert_eq!(*lane.take().unwrap(), vec![-1]);
+        lane.succeeded();
+        assert!(!lane.dead_letter_in_flight());
+        assert_eq!(lane.lowest_unapplied(), Some(1));
+        assert_eq!(
+            *lane.take().unwrap(),
+            vec![1, 2, 3],
+            "the rest, as big as the cap allows"
+        );
     }
 
     #[test]

@@ -47,21 +47,37 @@ pub struct Leaderboard {
 }
 
 /// Scores to Redis DB 1, within LIVE_FLUSH_MS.
-const SCORES: LaneOps<Leaderboard, ScoreDelta, usize> = LaneOps {
+const SCORES: LaneOps<Leaderboard, ScoreDelta, ScoresApplied> = LaneOps {
     what: "scores to Redis",
     sink: "redis",
-    applied: |applied, _| *applied,
+    applied: |done, _| done.applied,
     ingested_at: Some(|d| Some(d.ingested_at)),
     lane: |act| &mut act.scores,
     write: |act, deltas| {
         let position = act.core.position.clone();
         send(&act.scores_sink, ApplyScores { position, deltas })
     },
-    done: |act, deltas, _, ctx| {
+    done: |act, deltas, done, ctx| {
         // The scores lane forgot these offsets in this same callback: they move to the boards
         // lane without a moment in which neither holds them.
         for d in deltas.iter() {
-            act.boards.push(d.offset, BoardWork::Touched(d.game_id.clone()));
+            let work = if done.refused.contains(&d.offset) {
+                act.core.settings.rejected("redis", d.offset);
+                BoardWork::Dead(DlqEntry {
+                    offset: d.offset,
+                    // What the leaderboard kept of it; the whole event is in `events` and on
+                    // the topic at the row's position.
+                    original: serde_json::json!({"game_id": d.game_id, "player_id": d.player_id, "score": d.score}),
+                    reason: format!(
+                        "Redis refused: a board key of game {} holds data gamemetrics didn't write \
+                         (another type); the score was not counted",
+                        d.game_id
+                    ),
+                })
+            } else {
+                BoardWork::Touched(d.game_id.clone())
+            };
+            act.boards.push(d.offset, work);
         }
         act.scored_since_flush += deltas.len();
         act.after_board_work(ctx);
@@ -69,6 +85,7 @@ const SCORES: LaneOps<Leaderboard, ScoreDelta, usize> = LaneOps {
         act.flush_scores(ctx);
     },
     again: |act, ctx| act.flush_scores(ctx),
+    dead_letter: None,
 };
 
 /// The top N of touched boards, and dead letters, to PostgreSQL.
@@ -109,6 +126,7 @@ const BOARDS: LaneOps<Leaderboard, BoardWork, ()> = LaneOps {
         }
     },
     again: |act, ctx| act.flush_boards(ctx),
+    dead_letter: None,
 };
 
 impl Leaderboard {

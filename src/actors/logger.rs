@@ -40,7 +40,24 @@ const EVENTS: LaneOps<Logger, Record, usize> = LaneOps {
         act.flush(ctx);
     },
     again: |act, ctx| act.flush(ctx),
+    dead_letter: Some(|_, record, reason| dead_letter(record, reason)),
 };
+
+/// A record `events` refused, as its dead letter: the event goes to `dlq` with PostgreSQL's
+/// reason. A dead letter the `dlq` table refused too is let go (logged at ERROR by the lane).
+fn dead_letter(record: Record, reason: String) -> Record {
+    let payload = match record.payload {
+        Payload::Event(e) => Payload::Poison {
+            original: serde_json::to_value(&e).unwrap_or_default(),
+            reason,
+        },
+        _ => Payload::NotForUs,
+    };
+    Record {
+        offset: record.offset,
+        payload,
+    }
+}
 
 impl Logger {
     /// A logger writing through `pg`, forgetting players through `forget`.

@@ -99,8 +99,10 @@ impl Progress {
 
 pub use crate::db::dlq::DlqEntry;
 
-/// Why a sink write failed. All of them are retried by the role actor with backoff; none sends
-/// a record to the DLQ, because a database being down says nothing about the record.
+/// Why a sink write failed. A store that is unavailable (down, slow, failing over) says nothing
+/// about the records: the batch is retried with backoff. A store that refuses what is in the
+/// batch ([`SinkError::Rejected`]) would refuse it again: the lane splits the batch until the
+/// record is alone and dead-letters it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
     #[error("PostgreSQL: {0}")]
@@ -114,6 +116,10 @@ pub enum SinkError {
         store: &'static str,
         after: std::time::Duration,
     },
+    /// The store refused a value or a constraint failed: sending the same records again can't
+    /// succeed.
+    #[error("{store} refused a record: {message}")]
+    Rejected { store: &'static str, message: String },
 }
 
 impl SinkError {
@@ -126,8 +132,13 @@ impl SinkError {
                 let m = m.to_ascii_lowercase();
                 m.contains("timed out") || m.contains("timeout")
             }
-            SinkError::Mailbox(_) => false,
+            SinkError::Mailbox(_) | SinkError::Rejected { .. } => false,
         }
+    }
+
+    /// True when the store refused the batch's content rather than being unavailable.
+    pub fn is_rejected(&self) -> bool {
+        matches!(self, SinkError::Rejected { .. })
     }
 }
 
@@ -166,6 +177,8 @@ pub struct StatRow {
     pub event_type: String,
     /// A retry of an event already counted ([`ClaimFirst`]): it only moves the offset.
     pub retry: bool,
+    /// `player_statistics` refused it (the reason): it is dead-lettered instead of counted.
+    pub dead: Option<String>,
 }
 
 /// Stats aggregator: add a batch of events to player_statistics, once.
@@ -248,18 +261,24 @@ pub struct StatsApplied {
     pub checked_from: i64,
     /// The checked offsets that are retries of an event counted at another offset.
     pub retries: Vec<i64>,
+    /// Offsets left out because their player's stats key holds something else's data.
+    pub refused: Vec<i64>,
 }
 
 impl redis::FromRedisValue for StatsApplied {
     fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
         let all: Vec<i64> = redis::FromRedisValue::from_redis_value(v)?;
         match all.as_slice() {
-            [applied, checked_from, retries @ ..] => Ok(StatsApplied {
-                applied: usize::try_from(*applied).unwrap_or(0),
-                checked_from: *checked_from,
-                retries: retries.to_vec(),
-            }),
-            _ => Err("the stats script answers at least two integers".into()),
+            [applied, checked_from, n_refused, rest @ ..] => {
+                let n = usize::try_from(*n_refused).unwrap_or(0).min(rest.len());
+                Ok(StatsApplied {
+                    applied: usize::try_from(*applied).unwrap_or(0),
+                    checked_from: *checked_from,
+                    refused: rest[..n].to_vec(),
+                    retries: rest[n..].to_vec(),
+                })
+            }
+            _ => Err("the stats script answers at least three integers".into()),
         }
     }
 }
@@ -284,9 +303,19 @@ pub struct ScoreDelta {
     pub ingested_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Apply score deltas to Redis DB 1, skipping offsets already applied. Answers how many applied.
+/// What [`ApplyScores`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScoresApplied {
+    /// Deltas scored.
+    pub applied: usize,
+    /// Offsets left out because a board key of their game holds something else's data.
+    pub refused: Vec<i64>,
+}
+
+/// Apply score deltas to Redis DB 1, skipping offsets already applied and refusing (without
+/// writing) those whose keys hold something else's data.
 #[derive(Message)]
-#[rtype(result = "Result<usize, SinkError>")]
+#[rtype(result = "Result<ScoresApplied, SinkError>")]
 pub struct ApplyScores {
     pub position: Position,
     pub deltas: Arc<Vec<ScoreDelta>>,

@@ -130,6 +130,16 @@ impl RoleSettings {
         self.count_dropped(self.forgotten.contains(event.player_id.as_str()))
     }
 
+    /// Counts and logs a record a store refused for its content (it is dead-lettered).
+    pub fn rejected(&self, sink: &str, offset: i64) {
+        let service = self.role.service();
+        self.metrics
+            .consumer_rejected
+            .with_label_values(&[service, sink])
+            .inc();
+        tracing::error!(service, sink, offset, "a store refused the record: dead-lettered");
+    }
+
     fn count_dropped(&self, dropped: bool) -> bool {
         if dropped {
             self.metrics

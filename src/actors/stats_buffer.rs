@@ -28,6 +28,9 @@ pub struct StatsBuffer {
     /// answers (they can't differ: the claim records the first sighting's offset) and asks Redis
     /// only about offsets the live lane skipped as already applied before a restart.
     checked: BTreeMap<i64, bool>,
+    /// Offset -> why Redis refused it (its player's key holds something else's data): the
+    /// batch lane dead-letters these instead of counting them.
+    refused: BTreeMap<i64, String>,
     /// One past the newest offset the live lane has written (and so answered for).
     live_done_next: i64,
     /// A batch taken from the batch lane, waiting for the live lane to answer for its newest
@@ -54,6 +57,17 @@ const LIVE: LaneOps<StatsBuffer, StatDelta, StatsApplied> = LaneOps {
         for d in deltas.iter().filter(|d| d.offset >= done.checked_from) {
             act.checked.insert(d.offset, retries.contains(&d.offset));
         }
+        for d in deltas.iter().filter(|d| done.refused.contains(&d.offset)) {
+            act.core.settings.rejected("redis", d.offset);
+            act.refused.insert(
+                d.offset,
+                format!(
+                    "Redis refused: the stats key of player {} holds another type of data, which \
+                     gamemetrics didn't write; the event was not counted",
+                    d.player_id
+                ),
+            );
+        }
         if let Some(newest) = deltas.iter().map(|d| d.offset).max() {
             act.live_done_next = act.live_done_next.max(newest + 1);
         }
@@ -65,6 +79,7 @@ const LIVE: LaneOps<StatsBuffer, StatDelta, StatsApplied> = LaneOps {
         act.flush_live(ctx);
     },
     again: |act, ctx| act.flush_live(ctx),
+    dead_letter: None,
 };
 
 /// Counts to `player_statistics`, every STATS_FLUSH_EVENTS or STATS_FLUSH_INTERVAL_MS.
@@ -78,6 +93,16 @@ const BATCH: LaneOps<StatsBuffer, StatRow, usize> = LaneOps {
         let mut rows: Vec<StatRow> = batch.iter().cloned().collect();
         let mut unchecked = Vec::new();
         for r in &mut rows {
+            if r.dead.is_some() {
+                // Refused by player_statistics before, and dead-lettered now: never counted.
+                r.retry = true;
+                continue;
+            }
+            if let Some(reason) = act.refused.get(&r.offset) {
+                r.retry = true;
+                r.dead = Some(reason.clone());
+                continue;
+            }
             match act.checked.get(&r.offset) {
                 Some(&retry) => r.retry = retry,
                 None => unchecked.push(ClaimItem {
@@ -108,6 +133,7 @@ const BATCH: LaneOps<StatsBuffer, StatRow, usize> = LaneOps {
     done: |act, batch, _, ctx| {
         if let Some(last) = batch.last() {
             act.checked = act.checked.split_off(&(last.offset + 1));
+            act.refused = act.refused.split_off(&(last.offset + 1));
         }
         act.report();
         run_forgets(act, ctx);
@@ -123,6 +149,11 @@ const BATCH: LaneOps<StatsBuffer, StatRow, usize> = LaneOps {
         }
     },
     again: |act, ctx| act.flush_batch(ctx),
+    dead_letter: Some(|_, row, reason| StatRow {
+        retry: true,
+        dead: Some(reason),
+        ..row
+    }),
 };
 
 impl StatsBuffer {
@@ -146,6 +177,7 @@ impl StatsBuffer {
             live: Lane::new(max_batch),
             batch: Lane::new(max_batch),
             checked: BTreeMap::new(),
+            refused: BTreeMap::new(),
             live_done_next: 0,
             parked: None,
             live_timer: None,
@@ -277,6 +309,7 @@ impl Handler<Consumed> for StatsBuffer {
                 player_id: event.player_id.as_str().to_owned(),
                 event_type: event.event_type.as_str().to_owned(),
                 retry: false,
+                dead: None,
             },
         );
         if self.batch.pending_len() >= self.core.settings.config.stats_flush_events {

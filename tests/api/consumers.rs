@@ -446,7 +446,8 @@ async fn a_client_event_id_seen_at_one_offset_is_not_counted_again_at_another() 
         StatsApplied {
             applied: 3,
             checked_from: 0,
-            retries: vec![2]
+            retries: vec![2],
+            refused: vec![],
         },
         "the live lane names the retry it skipped, for the PostgreSQL lane to reuse"
     );

@@ -25,5 +25,6 @@ mod rebuild;
 mod redis_cluster;
 mod redis_failover;
 mod redis_tls;
+mod refused;
 mod shutdown;
 mod start_over;

@@ -90,6 +90,8 @@ where
     Box::pin(write.into_actor(sink).map(|res, sink, ctx| {
         match &res {
             Ok(_) => *sink.failures() = 0,
+            // The store answered, and refused what it was sent: the sink is healthy.
+            Err(e) if e.is_rejected() => {}
             Err(e) => {
                 let failures = sink.failures();
                 *failures += 1;

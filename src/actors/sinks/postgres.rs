@@ -75,7 +75,51 @@ fn pg_err(e: impl std::fmt::Display) -> SinkError {
 
 impl From<diesel::result::Error> for SinkError {
     fn from(e: diesel::result::Error) -> Self {
-        pg_err(e)
+        if refused_for_content(&e) {
+            SinkError::Rejected {
+                store: "PostgreSQL",
+                message: e.to_string(),
+            }
+        } else {
+            pg_err(e)
+        }
+    }
+}
+
+/// PostgreSQL's data exceptions (class 22) as their messages begin, for errors diesel reports
+/// without a kind of their own.
+const DATA_EXCEPTIONS: &[&str] = &[
+    "invalid input syntax",
+    "invalid input value",
+    "value too long",
+    "out of range",
+    "invalid byte sequence",
+    "unsupported unicode escape sequence",
+    "cannot be represented",
+    "division by zero",
+    "malformed",
+];
+
+/// Whether PostgreSQL refused the statement for what it carried (a constraint, a value it
+/// can't store), as opposed to being unreachable, overloaded or in a failover: the first will
+/// fail again however often it is sent.
+fn refused_for_content(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind as Kind, Error};
+    match e {
+        Error::DatabaseError(
+            Kind::CheckViolation
+            | Kind::NotNullViolation
+            | Kind::ForeignKeyViolation
+            | Kind::RestrictViolation
+            | Kind::ExclusionViolation,
+            _,
+        ) => true,
+        Error::DatabaseError(Kind::Unknown, info) => {
+            let m = info.message().to_ascii_lowercase();
+            DATA_EXCEPTIONS.iter().any(|d| m.contains(d))
+        }
+        Error::SerializationError(_) => true,
+        _ => false,
     }
 }
 
@@ -175,6 +219,19 @@ impl Handler<UpsertStats> for PgSink {
                     breakdown.insert(r.event_type.clone(), Value::from(n + 1));
                 }
                 db::stats::add(conn, per_player).await?;
+                let dead: Vec<DlqEntry> = fresh
+                    .iter()
+                    .filter_map(|r| {
+                        r.dead.as_ref().map(|reason| DlqEntry {
+                            offset: r.offset,
+                            // What the stats kept of it; the whole event is in `events` and on
+                            // the topic at the row's position.
+                            original: serde_json::json!({"player_id": r.player_id, "event_type": r.event_type}),
+                            reason: reason.clone(),
+                        })
+                    })
+                    .collect();
+                db::dlq::insert(conn, p, &dead).await?;
                 if let Some(last) = fresh.last() {
                     db::offsets::store(conn, p, last.offset + 1).await?;
                 }

@@ -292,6 +292,7 @@ impl Handler<ApplyStats> for RedisSink {
                     Ok(StatsApplied {
                         applied: answers.iter().map(|a| a.applied).sum(),
                         checked_from: answers.iter().map(|a| a.checked_from).max().unwrap_or(0),
+                        refused: answers.iter().flat_map(|a| a.refused.iter().copied()).collect(),
                         retries: answers.into_iter().flat_map(|a| a.retries).collect(),
                     })
                 }),
@@ -300,7 +301,7 @@ impl Handler<ApplyStats> for RedisSink {
 }
 
 impl Handler<ApplyScores> for RedisSink {
-    type Result = ResponseActFuture<Self, Result<usize, SinkError>>;
+    type Result = ResponseActFuture<Self, Result<ScoresApplied, SinkError>>;
 
     fn handle(&mut self, msg: ApplyScores, _: &mut Context<Self>) -> Self::Result {
         let now = periods_of(chrono::Utc::now(), 0);
@@ -332,8 +333,17 @@ impl Handler<ApplyScores> for RedisSink {
         let next = msg.deltas.iter().map(|d| d.offset + 1).max();
         let (pool, script) = (self.boards.clone(), self.scores_script.clone());
         Box::pin(
-            self.run::<usize>(pool, script, calls, &msg.position, next)
-                .map(|answers, _, _| Ok(answers?.into_iter().sum())),
+            self.run::<Vec<i64>>(pool, script, calls, &msg.position, next)
+                .map(|answers, _, _| {
+                    let mut out = ScoresApplied::default();
+                    for answer in answers? {
+                        if let Some((n, refused)) = answer.split_first() {
+                            out.applied += usize::try_from(*n).unwrap_or(0);
+                            out.refused.extend_from_slice(refused);
+                        }
+                    }
+                    Ok(out)
+                }),
         )
     }
 }
@@ -610,18 +620,43 @@ if ARGV[6] == '' then redis.call('SET', KEYS[1], nxt) else redis.call('HSET', KE
 }
 
 /// ARGV: the five claim arguments, the guard's field, what comes before and after a player id
-/// in its stats key, then per event: offset, claim field, player_id, event_type, timestamp. Answers {counted, first offset checked, retry offsets...}: the stats
-/// PostgreSQL lane reuses these answers instead of asking again.
+/// in its stats key, then per event: offset, claim field, player_id, event_type, timestamp.
+/// Answers {counted, first offset checked, number refused, the refused offsets..., the retries'
+/// offsets...}: the stats PostgreSQL lane reuses these answers instead of asking again.
+///
+/// A key something else wrote with another type would fail the script halfway (WRONGTYPE), with
+/// half the batch counted and the guard unmoved, so a retry would count that half again: such
+/// keys are found before anything is written (one TYPE per player of the call), and their
+/// events are left out and answered as refused (they are dead-lettered). A field of our hash
+/// overwritten with a non-integer is not checked for (a check per field would cost as much as
+/// the increments): its HINCRBY fails the call, which is retried.
 const STATS_LUA: &str = concat!(
     claim_fn!(),
     guard_open!(),
     r#"
-local out = { 0, applied }
+local fit, refused = {}, {}
 for i = 9, #ARGV, 5 do
   local off = tonumber(ARGV[i])
   if off >= applied then
-    if not first(ARGV[i + 1], ARGV[i]) then
-      out[#out + 1] = off
+    local key = ARGV[7] .. ARGV[i + 2] .. ARGV[8]
+    local ok = fit[key]
+    if ok == nil then
+      local t = redis.call('TYPE', key)['ok']
+      ok = t == 'none' or t == 'hash'
+      fit[key] = ok
+    end
+    if not ok then refused[#refused + 1] = off end
+  end
+end
+local skip = {}
+for _, off in ipairs(refused) do skip[off] = true end
+local retries = {}
+for i = 9, #ARGV, 5 do
+  local off = tonumber(ARGV[i])
+  if off >= applied then
+    if skip[off] then
+    elseif not first(ARGV[i + 1], ARGV[i]) then
+      retries[#retries + 1] = off
     else
       local key = ARGV[7] .. ARGV[i + 2] .. ARGV[8]
       redis.call('HINCRBY', key, 'total_events', 1)
@@ -636,7 +671,9 @@ end
 "#,
     guard_close!(),
     r#"
-out[1] = n
+local out = { n, applied, #refused }
+for _, off in ipairs(refused) do out[#out + 1] = off end
+for _, off in ipairs(retries) do out[#out + 1] = off end
 return out
 "#
 );
@@ -679,7 +716,7 @@ return retries
 /// ARGV: the five claim arguments, the guard's field, the server's current day and ISO week, the board key suffixes of
 /// daily, weekly and alltime, the dated-board separator and the current-marker suffix, then per
 /// event: offset, claim field, the game's board base key, player, score, day, week, day expiry,
-/// week expiry. The dated boards (`…:daily:2024-01-15`) keep past periods until their retention
+/// week expiry. Answers {scored, the refused offsets...}. The dated boards (`…:daily:2024-01-15`) keep past periods until their retention
 /// ends; `…:daily` is the board of the newest day seen that is not ahead of the server's clock
 /// (a client clock running fast must not end today early). When it moves to a newer day it
 /// starts as that day's dated board, which already holds this event and any that arrived early;
@@ -695,9 +732,36 @@ local alltime, sep, marker_suffix = ARGV[11], ARGV[12], ARGV[13]
 -- and a marker is read once: at thousands of events per call that is a third of the commands.
 -- A board past retention is deleted by its EXPIREAT, so it is set again on its next event.
 local expiry_set, markers = {}, {}
+-- Keys something else wrote with another type are found before anything is written (see the
+-- stats script): their events are left out and answered as refused.
+local kinds, refused, skip = {}, {}, {}
+local function is(key, want)
+  local ok = kinds[key]
+  if ok == nil then
+    local t = redis.call('TYPE', key)['ok']
+    ok = t == 'none' or t == want
+    kinds[key] = ok
+  end
+  return ok
+end
 for i = 14, #ARGV, 9 do
   local off = tonumber(ARGV[i])
-  if off >= applied and first(ARGV[i + 1], ARGV[i]) then
+  if off >= applied then
+    local base = ARGV[i + 2]
+    local ok = is(base .. alltime, 'zset')
+    for k, stamp in ipairs({ ARGV[i + 5], ARGV[i + 6] }) do
+      local current = base .. suffix[k]
+      ok = ok and is(current, 'zset') and is(current .. sep .. stamp, 'zset') and is(current .. marker_suffix, 'string')
+    end
+    if not ok then
+      refused[#refused + 1] = off
+      skip[off] = true
+    end
+  end
+end
+for i = 14, #ARGV, 9 do
+  local off = tonumber(ARGV[i])
+  if off >= applied and not skip[off] and first(ARGV[i + 1], ARGV[i]) then
     local base, player, score = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     redis.call('ZINCRBY', base .. alltime, score, player)
     local periods = { { ARGV[i + 5], ARGV[i + 7] }, { ARGV[i + 6], ARGV[i + 8] } }
@@ -735,7 +799,9 @@ end
 "#,
     guard_close!(),
     r#"
-return n
+local out = { n }
+for _, off in ipairs(refused) do out[#out + 1] = off end
+return out
 "#
 );
 
