@@ -99,10 +99,16 @@ impl Application {
 
     /// A probe-only server for consumer processes: `/healthz`, `/readyz` and `/metrics` on
     /// `HTTP_ADDR`, so Kubernetes and Prometheus treat every process alike.
-    pub fn build_probes(config: &Config, metrics: Metrics) -> std::io::Result<Self> {
+    /// `uses_redis`: the roles it runs write Redis, which readiness then pings.
+    pub fn build_probes(config: &Config, metrics: Metrics, uses_redis: bool) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.http.http_addr)?;
         let port = listener.local_addr()?.port();
         let metrics = web::Data::new(metrics);
+        let redis = match uses_redis {
+            true => Some(crate::db::redis_pool(&config.redis, 0).map_err(std::io::Error::other)?),
+            false => None,
+        };
+        let redis = web::Data::new(http::health::RedisProbe(redis));
         let probe = web::Data::new(http::health::PgProbe::new(
             crate::db::pg_pool(&config.database),
             &config.database,
@@ -111,6 +117,7 @@ impl Application {
             App::new()
                 .app_data(metrics.clone())
                 .app_data(probe.clone())
+                .app_data(redis.clone())
                 .wrap(from_fn(http::observe))
                 .configure(http::probe_routes)
                 .default_service(web::to(http::not_found))

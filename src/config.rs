@@ -381,6 +381,16 @@ pub struct ConsumerConfig {
     #[arg(long, env = "DEDUP_WINDOW_SECS", default_value_t = 1_800)]
     pub dedup_window_secs: u64,
 
+    /// A consumer's `/readyz` fails once the consumer has not been a settled member of its
+    /// group (no coordinator, joining, rebalancing) for this many seconds.
+    #[arg(long, env = "READY_GROUP_GRACE_SECS", default_value_t = 30)]
+    pub ready_group_grace_secs: u64,
+
+    /// A consumer's `/readyz` fails while its lag has grown, never falling back, for this many
+    /// seconds and is above 10,000 records: it is not keeping up.
+    #[arg(long, env = "READY_LAG_GROWTH_SECS", default_value_t = 300)]
+    pub ready_lag_growth_secs: u64,
+
     /// Hashes the retry claims of one window are spread over. Keep claims per hash under 128
     /// (Redis's compact listpack encoding): DEDUP_BUCKETS ≥ events/s × DEDUP_WINDOW_SECS / 64.
     /// The default suits 10,000 events/s with the default window; at most 2^24.

@@ -169,7 +169,8 @@ async fn run() -> anyhow::Result<()> {
             let metrics = Metrics::new().context("registering metrics")?;
             let consumers = start_consumers(&config, &[role], &metrics)?;
             // Consumers have no HTTP server of their own: serve /metrics and probes beside them.
-            let probes = Application::build_probes(&config, metrics).context("binding the probe port")?;
+            let probes = Application::build_probes(&config, metrics, role != Role::Logger)
+                .context("binding the probe port")?;
             tokio::select! {
                 r = probes.run_until_stopped() => r.context("probe server failed")?,
                 _ = shutdown_signal() => {}

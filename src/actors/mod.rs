@@ -365,8 +365,11 @@ impl RoleConsumerHandle {
             .set("heartbeat.interval.ms", "1000");
         // Statistics feed the consumer-lag gauge.
         cc.set("statistics.interval.ms", "5000");
-        let consumer: RoleConsumer =
-            cc.create_with_context(SourceContext::new(role.service(), metrics.clone()))?;
+        let consumer: RoleConsumer = cc.create_with_context(SourceContext::new(
+            role.service(),
+            metrics.clone(),
+            &config.consumer,
+        ))?;
         consumer.subscribe(&[config.kafka.kafka_topic.as_str()])?;
         let consumer = Arc::new(consumer);
         let arbiter = Arbiter::new();

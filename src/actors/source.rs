@@ -32,21 +32,111 @@ pub struct SourceContext {
     revoked: Mutex<Vec<i32>>,
     service: &'static str,
     metrics: Metrics,
+    ready: Mutex<Readiness>,
+}
+
+/// Lag at or under this is never "not keeping up", however it moves.
+const LAG_FLOOR: i64 = 10_000;
+
+/// What a consumer's readiness follows from librdkafka's statistics (every 5 s): how long it
+/// has been out of its group, and its recent total lag.
+struct Readiness {
+    group_grace: std::time::Duration,
+    lag_window: std::time::Duration,
+    out_of_group_since: Option<std::time::Instant>,
+    lag: std::collections::VecDeque<(std::time::Instant, i64)>,
+}
+
+impl Readiness {
+    /// The group problem, if the consumer has been out of a settled membership too long.
+    fn group(
+        &mut self,
+        now: std::time::Instant,
+        cgrp: Option<&rdkafka::statistics::ConsumerGroup>,
+    ) -> Option<String> {
+        match cgrp {
+            Some(g) if g.state == "up" && g.join_state == "steady" => {
+                self.out_of_group_since = None;
+                None
+            }
+            other => {
+                let since = *self.out_of_group_since.get_or_insert(now);
+                let (state, join) =
+                    other.map_or(("none", "none"), |g| (g.state.as_str(), g.join_state.as_str()));
+                (now.duration_since(since) >= self.group_grace).then(|| {
+                    format!(
+                        "not a settled member of its consumer group for {} s (coordinator {state}, join {join})",
+                        now.duration_since(since).as_secs()
+                    )
+                })
+            }
+        }
+    }
+
+    /// The lag problem, if the lag has grown without falling back for the whole window.
+    fn lag(&mut self, now: std::time::Instant, total: i64) -> Option<String> {
+        self.lag.push_back((now, total));
+        // Keep one sample at or beyond the window's start: the baseline.
+        while self.lag.len() > 2
+            && self
+                .lag
+                .get(1)
+                .is_some_and(|(t, _)| now.duration_since(*t) >= self.lag_window)
+        {
+            self.lag.pop_front();
+        }
+        let (first_at, first) = *self.lag.front()?;
+        let spans = now.duration_since(first_at) >= self.lag_window;
+        let never_fell = self
+            .lag
+            .iter()
+            .zip(self.lag.iter().skip(1))
+            .all(|((_, a), (_, b))| b >= a);
+        (spans && never_fell && total > first && total > LAG_FLOOR).then(|| {
+            format!(
+                "lag grew from {first} to {total} records over {} s without falling back: not keeping up",
+                now.duration_since(first_at).as_secs()
+            )
+        })
+    }
 }
 
 impl SourceContext {
-    /// A context for one role's consumer.
-    pub fn new(service: &'static str, metrics: Metrics) -> Self {
+    /// A context for one role's consumer, judging its readiness by `config`.
+    pub fn new(service: &'static str, metrics: Metrics, config: &crate::config::ConsumerConfig) -> Self {
         SourceContext {
             revoked: Mutex::new(Vec::new()),
             service,
             metrics,
+            ready: Mutex::new(Readiness {
+                group_grace: std::time::Duration::from_secs(config.ready_group_grace_secs),
+                lag_window: std::time::Duration::from_secs(config.ready_lag_growth_secs),
+                out_of_group_since: None,
+                lag: std::collections::VecDeque::new(),
+            }),
+        }
+    }
+
+    fn report(&self, what: &str, problem: Option<String>) {
+        let component = format!("{} {what}", self.service);
+        match problem {
+            Some(p) => {
+                if self.metrics.health.set(&component, p.clone()) {
+                    tracing::warn!(component, problem = %p, "consumer not ready");
+                }
+            }
+            None => {
+                if self.metrics.health.clear(&component) {
+                    tracing::info!(component, "consumer ready again");
+                }
+            }
         }
     }
 }
 
 impl ClientContext for SourceContext {
     fn stats(&self, stats: rdkafka::Statistics) {
+        let mut total = 0;
         for topic in stats.topics.values() {
             for (id, p) in &topic.partitions {
                 // -1 is the internal UA partition and partitions not consumed by us.
@@ -56,9 +146,17 @@ impl ClientContext for SourceContext {
                         .consumer_lag
                         .with_label_values(&label)
                         .set(p.consumer_lag);
+                    total += p.consumer_lag;
                 }
             }
         }
+        let now = std::time::Instant::now();
+        let (group, lag) = {
+            let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+            (ready.group(now, stats.cgrp.as_ref()), ready.lag(now, total))
+        };
+        self.report("group", group);
+        self.report("lag", lag);
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
@@ -732,5 +830,73 @@ mod tests {
         let escaped = br#"{"event_id":"9b2d1c4e-0000-4000-8000-000000000001","event_type":"t","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:00:00.000000Z","ingested_at":"2024-01-15T10:00:00.000000Z","data":{"s":"\\u0000"}}"#;
         assert!(matches!(parse(Some(escaped)), Payload::Event(_)));
         assert!(matches!(parse(None), Payload::Poison { .. }));
+    }
+
+    fn readiness() -> Readiness {
+        Readiness {
+            group_grace: Duration::from_secs(30),
+            lag_window: Duration::from_secs(300),
+            out_of_group_since: None,
+            lag: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn group(state: &str, join: &str) -> rdkafka::statistics::ConsumerGroup {
+        rdkafka::statistics::ConsumerGroup {
+            state: state.into(),
+            stateage: 0,
+            join_state: join.into(),
+            rebalance_age: 0,
+            rebalance_cnt: 0,
+            rebalance_reason: String::new(),
+            assignment_size: 0,
+        }
+    }
+
+    #[test]
+    fn out_of_its_group_past_the_grace_a_consumer_is_not_ready_until_it_settles_again() {
+        let mut r = readiness();
+        let t0 = std::time::Instant::now();
+        let steady = group("up", "steady");
+        let lost = group("query-coord", "init");
+        assert_eq!(r.group(t0, Some(&steady)), None);
+        assert_eq!(
+            r.group(t0, Some(&lost)),
+            None,
+            "within the grace: a rebalance is normal"
+        );
+        assert_eq!(r.group(t0 + Duration::from_secs(29), Some(&lost)), None);
+        let problem = r
+            .group(t0 + Duration::from_secs(30), Some(&lost))
+            .expect("a problem");
+        assert!(problem.contains("coordinator query-coord"), "{problem}");
+        assert_eq!(r.group(t0 + Duration::from_secs(31), Some(&steady)), None);
+        assert!(
+            r.group(t0 + Duration::from_secs(40), None).is_none(),
+            "the grace starts again"
+        );
+    }
+
+    #[test]
+    fn lag_that_grows_without_falling_back_for_the_window_makes_a_consumer_not_ready() {
+        let mut r = readiness();
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Growing, but not yet for the whole window.
+        for (i, s) in (0..300).step_by(5).enumerate() {
+            assert_eq!(r.lag(at(s), 20_000 + i as i64 * 100), None, "{s}");
+        }
+        assert!(
+            r.lag(at(300), 27_000).is_some(),
+            "five minutes of growth over the floor"
+        );
+        // One step back: it is catching up, so the window starts over.
+        assert_eq!(r.lag(at(305), 26_000), None);
+        assert_eq!(r.lag(at(400), 30_000), None);
+        // Under the floor, growth is not a problem.
+        let mut small = readiness();
+        for s in (0..=600).step_by(5) {
+            assert_eq!(small.lag(at(s), s as i64), None);
+        }
     }
 }

@@ -64,16 +64,44 @@ impl PgProbe {
     }
 }
 
-/// `GET /readyz` of a consumer process: 503 while any of its partitions is blocked, or while
-/// PostgreSQL refuses it (see [`PgProbe`]).
+/// `GET /readyz` of a consumer process: 503 while any of its partitions is blocked, while it is
+/// not a settled member of its consumer group or its lag keeps growing (reported from
+/// librdkafka's statistics, see `actors::source::SourceContext`), or while a store it writes
+/// doesn't answer or refuses it.
 pub async fn consumer_readyz(
     metrics: web::Data<Metrics>,
     pg: web::Data<PgProbe>,
+    redis: web::Data<RedisProbe>,
 ) -> Result<HttpResponse, ApiError> {
     components_ready(&metrics)?;
-    let postgres = pg.not_refused().await?;
+    // Unlike ingestion, a consumer has nothing to do without its stores.
+    if pg.not_refused().await? != "ok" {
+        return Err(ApiError::NotReady("PostgreSQL does not answer".into()));
+    }
+    let redis = redis.answers().await.map_err(ApiError::NotReady)?;
     Ok(HttpResponse::Ok()
-        .json(json!({"status": "ready", "checks": {"consumers": "ok", "postgres": postgres}})))
+        .json(json!({"status": "ready", "checks": {"consumers": "ok", "postgres": "ok", "redis": redis}})))
+}
+
+/// What a consumer's readiness knows of Redis: the pool of a role that writes it, or `None`.
+pub struct RedisProbe(pub Option<crate::db::RedisPool>);
+
+impl RedisProbe {
+    /// `ok` when Redis answers a PING in time, `unused` for a role without Redis.
+    async fn answers(&self) -> Result<&'static str, String> {
+        let Some(pool) = &self.0 else {
+            return Ok("unused");
+        };
+        let ping = async {
+            let mut conn = pool.get().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        match tokio::time::timeout(READY_TIMEOUT / 2, ping).await {
+            Ok(Ok(_)) => Ok("ok"),
+            Ok(Err(e)) => Err(format!("Redis: {e}")),
+            Err(_) => Err("Redis does not answer".into()),
+        }
+    }
 }
 
 /// `GET /readyz`: the broker answers a metadata request for the topic, PostgreSQL doesn't refuse

@@ -21,6 +21,7 @@ mod postgres_tls;
 mod proxy;
 mod queries;
 mod read_replica;
+mod readiness;
 mod rebuild;
 mod redis_cluster;
 mod redis_failover;

@@ -34,7 +34,7 @@ async fn a_real_prometheus_records_every_rule_from_a_running_gamemetrics() {
     let _consumers = start_consumers_with(&config, &Role::ALL, &metrics);
     let mut probe_config = config.clone();
     probe_config.http.http_addr = "127.0.0.1:0".parse().expect("addr");
-    let probes = gamemetrics::app::Application::build_probes(&probe_config, metrics).expect("probes");
+    let probes = gamemetrics::app::Application::build_probes(&probe_config, metrics, true).expect("probes");
     let probe_target = format!("127.0.0.1:{}", probes.port());
     actix_web::rt::spawn(probes.run_until_stopped());
     let app = &spawn_app_with(|c| *c = config.clone()).await;

@@ -185,7 +185,7 @@ async fn a_store_ahead_of_the_log_blocks_its_partition_and_says_so_until_mended(
     .expect("seed offsets");
     let metrics = gamemetrics::metrics::Metrics::new().expect("metrics");
     let consumers = start_consumers_with(&config, &[Role::Logger], &metrics);
-    let probes = gamemetrics::app::Application::build_probes(&config, metrics).expect("probe port");
+    let probes = gamemetrics::app::Application::build_probes(&config, metrics, true).expect("probe port");
     let probe = format!("http://127.0.0.1:{}", probes.port());
     tokio::spawn(probes.run_until_stopped());
     let app = start_app(config.clone());
