@@ -23,6 +23,30 @@ pub struct Forgetters {
     pub redis: Recipient<super::messages::ForgetInRedis>,
 }
 
+impl Forgetters {
+    /// A role's removal of `player` from both its stores: Redis (`db`) first, then PostgreSQL.
+    /// Answers the games whose stored top N lost the player (the leaderboard's; none for stats).
+    pub fn remove_from_both(
+        &self,
+        player_id: String,
+        db: super::messages::LiveDb,
+        role: super::Role,
+    ) -> LocalBoxFuture<'static, Result<Vec<String>, SinkError>> {
+        let redis = self.redis.send(super::messages::ForgetInRedis {
+            player_id: player_id.clone(),
+            db,
+        });
+        let pg = self.pg.clone();
+        Box::pin(async move {
+            let mut games = redis.await??;
+            games.extend(pg.send(super::messages::ForgetInPg { player_id, role }).await??);
+            games.sort_unstable();
+            games.dedup();
+            Ok(games)
+        })
+    }
+}
+
 /// The forgotten player ids, shared by every partition actor of a role process.
 #[derive(Clone, Default)]
 pub struct Forgotten(Arc<RwLock<HashSet<String>>>);

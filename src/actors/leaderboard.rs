@@ -238,19 +238,8 @@ impl Forgetting for Leaderboard {
     /// Redis first, then the table: a top-N write that read Redis before the player left it
     /// and lands after the table's rows went is followed by the rewrite `removed` queues.
     fn remove(&mut self, player_id: String) -> LocalBoxFuture<'static, Result<Vec<String>, SinkError>> {
-        let redis = self.forget.redis.send(ForgetInRedis {
-            player_id: player_id.clone(),
-            db: LiveDb::Boards,
-        });
-        let pg = self.forget.pg.clone();
-        let role = self.core.settings.role;
-        Box::pin(async move {
-            let mut games = redis.await??;
-            games.extend(pg.send(ForgetInPg { player_id, role }).await??);
-            games.sort_unstable();
-            games.dedup();
-            Ok(games)
-        })
+        self.forget
+            .remove_from_both(player_id, LiveDb::Boards, self.core.settings.role)
     }
 
     /// The games that held the player get their top N written again, now without them: the

@@ -20,8 +20,7 @@ pub struct StatsBuffer {
     pg: Recipient<UpsertStats>,
     redis: Recipient<ApplyStats>,
     claims: Recipient<ClaimFirst>,
-    forget_pg: Recipient<ForgetInPg>,
-    forget_redis: Recipient<ForgetInRedis>,
+    forget: Forgetters,
     live: Lane<StatDelta>,
     batch: Lane<StatRow>,
     /// Offset -> "is a retry", as the live lane's script answered: the batch lane reuses these
@@ -172,8 +171,7 @@ impl StatsBuffer {
             pg,
             redis,
             claims,
-            forget_pg: forget.pg,
-            forget_redis: forget.redis,
+            forget,
             live: Lane::new(max_batch),
             batch: Lane::new(max_batch),
             checked: BTreeMap::new(),
@@ -248,16 +246,8 @@ impl Forgetting for StatsBuffer {
     }
 
     fn remove(&mut self, player_id: String) -> LocalBoxFuture<'static, Result<Vec<String>, SinkError>> {
-        let redis = self.forget_redis.send(ForgetInRedis {
-            player_id: player_id.clone(),
-            db: LiveDb::Stats,
-        });
-        let pg = self.forget_pg.clone();
-        let role = self.core.settings.role;
-        Box::pin(async move {
-            redis.await??;
-            pg.send(ForgetInPg { player_id, role }).await?
-        })
+        self.forget
+            .remove_from_both(player_id, LiveDb::Stats, self.core.settings.role)
     }
 
     fn removed(&mut self, _: i64, _: Vec<String>, _: &mut Context<Self>) {}

@@ -91,24 +91,27 @@ struct Game {
     game_id: String,
 }
 
+/// Runs `delete` (a DELETE with the player as `$1`) and answers how many rows it removed.
+async fn delete_counted(conn: &mut AsyncPgConnection, delete: &str, player: &str) -> QueryResult<i64> {
+    // Raw SQL: a DELETE whose count is selected, in one round trip.
+    let counted = format!("WITH d AS ({delete} RETURNING 1) SELECT count(*) AS n FROM d");
+    Ok(diesel::sql_query(counted)
+        .bind::<Varchar, _>(player)
+        .get_result::<Count>(conn)
+        .await?
+        .n)
+}
+
 /// The logger's part: every `events` row of the player and every dead letter that names it.
 /// Idempotent; the counts add up over repeats.
 pub async fn remove_events(conn: &mut AsyncPgConnection, player: &str) -> QueryResult<()> {
-    // Raw SQL: a DELETE whose count is selected, and JSON field access, in one round trip each.
-    let events = diesel::sql_query(
-        "WITH d AS (DELETE FROM events WHERE player_id = $1 RETURNING 1) SELECT count(*) AS n FROM d",
+    let events = delete_counted(conn, "DELETE FROM events WHERE player_id = $1", player).await?;
+    let dlq = delete_counted(
+        conn,
+        "DELETE FROM dlq WHERE original_event->>'player_id' = $1",
+        player,
     )
-    .bind::<Varchar, _>(player)
-    .get_result::<Count>(conn)
-    .await?
-    .n;
-    let dlq = diesel::sql_query(
-        "WITH d AS (DELETE FROM dlq WHERE original_event->>'player_id' = $1 RETURNING 1) SELECT count(*) AS n FROM d",
-    )
-    .bind::<Varchar, _>(player)
-    .get_result::<Count>(conn)
-    .await?
-    .n;
+    .await?;
     diesel::sql_query(
         "UPDATE forgotten_players SET events_removed = COALESCE(events_removed, 0) + $2, \
          dlq_removed = COALESCE(dlq_removed, 0) + $3, logger_done_at = now() WHERE player_id = $1",
