@@ -118,8 +118,11 @@ async fn on_three_brokers_a_broker_crash_a_lost_quorum_and_an_ingest_crash_lose_
     let consumers = start_consumers(&config, &Role::ALL);
     let app = spawn_app_with(|c| *c = config.clone()).await;
     let url = format!("{}/api/v1/events", app.address);
+    // A connection per request: the server closes idle keep-alive connections while a broker
+    // restarts, and a reused one would fail with no answer to judge.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
+        .pool_max_idle_per_host(0)
         .build()
         .expect("client");
     let all = with_ids(events(1_200, 61));
