@@ -67,7 +67,12 @@ enum RebuildWhat {
     /// Recompute the live stats and boards from `events` after a lost Redis. Stop the stats and
     /// leaderboard consumers first (the command refuses otherwise); the logger and ingestion may
     /// keep running. They resume exactly where the rebuild ends.
-    Redis,
+    Redis {
+        /// Only this game's boards (lost while the rest of Redis is whole); only the
+        /// leaderboard consumers need to stop.
+        #[arg(long)]
+        game: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -183,9 +188,11 @@ async fn run() -> anyhow::Result<()> {
         Command::Dlq { action } => dead_letters(&config, action).await,
         Command::Players { action } => players(&config, action).await,
         Command::Rebuild {
-            what: RebuildWhat::Redis,
+            what: RebuildWhat::Redis { game },
         } => {
-            let rebuilt = gamemetrics::rebuild::rebuild_redis(&config).await?;
+            let game = game.map(gamemetrics::domain::GameId::parse).transpose()?;
+            let rebuilt =
+                gamemetrics::rebuild::rebuild_redis(&config, game.as_ref().map(|g| g.as_str())).await?;
             println!("{}", serde_json::to_string_pretty(&rebuilt)?);
             Ok(())
         }

@@ -15,6 +15,9 @@
 //! The stats and leaderboard consumers must be stopped: the command refuses while their groups
 //! have members, and fences them out while it runs (a partition doesn't open while
 //! `gamemetrics:rebuilding` is set). The logger and ingestion keep running.
+//!
+//! With `--game`, one game's boards alone, at the leaderboard's own place (see
+//! [`rebuild_game`]); only the leaderboard consumers stop.
 
 use crate::actors::Role;
 use crate::config::Config;
@@ -68,6 +71,18 @@ pub enum RebuildError {
     NoCut(String),
     #[error("writing the rebuilt stores failed ({0}); the consumers stay fenced out: run the rebuild again")]
     Writing(String),
+    #[error(
+        "rebuilding one game needs retry claims (DEDUP_WINDOW_SECS > 0): they keep the leaderboard \
+         from counting again what the rebuild counted"
+    )]
+    GameNeedsDedup,
+    #[error("the logger has not stored partition {partition} up to {wanted} (only {stored}) within {waited:?}: is it running?")]
+    LoggerBehind {
+        partition: i32,
+        wanted: i64,
+        stored: i64,
+        waited: std::time::Duration,
+    },
 }
 
 impl From<rdkafka::error::KafkaError> for RebuildError {
@@ -80,8 +95,9 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the fence outlives a rebuild that died without lifting it.
 const FENCE_SECS: u64 = 3_600;
 
-/// Rebuilds both Redis stores; see the module documentation.
-pub async fn rebuild_redis(config: &Config) -> Result<Rebuilt, RebuildError> {
+/// Rebuilds both Redis stores, or with `game` that game's boards alone; see the module
+/// documentation.
+pub async fn rebuild_redis(config: &Config, game: Option<&str>) -> Result<Rebuilt, RebuildError> {
     let keys = RedisKeys::for_config(&config.redis);
     let stats = crate::db::redis_pool(&config.redis, 0)?;
     let boards = crate::db::redis_pool(&config.redis, 1)?;
@@ -97,7 +113,7 @@ pub async fn rebuild_redis(config: &Config) -> Result<Rebuilt, RebuildError> {
             .query_async::<()>(&mut pool.get().await?)
             .await?;
     }
-    let result = rebuild_fenced(config, &keys, &stats, &boards).await;
+    let result = rebuild_fenced(config, &keys, &stats, &boards, game).await;
     if matches!(result, Err(RebuildError::Writing(_))) {
         // Half-written stores must not be consumed: the fence stays until a rebuild succeeds
         // (or it expires).
@@ -122,37 +138,53 @@ async fn rebuild_fenced(
     keys: &RedisKeys,
     stats: &RedisPool,
     boards: &RedisPool,
+    game: Option<&str>,
 ) -> Result<Rebuilt, RebuildError> {
     let topic = config.kafka.kafka_topic.clone();
-    let groups: Vec<String> = [Role::Stats, Role::Leaderboard]
+    // One game's boards are the leaderboard's alone: the stats keep running.
+    let roles: &[Role] = match game {
+        Some(_) => &[Role::Leaderboard],
+        None => &[Role::Stats, Role::Leaderboard],
+    };
+    let groups: Vec<String> = roles
         .iter()
         .map(|r| format!("{}{}", config.consumer.consumer_group_prefix, r.group_id()))
         .collect();
     let kafka = config.kafka.clone();
     let to_check = groups.clone();
-    let log = tokio::task::spawn_blocking(move || -> Result<String, RebuildError> {
-        let consumer: BaseConsumer = crate::kafka::client_config(&kafka)
-            .map_err(|e| RebuildError::Kafka(e.to_string()))?
-            .create()?;
-        for group in &to_check {
-            let list = consumer.fetch_group_list(Some(group), KAFKA_TIMEOUT)?;
-            let members = list.groups().iter().map(|g| g.members().len()).sum::<usize>();
-            if members > 0 {
-                return Err(RebuildError::ConsumersRunning {
-                    group: group.clone(),
-                    members,
-                });
+    let (log, partitions) =
+        tokio::task::spawn_blocking(move || -> Result<(String, Vec<i32>), RebuildError> {
+            let consumer: BaseConsumer = crate::kafka::client_config(&kafka)
+                .map_err(|e| RebuildError::Kafka(e.to_string()))?
+                .create()?;
+            for group in &to_check {
+                let list = consumer.fetch_group_list(Some(group), KAFKA_TIMEOUT)?;
+                let members = list.groups().iter().map(|g| g.members().len()).sum::<usize>();
+                if members > 0 {
+                    return Err(RebuildError::ConsumersRunning {
+                        group: group.clone(),
+                        members,
+                    });
+                }
             }
-        }
-        let id = crate::kafka::describe_topic_id(consumer.client(), &kafka.kafka_topic, KAFKA_TIMEOUT)
-            .map_err(|e| RebuildError::Kafka(e.to_string()))?;
-        Ok(id.as_str().to_owned())
-    })
-    .await
-    .map_err(|e| RebuildError::Kafka(e.to_string()))??;
+            let id = crate::kafka::describe_topic_id(consumer.client(), &kafka.kafka_topic, KAFKA_TIMEOUT)
+                .map_err(|e| RebuildError::Kafka(e.to_string()))?;
+            let partitions = consumer
+                .fetch_metadata(Some(&kafka.kafka_topic), KAFKA_TIMEOUT)?
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            Ok((id.as_str().to_owned(), partitions))
+        })
+        .await
+        .map_err(|e| RebuildError::Kafka(e.to_string()))??;
+    if let Some(game) = game {
+        return rebuild_game(config, keys, boards, &topic, &log, &partitions, game).await;
+    }
 
     let window = config.consumer.dedup_window_secs;
-    let snapshot = read_snapshot(config, &topic, &log, window).await?;
+    let snapshot = read_snapshot(config, &topic, &log, window, None).await?;
     if snapshot.cut.is_empty() {
         return Err(RebuildError::NoCut(topic));
     }
@@ -263,24 +295,7 @@ async fn write_postgres(
         totals.push(i32::try_from(*total).unwrap_or(i32::MAX));
         breakdowns.push(serde_json::json!(types));
     }
-    let tops: Vec<BoardTop> = model
-        .boards
-        .iter()
-        .filter_map(|((game, board), scores)| match board {
-            Board::Current(period) => {
-                let mut entries: Vec<(String, i64)> = scores.iter().map(|(p, s)| (p.clone(), *s)).collect();
-                // Redis's ZREVRANGE order: score, then member, both descending.
-                entries.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
-                entries.truncate(n);
-                Some(BoardTop {
-                    game_id: game.clone(),
-                    period: *period,
-                    entries,
-                })
-            }
-            Board::Dated(..) => None,
-        })
-        .collect();
+    let tops = model.tops(n);
     let games: Vec<String> = model.games().cloned().collect();
     conn.transaction::<_, diesel::result::Error, _>(async |conn| {
         for (p, next) in cut {
@@ -312,6 +327,207 @@ async fn write_postgres(
     })
     .await?;
     Ok(())
+}
+
+/// One game's boards, lost while the rest of Redis is whole. The leaderboard keeps its place
+/// (its offsets and its other games' boards are right), so the cut is where it stands: the
+/// rebuild waits until the logger has stored at least that far, recomputes the game's boards
+/// from `events`, and claims (as retries) the game's scoring events the logger stored beyond
+/// the leaderboard's place, read from the topic, which the leaderboard reads when it resumes
+/// and must not count again. Needs retry claims, and the leaderboard restarted within
+/// DEDUP_WINDOW_SECS.
+#[allow(clippy::too_many_arguments)]
+async fn rebuild_game(
+    config: &Config,
+    keys: &RedisKeys,
+    boards: &RedisPool,
+    topic: &str,
+    log: &str,
+    partitions: &[i32],
+    game: &str,
+) -> Result<Rebuilt, RebuildError> {
+    let window = config.consumer.dedup_window_secs;
+    if window == 0 {
+        return Err(RebuildError::GameNeedsDedup);
+    }
+    let mut stands = BTreeMap::new();
+    {
+        let mut conn = boards.get().await?;
+        for p in partitions {
+            let o = PartitionLog {
+                service: Role::Leaderboard.service(),
+                topic,
+                partition: *p,
+                log,
+            };
+            let at: Option<i64> = redis::cmd("GET")
+                .arg(keys.offsets(o))
+                .query_async(&mut conn)
+                .await?;
+            stands.insert(*p, at.unwrap_or(0));
+        }
+    }
+    let started = std::time::Instant::now();
+    let snapshot = loop {
+        let s = read_snapshot(config, topic, log, 0, Some(game)).await?;
+        let behind = stands
+            .iter()
+            .map(|(p, at)| (*p, *at, s.cut.get(p).copied().unwrap_or(0)))
+            .find(|(_, at, stored)| stored < at);
+        let Some((partition, wanted, stored)) = behind else {
+            break s;
+        };
+        if started.elapsed() >= LOGGER_WAIT {
+            return Err(RebuildError::LoggerBehind {
+                partition,
+                wanted,
+                stored,
+                waited: LOGGER_WAIT,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    };
+    let scoring: Vec<String> = config
+        .consumer
+        .scoring_event_types
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .collect();
+    let (kafka, range, owned_game) = (
+        config.kafka.clone(),
+        stands
+            .iter()
+            .map(|(p, from)| (*p, (*from, snapshot.cut.get(p).copied().unwrap_or(*from))))
+            .collect::<BTreeMap<i32, (i64, i64)>>(),
+        game.to_owned(),
+    );
+    let between = tokio::task::spawn_blocking(move || read_between(&kafka, &range, &owned_game, &scoring))
+        .await
+        .map_err(|e| RebuildError::Kafka(e.to_string()))??;
+    let scoring: Vec<&str> = config
+        .consumer
+        .scoring_event_types
+        .iter()
+        .map(|s| s.trim())
+        .collect();
+    let model = Model::of(
+        &snapshot,
+        &scoring,
+        config.consumer.leaderboard_retention_days,
+        Utc::now(),
+    );
+    let written = async {
+        let mut doomed = Vec::new();
+        for kind in ["zset", "string"] {
+            doomed.extend(
+                boards
+                    .get()
+                    .await?
+                    .scan_keys(&keys.game_boards_pattern(game), kind)
+                    .await?,
+            );
+        }
+        run(
+            boards,
+            doomed.into_iter().map(|k| cmd("DEL").arg(k).to_owned()).collect(),
+        )
+        .await?;
+        let (mut cmds, n_boards, entries) = model.board_commands(keys);
+        let claim = Claims::new(keys, window, config.consumer.dedup_buckets, log);
+        for id in &between {
+            cmds.extend(claim.of(Store::Boards, game, id));
+        }
+        if keys.layout() == Layout::Cluster {
+            // The game's guard on a cluster lives with its boards: where the leaderboard stands.
+            for (p, at) in &stands {
+                let o = PartitionLog {
+                    service: Role::Leaderboard.service(),
+                    topic,
+                    partition: *p,
+                    log,
+                };
+                let (key, field) = keys.guard(Store::Boards, game, o);
+                cmds.push(cmd("HSET").arg(key).arg(field).arg(*at).to_owned());
+            }
+        }
+        run(boards, cmds).await?;
+        let mut conn = crate::db::connect(&config.database).await?;
+        let tops = model.tops(config.consumer.leaderboard_top_n);
+        let games = vec![game.to_owned()];
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            crate::db::boards::lock(conn, &games).await?;
+            diesel::sql_query("DELETE FROM leaderboards WHERE game_id = $1")
+                .bind::<Text, _>(game)
+                .execute(conn)
+                .await?;
+            crate::db::boards::write_top(conn, &tops).await
+        })
+        .await?;
+        Ok::<_, RebuildError>(Rebuilt {
+            log: log.to_owned(),
+            cut: stands.clone(),
+            boards: n_boards,
+            board_entries: entries,
+            claims: (0, between.len()),
+            ..Rebuilt::default()
+        })
+    };
+    written.await.map_err(|e| RebuildError::Writing(e.to_string()))
+}
+
+/// The scoped ids of `game`'s scoring events in each partition's `[from, to)` of the topic.
+fn read_between(
+    kafka: &crate::config::KafkaConfig,
+    range: &BTreeMap<i32, (i64, i64)>,
+    game: &str,
+    scoring: &[String],
+) -> Result<Vec<uuid::Uuid>, RebuildError> {
+    use rdkafka::Message;
+    let mut cc = crate::kafka::client_config(kafka).map_err(|e| RebuildError::Kafka(e.to_string()))?;
+    cc.set("group.id", "gamemetrics-rebuild")
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = cc.create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut todo = BTreeMap::new();
+    for (p, (from, to)) in range {
+        if to > from {
+            tpl.add_partition_offset(&kafka.kafka_topic, *p, Offset::Offset(*from))?;
+            todo.insert(*p, *to);
+        }
+    }
+    let mut ids = Vec::new();
+    if todo.is_empty() {
+        return Ok(ids);
+    }
+    consumer.assign(&tpl)?;
+    let started = std::time::Instant::now();
+    while !todo.is_empty() {
+        if started.elapsed() >= LOGGER_WAIT {
+            return Err(RebuildError::Kafka(format!(
+                "reading the records between the leaderboard and the cut took over {LOGGER_WAIT:?}"
+            )));
+        }
+        let Some(message) = consumer.poll(std::time::Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = message?;
+        let Some(&to) = todo.get(&m.partition()) else {
+            continue;
+        };
+        if m.offset() < to {
+            if let crate::actors::messages::Payload::Event(e) = crate::actors::source::parse(m.payload()) {
+                let scores = scoring.iter().any(|t| t == e.event_type.as_str())
+                    && crate::domain::leaderboard::score_of(&e).is_ok();
+                if scores && e.game_id.as_str() == game {
+                    ids.push(e.scoped_id());
+                }
+            }
+        }
+        if m.offset() + 1 >= to {
+            todo.remove(&m.partition());
+        }
+    }
+    Ok(ids)
 }
 
 /// Moves each group's committed offsets back to the cut where they are ahead of it (records
@@ -417,11 +633,15 @@ struct Replayed {
 const VALID_SCORE: &str = "jsonb_typeof(data->'score') = 'number' AND (data->>'score') ~ '^[0-9]{1,10}$' \
                            AND (data->>'score')::bigint <= 1000000000";
 
+/// How long a rebuild of one game waits for the logger to store what the leaderboard applied.
+const LOGGER_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 async fn read_snapshot(
     config: &Config,
     topic: &str,
     log: &str,
     window: u64,
+    game: Option<&str>,
 ) -> Result<Snapshot, RebuildError> {
     let mut conn = crate::db::connect(&config.database).await?;
     let scoring: Vec<String> = config
@@ -445,21 +665,28 @@ async fn read_snapshot(
             .bind::<Text, _>(log)
             .load(conn)
             .await?;
-            let counts: Vec<TypeCount> = diesel::sql_query(
-                "SELECT player_id, event_type, count(*) AS n, max(event_timestamp) AS newest \
-                 FROM events GROUP BY player_id, event_type",
-            )
-            .load(conn)
-            .await?;
+            let counts: Vec<TypeCount> = match game {
+                Some(_) => Vec::new(),
+                None => {
+                    diesel::sql_query(
+                        "SELECT player_id, event_type, count(*) AS n, max(event_timestamp) AS newest \
+                         FROM events GROUP BY player_id, event_type",
+                    )
+                    .load(conn)
+                    .await?
+                }
+            };
             let scores: Vec<DayScore> = diesel::sql_query(format!(
                 "SELECT game_id, player_id, (event_timestamp AT TIME ZONE 'UTC')::date AS day, \
                         sum((data->>'score')::bigint)::bigint AS score \
-                 FROM events WHERE event_type = ANY($1) AND {VALID_SCORE} GROUP BY 1, 2, 3"
+                 FROM events WHERE event_type = ANY($1) AND {VALID_SCORE} \
+                 AND ($2::text IS NULL OR game_id = $2) GROUP BY 1, 2, 3"
             ))
             .bind::<diesel::sql_types::Array<Text>, _>(&scoring)
+            .bind::<diesel::sql_types::Nullable<Text>, _>(game)
             .load(conn)
             .await?;
-            let recent: Vec<Recent> = if window == 0 {
+            let recent: Vec<Recent> = if window == 0 || game.is_some() {
                 Vec::new()
             } else {
                 diesel::sql_query(format!(
@@ -473,9 +700,11 @@ async fn read_snapshot(
                 .await?
             };
             let replayed: Vec<Replayed> = diesel::sql_query(
-                "SELECT original_event FROM dlq WHERE consumer_service = $1 AND replay_count > 0",
+                "SELECT original_event FROM dlq WHERE consumer_service = $1 AND replay_count > 0 \
+                 AND ($2::text IS NULL OR original_event->>'game_id' = $2)",
             )
             .bind::<Text, _>(Role::Leaderboard.service())
+            .bind::<diesel::sql_types::Nullable<Text>, _>(game)
             .load(conn)
             .await?;
             Ok::<_, diesel::result::Error>(Snapshot {
@@ -607,6 +836,28 @@ impl Model {
         m
     }
 
+    /// The top `n` of every current board, as `leaderboards` holds them.
+    fn tops(&self, n: usize) -> Vec<BoardTop> {
+        self.boards
+            .iter()
+            .filter_map(|((game, board), scores)| match board {
+                Board::Current(period) => {
+                    let mut entries: Vec<(String, i64)> =
+                        scores.iter().map(|(p, s)| (p.clone(), *s)).collect();
+                    // Redis's ZREVRANGE order: score, then member, both descending.
+                    entries.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+                    entries.truncate(n);
+                    Some(BoardTop {
+                        game_id: game.clone(),
+                        period: *period,
+                        entries,
+                    })
+                }
+                Board::Dated(..) => None,
+            })
+            .collect()
+    }
+
     fn games(&self) -> impl Iterator<Item = &String> {
         let mut games: Vec<&String> = self.boards.keys().map(|(g, _)| g).collect();
         games.dedup();
@@ -674,37 +925,61 @@ impl Model {
         if window == 0 {
             return (Vec::new(), Vec::new());
         }
-        let generation = u64::try_from(Utc::now().timestamp()).unwrap_or(0) / window;
-        let expires = (generation + 2) * window;
-        let seen = format!("{}:rebuild:", log.get(..8).unwrap_or(log));
-        let claim = |store: Store, tag: &str, id: &uuid::Uuid| {
-            let buckets = keys.claim_buckets(store, configured_buckets);
-            let hash = format!(
-                "{}{}",
-                keys.claims_of(store, tag, generation),
-                RedisKeys::claim_bucket(id, buckets)
-            );
-            [
-                cmd("HSET")
-                    .arg(&hash)
-                    .arg(id.as_bytes().as_slice())
-                    .arg(&seen)
-                    .to_owned(),
-                cmd("EXPIREAT").arg(&hash).arg(expires).arg("NX").to_owned(),
-            ]
-        };
+        let claim = Claims::new(keys, window, configured_buckets, log);
         let (mut stats, mut boards) = (Vec::new(), Vec::new());
         for r in &s.recent {
             let scoped = uuid::Uuid::new_v5(&r.event_id, r.game_id.as_bytes());
-            stats.extend(claim(Store::Stats, &r.player_id, &scoped));
+            stats.extend(claim.of(Store::Stats, &r.player_id, &scoped));
             if r.scores {
-                boards.extend(claim(Store::Boards, &r.game_id, &scoped));
+                boards.extend(claim.of(Store::Boards, &r.game_id, &scoped));
             }
         }
         for (scoped, game) in &self.replay_claims {
-            boards.extend(claim(Store::Boards, game, scoped));
+            boards.extend(claim.of(Store::Boards, game, scoped));
         }
         (stats, boards)
+    }
+}
+
+/// Retry claims as the rebuild writes them: in this generation's hashes, marked as first seen by
+/// the rebuild (a place no record has), so a record carrying one of these ids later is a retry.
+struct Claims<'a> {
+    keys: &'a RedisKeys,
+    configured_buckets: u32,
+    generation: u64,
+    expires: u64,
+    seen: String,
+}
+
+impl<'a> Claims<'a> {
+    fn new(keys: &'a RedisKeys, window: u64, configured_buckets: u32, log: &str) -> Self {
+        let window = window.max(1);
+        let generation = u64::try_from(Utc::now().timestamp()).unwrap_or(0) / window;
+        Claims {
+            keys,
+            configured_buckets,
+            generation,
+            expires: (generation + 2) * window,
+            seen: format!("{}:rebuild:", log.get(..8).unwrap_or(log)),
+        }
+    }
+
+    /// The commands claiming `id` for `store`, kept with `tag` (the player or game) on a cluster.
+    fn of(&self, store: Store, tag: &str, id: &uuid::Uuid) -> [redis::Cmd; 2] {
+        let buckets = self.keys.claim_buckets(store, self.configured_buckets);
+        let hash = format!(
+            "{}{}",
+            self.keys.claims_of(store, tag, self.generation),
+            RedisKeys::claim_bucket(id, buckets)
+        );
+        [
+            cmd("HSET")
+                .arg(&hash)
+                .arg(id.as_bytes().as_slice())
+                .arg(&self.seen)
+                .to_owned(),
+            cmd("EXPIREAT").arg(&hash).arg(self.expires).arg("NX").to_owned(),
+        ]
     }
 }
 

@@ -153,16 +153,13 @@ impl RedisKeys {
 
     /// The `SCAN MATCH` pattern of every key under the prefix that starts with `what`.
     pub fn pattern(&self, what: &str) -> String {
-        let mut escaped = String::with_capacity(self.prefix.len() + what.len() + 1);
-        for c in self.prefix.chars() {
-            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-                escaped.push('\\');
-            }
-            escaped.push(c);
-        }
-        escaped.push_str(what);
-        escaped.push('*');
-        escaped
+        format!("{}{what}*", glob_escape(&self.prefix))
+    }
+
+    /// The `SCAN MATCH` pattern of every board key of one game, current and dated, and its
+    /// current boards' stamp markers.
+    pub fn game_boards_pattern(&self, game: &str) -> String {
+        format!("{}{DATED_SEPARATOR}*", glob_escape(&self.board_base(game)))
     }
 
     /// A `SCAN MATCH` pattern for every board key, current and dated (and the current boards'
@@ -249,6 +246,18 @@ impl RedisKeys {
     pub fn last_log(&self, o: PartitionLog<'_>) -> String {
         format!("{}gamemetrics:log:{}", self.prefix, self.partition_id(o))
     }
+}
+
+/// `s` with the characters `SCAN MATCH` treats as a pattern escaped.
+fn glob_escape(s: &str) -> String {
+    let mut escaped = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 #[cfg(test)]

@@ -13,13 +13,19 @@ use std::time::Duration;
 
 /// Runs `gamemetrics rebuild redis` against the test's topic, groups, schema and prefix.
 async fn rebuild(config: &Config) -> Output {
-    let c = config.clone();
+    rebuild_with(config, &[]).await
+}
+
+/// `gamemetrics rebuild redis` with more arguments.
+async fn rebuild_with(config: &Config, more: &[&str]) -> Output {
+    let (c, more): (Config, Vec<String>) = (config.clone(), more.iter().map(|s| s.to_string()).collect());
     tokio::task::spawn_blocking(move || {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gamemetrics"));
         if let Some(ca) = &c.redis.redis_ca_file {
             cmd.env("REDIS_CA_FILE", ca);
         }
         cmd.args(["rebuild", "redis"])
+            .args(&more)
             .env("KAFKA_BROKERS", c.kafka.brokers())
             .env("KAFKA_TOPIC", &c.kafka.kafka_topic)
             .env("DATABASE_URL", c.database.database_url.expose())
@@ -159,6 +165,64 @@ async fn lost_and_rebuilt(dedup: bool, cluster: Option<gamemetrics::config::Redi
     // The consumers come back and carry on from the cut; client retries of events counted by
     // the rebuild (and of ones they apply themselves) count once.
     let _back = start_consumers(&config, &[Role::Stats, Role::Leaderboard]);
+    accept(post_all(app, retries, 4).await);
+    assert_state(&config, &model).await;
+}
+
+/// One game's boards lost while the rest of Redis is whole: only the leaderboard stops, the
+/// logger runs ahead of it meanwhile, `rebuild redis --game` rebuilds that game at the
+/// leaderboard's place, and every board (that game's and the others') and every stats hash
+/// ends equal to the model.
+#[actix_web::test]
+async fn one_games_lost_boards_are_rebuilt_while_only_the_leaderboard_pauses() {
+    let p = spawn_pipeline(&Role::ALL, |c| c.consumer.leaderboard_retention_days = 36_500).await;
+    let (app, config) = (&p.app, p.app.config.clone());
+    let mut evs = events(900, 37);
+    let retries = with_retries(&mut evs, 3, 90, 37);
+    let mut parts = evs.chunks(300);
+    let mut model = Model::default();
+    let mut accept = |accepted: Vec<(serde_json::Value, String)>| {
+        for (ev, id) in &accepted {
+            model.add(ev, id);
+        }
+    };
+    accept(post_all(app, parts.next().expect("part").to_vec(), 8).await);
+    let mut consumers = p.consumers;
+    let leaderboard = consumers.pop().expect("leaderboard");
+    leaderboard.shutdown(Duration::from_secs(10)).await;
+    // The logger (and stats) run on past the stopped leaderboard.
+    accept(post_all(app, parts.next().expect("part").to_vec(), 4).await);
+
+    // game-1's boards go; the other games' and the stats stay.
+    let keys = redis_keys(&config);
+    let pool = gamemetrics::db::redis_pool(&config.redis, 1).expect("pool");
+    let mut c = pool.get().await.expect("Redis");
+    let mut lost = 0;
+    for kind in ["zset", "string"] {
+        for key in c
+            .scan_keys(&keys.game_boards_pattern("game-1"), kind)
+            .await
+            .expect("SCAN")
+        {
+            redis::cmd("DEL")
+                .arg(&key)
+                .query_async::<()>(&mut c)
+                .await
+                .expect("DEL");
+            lost += 1;
+        }
+    }
+    assert!(lost > 0, "game-1 had boards");
+
+    let (accepted, out) = tokio::join!(post_all(app, parts.next().expect("part").to_vec(), 4), async {
+        rebuild_with(&config, &["--game", "game-1"]).await
+    });
+    accept(accepted);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(report["board_entries"].as_u64().expect("entries") > 0, "{report}");
+
+    let _back = start_consumers(&config, &[Role::Leaderboard]);
     accept(post_all(app, retries, 4).await);
     assert_state(&config, &model).await;
 }
