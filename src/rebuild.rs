@@ -17,7 +17,7 @@
 //! `gamemetrics:rebuilding` is set). The logger and ingestion keep running.
 //!
 //! With `--game`, one game's boards alone, at the leaderboard's own place (see
-//! [`rebuild_game`]); only the leaderboard consumers stop.
+//! `rebuild_game`); only the leaderboard consumers stop.
 
 use crate::actors::Role;
 use crate::config::Config;

@@ -105,7 +105,7 @@ impl PipelineProbe {
         })
     }
 
-    /// The latest reading, at most [`FRESH_FOR`] old.
+    /// The latest reading, at most a second old.
     pub async fn read(self: &Arc<Self>) -> Pipeline {
         let mut last = self.last.lock().await;
         if let Some((at, p)) = last.as_ref() {
