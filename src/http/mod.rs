@@ -11,7 +11,7 @@
 //! | `GET /games/{id}/leaderboard` | [`query::leaderboard`] |
 //! | `GET /events/{id}`       | [`query::event`]      |
 //! | `GET /player/{id}/events`, `GET /games/{id}/leaderboard/players/{pid}`, `POST /api/v1/events/batch` | see [`openapi`] |
-//! | `GET /games`, `GET /dashboard` (and its assets and live streams) | [`query::games`], [`dashboard`] |
+//! | `GET /games`, `GET /dashboard` (and its assets and live streams) | [`query::games()`], [`dashboard`] |
 //! | `DELETE /players/{id}`   | [`players::forget_player`] (admin keys) |
 //! | `GET /openapi.json`, `GET /docs` | [`openapi`] |
 
