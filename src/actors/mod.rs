@@ -348,6 +348,9 @@ impl RoleConsumerHandle {
             metrics
                 .consumer_write_failures
                 .with_label_values(&[role.service(), sink]);
+            metrics
+                .consumer_rejected
+                .with_label_values(&[role.service(), sink]);
         }
         let mut cc = crate::kafka::client_config(&config.kafka)?;
         let group = format!("{}{}", config.consumer.consumer_group_prefix, role.group_id());
