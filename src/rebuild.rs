@@ -7,14 +7,14 @@
 //! (the logger stores its offset in the transaction that writes its rows), so Redis is rebuilt
 //! from those, and both roles resume at the cut: their Redis offsets are set to it, and their
 //! Kafka groups' committed offsets are moved back to it where they were ahead. Records at and
-//! above the cut are then applied by the consumers as usual; the stats' `player_statistics`
-//! guard, untouched, still skips what it already counted. Retry claims are written for the
-//! events of the last two dedup windows, so a client retry arriving after the rebuild still
-//! counts once.
+//! above the cut are then applied by the consumers as usual. The stats' `player_statistics` is
+//! rewritten from the same events and its offsets set to the cut too, so both of that role's
+//! stores resume from one place. Retry claims are written for the events of the last two dedup
+//! windows, so a client retry arriving after the rebuild still counts once.
 //!
 //! The stats and leaderboard consumers must be stopped: the command refuses while their groups
 //! have members, and fences them out while it runs (a partition doesn't open while
-//! `gamemetrics:rebuilding` is set). The logger and ingestion keep running.
+//! `gamemetrics:rebuilding:{stats,boards}` is set). The logger and ingestion keep running.
 //!
 //! With `--game`, one game's boards alone, at the leaderboard's own place (see
 //! `rebuild_game`); only the leaderboard consumers stop.
@@ -103,10 +103,18 @@ pub async fn rebuild_redis(config: &Config, game: Option<&str>) -> Result<Rebuil
     let boards = crate::db::redis_pool(&config.redis, 1)?;
     let by = format!("pid {} since {}", std::process::id(), Utc::now().to_rfc3339());
     // The fence first, then the check: a consumer that starts in between can't open a
-    // partition, and one already running is a member the check sees.
-    for pool in [&stats, &boards] {
+    // partition, and one already running is a member the check sees. One game's boards fence
+    // the leaderboard alone.
+    let fenced: Vec<(&RedisPool, String)> = match game {
+        Some(_) => vec![(&boards, keys.rebuilding(Store::Boards))],
+        None => vec![
+            (&stats, keys.rebuilding(Store::Stats)),
+            (&boards, keys.rebuilding(Store::Boards)),
+        ],
+    };
+    for (pool, fence) in &fenced {
         redis::cmd("SET")
-            .arg(keys.rebuilding())
+            .arg(fence)
             .arg(&by)
             .arg("EX")
             .arg(FENCE_SECS)
@@ -119,10 +127,10 @@ pub async fn rebuild_redis(config: &Config, game: Option<&str>) -> Result<Rebuil
         // (or it expires).
         return result;
     }
-    for pool in [&stats, &boards] {
+    for (pool, fence) in &fenced {
         let lifted = async {
             redis::cmd("DEL")
-                .arg(keys.rebuilding())
+                .arg(fence)
                 .query_async::<()>(&mut pool.get().await?)
                 .await
         };
@@ -240,7 +248,7 @@ async fn write_stores(
                 doomed.extend(pool.get().await?.scan_keys(&pattern, kind).await?);
             }
         }
-        doomed.retain(|k| *k != keys.rebuilding());
+        doomed.retain(|k| *k != keys.rebuilding(Store::Stats) && *k != keys.rebuilding(Store::Boards));
         run(
             pool,
             doomed.into_iter().map(|k| cmd("DEL").arg(k).to_owned()).collect(),
@@ -427,6 +435,7 @@ async fn rebuild_game(
                     .await?,
             );
         }
+        doomed.retain(|k| keys.is_board_of(game, k));
         run(
             boards,
             doomed.into_iter().map(|k| cmd("DEL").arg(k).to_owned()).collect(),
@@ -434,7 +443,9 @@ async fn rebuild_game(
         .await?;
         let (mut cmds, n_boards, entries) = model.board_commands(keys);
         let claim = Claims::new(keys, window, config.consumer.dedup_buckets, log);
-        for id in &between {
+        // And the replayed dead letters the model counted, as the full rebuild does.
+        let replayed = model.replay_claims.iter().map(|(id, _)| id);
+        for id in between.iter().chain(replayed) {
             cmds.extend(claim.of(Store::Boards, game, id));
         }
         if keys.layout() == Layout::Cluster {

@@ -57,13 +57,19 @@ pub enum ReplayError {
     Produce { id: i32, source: ProduceError },
 }
 
-/// The consumers a dead letter written by `service` is replayed for.
-pub fn targets(service: &str) -> Vec<&'static str> {
+/// The consumers a dead letter written by `service` with `reason` is replayed for: the
+/// logger's are records no consumer could read, for all three, except those PostgreSQL refused
+/// (`events` alone left them out: the stats and boards counted them), for the logger alone.
+pub fn targets(service: &str, reason: &str) -> Vec<&'static str> {
     match Role::ALL.iter().find(|r| r.service() == service) {
+        Some(Role::Logger) if reason.starts_with(REFUSED_BY_POSTGRES) => vec![Role::Logger.service()],
         Some(Role::Logger) | None => Role::ALL.iter().map(|r| r.service()).collect(),
         Some(role) => vec![role.service()],
     }
 }
+
+/// How the reason of a record PostgreSQL refused begins (`SinkError::Rejected`'s message).
+const REFUSED_BY_POSTGRES: &str = "PostgreSQL refused a record";
 
 /// The event a dead letter now holds, if the consumers it is replayed for would apply it.
 pub fn check(row: &DlqRow, scoring: &[String]) -> Result<GameEvent, String> {
@@ -102,7 +108,7 @@ pub async fn replay(
             (Err(reason), _, _) => Outcome::Refused { reason },
             (Ok(_), Some(at), _) if !again => Outcome::AlreadyReplayed { at },
             (Ok(_), _, None) => Outcome::WouldReplay {
-                services: targets(&row.consumer_service),
+                services: targets(&row.consumer_service, &row.error_message),
             },
             (Ok(_), _, Some(producer)) => replay_one(&mut conn, producer, id, scoring, again).await?,
         };
@@ -137,7 +143,7 @@ async fn replay_one(
         if let (Some(at), false) = (row.replayed_at, again) {
             return Ok(Outcome::AlreadyReplayed { at });
         }
-        let services = targets(&row.consumer_service);
+        let services = targets(&row.consumer_service, &row.error_message);
         let delivery = producer
             .replay(&event, &services)
             .await

@@ -35,8 +35,8 @@ pub struct Lane<T> {
     cap: usize,
     /// What `cap` grows back to.
     max: usize,
-    /// The batch in flight is a refused record's dead letter.
-    dead_letter_in_flight: bool,
+    /// How many times the record in flight was replaced by its dead letter (0: it wasn't).
+    dead_letters_in_flight: u8,
 }
 
 impl<T> Default for Lane<T> {
@@ -59,7 +59,7 @@ impl<T> Lane<T> {
             retry_at: None,
             cap: max,
             max,
-            dead_letter_in_flight: false,
+            dead_letters_in_flight: 0,
         }
     }
 
@@ -100,7 +100,7 @@ impl<T> Lane<T> {
     /// instead of bouncing off it every other write).
     pub fn succeeded(&mut self) {
         self.in_flight = None;
-        self.dead_letter_in_flight = false;
+        self.dead_letters_in_flight = 0;
         self.sending = false;
         self.failures = 0;
         self.retry_at = None;
@@ -172,13 +172,14 @@ impl<T> Lane<T> {
     pub fn replace_in_flight(&mut self, item: T) {
         if let Some((_, offsets, from)) = self.in_flight.take() {
             self.in_flight = Some((Arc::new(vec![item]), offsets, from));
-            self.dead_letter_in_flight = true;
+            self.dead_letters_in_flight = self.dead_letters_in_flight.saturating_add(1);
         }
     }
 
-    /// True while the batch in flight is a refused record's dead letter.
-    pub fn dead_letter_in_flight(&self) -> bool {
-        self.dead_letter_in_flight
+    /// How many times the record in flight was replaced by a dead letter (a refused dead
+    /// letter gets one more: the logger's becomes a record that only moves the offset).
+    pub fn dead_letters_in_flight(&self) -> u8 {
+        self.dead_letters_in_flight
     }
 
     /// The lowest offset this lane has not yet made durable, if any. Both the in-flight batch
@@ -390,19 +391,20 @@ pub fn send_taken<A: RoleActor, T: Clone + 'static, R: 'static>(
             }
             (ops.done)(act, batch, r, ctx);
         }
-        // A dead letter refused in turn (the `dlq` table refusing it) is retried with backoff
-        // like any failure, rather than in a tight loop.
-        Err(e) if e.is_rejected() && ops.dead_letter.is_some() && !(ops.lane)(act).dead_letter_in_flight() => {
+        // A dead letter refused in turn gets one more replacement (the logger's: a record that
+        // only moves the offset); refused once more, it is retried with backoff like any
+        // failure, rather than in a tight loop.
+        Err(e) if e.is_rejected() && ops.dead_letter.is_some() && (ops.lane)(act).dead_letters_in_flight() < 2 => {
             let (service, partition) = (act.core().position.service, act.core().position.partition);
-            act.core()
-                .settings
-                .metrics
-                .consumer_rejected
-                .with_label_values(&[service, ops.sink])
-                .inc();
             // Halved until the refused record is alone, then written as its dead letter: the
             // partition keeps moving, and only that record is left out.
             if let Some((offset, record)) = (ops.lane)(act).rejected() {
+                act.core()
+                    .settings
+                    .metrics
+                    .consumer_rejected
+                    .with_label_values(&[service, ops.sink])
+                    .inc();
                 tracing::error!(service, partition, offset, lane = ops.what, error = %e, "a store refused the record: dead-lettered");
                 let dead = ops.dead_letter.map(|d| d(act, record.clone(), e.to_string()));
                 (ops.lane)(act).replace_in_flight(dead.unwrap_or(record));
@@ -496,10 +498,10 @@ mod tests {
         assert_eq!(*lane.take().unwrap(), vec![0]);
         assert_eq!(lane.rejected(), Some((0, 0)), "alone: the refused record");
         lane.replace_in_flight(-1);
-        assert!(lane.dead_letter_in_flight());
+        assert_eq!(lane.dead_letters_in_flight(), 1);
         assert_eq!(*lane.take().unwrap(), vec![-1]);
         lane.succeeded();
-        assert!(!lane.dead_letter_in_flight());
+        assert_eq!(lane.dead_letters_in_flight(), 0);
         assert_eq!(lane.lowest_unapplied(), Some(1));
         assert_eq!(
             *lane.take().unwrap(),

@@ -212,10 +212,21 @@ pub struct ForgetInPg {
     pub role: super::Role,
 }
 
-/// Every forgotten player id, for a role starting on a partition.
+/// Every forgotten player id, for a role starting on a partition, and those this role has not
+/// yet reported removed (a forget cut short by a crash or a revoke).
 #[derive(Message)]
-#[rtype(result = "Result<Vec<String>, SinkError>")]
-pub struct LoadForgotten;
+#[rtype(result = "Result<Forgotten, SinkError>")]
+pub struct LoadForgotten {
+    pub role: super::Role,
+}
+
+/// The answer to [`LoadForgotten`].
+#[derive(Debug, Clone, Default)]
+pub struct Forgotten {
+    pub all: Vec<String>,
+    /// Forgotten players whose removal this role hasn't finished.
+    pub pending: Vec<String>,
+}
 
 // ---- Redis sink ----
 

@@ -248,6 +248,51 @@ impl RoleFactory {
         }
     }
 
+    /// Removes a forgotten player from this role's stores, as its role actor would on reading
+    /// the forget record (the leaderboard's then rewrites the top N of the games that held them).
+    async fn finish_forget(&self, player: String) -> Result<(), SinkError> {
+        let forget = forget::Forgetters {
+            pg: self.pg.clone().recipient(),
+            redis: self.redis.clone().recipient(),
+        };
+        tracing::info!(role = self.role.service(), player_id = %player, "finishing a forget cut short");
+        match self.role {
+            Role::Logger => {
+                self.pg
+                    .send(messages::ForgetInPg {
+                        player_id: player,
+                        role: self.role,
+                    })
+                    .await??;
+            }
+            Role::Stats => {
+                forget.remove_from_both(player, LiveDb::Stats, self.role).await?;
+            }
+            Role::Leaderboard => {
+                let games = forget.remove_from_both(player, LiveDb::Boards, self.role).await?;
+                if !games.is_empty() {
+                    self.pg
+                        .send(messages::WriteBoards {
+                            // A snapshot of Redis: the position only labels dead letters, and
+                            // this write carries none.
+                            position: Position {
+                                service: self.role.service(),
+                                topic: "".into(),
+                                log: "".into(),
+                                partition: -1,
+                            },
+                            game_ids: games,
+                            n: self.settings.config.leaderboard_top_n,
+                            reader: self.redis.clone().recipient(),
+                            dlq: Vec::new(),
+                        })
+                        .await??;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Gets every store holding this role's offsets ready for `position`'s log, and answers what
     /// they hold of it: `Behind` if any store claims more than the log has, else the lowest
     /// offset every store has applied.
@@ -267,8 +312,16 @@ impl RoleFactory {
         };
         // Before the partition's first record: a forgotten player's records read again (a
         // restart, a rewind) must be dropped even before their forget record comes round.
-        let forgotten = self.pg.send(messages::LoadForgotten).await??;
-        self.settings.forgotten.extend(forgotten);
+        let forgotten = self
+            .pg
+            .send(messages::LoadForgotten { role: self.role })
+            .await??;
+        self.settings.forgotten.extend(forgotten.all);
+        // A forget cut short (a crash, a revoke) whose record the stores have already passed
+        // would never be read again: finish it now. Removing twice is harmless.
+        for player in forgotten.pending {
+            self.finish_forget(player).await?;
+        }
         let states = match self.role {
             Role::Logger => vec![pg().await??],
             Role::Stats => vec![pg().await??, redis(LiveDb::Stats).await??],

@@ -79,6 +79,36 @@ pub async fn all_ids(conn: &mut AsyncPgConnection) -> QueryResult<Vec<String>> {
         .await
 }
 
+/// Forgotten players whose removal `role` hasn't reported: a forget cut short (a crash, a
+/// revoke) after later records had moved the role's stores past the forget record.
+pub async fn pending_ids(
+    conn: &mut AsyncPgConnection,
+    role: crate::actors::Role,
+) -> QueryResult<Vec<String>> {
+    use crate::actors::Role;
+    let pending = forgotten_players::table.select(forgotten_players::player_id);
+    match role {
+        Role::Logger => {
+            pending
+                .filter(forgotten_players::logger_done_at.is_null())
+                .load(conn)
+                .await
+        }
+        Role::Stats => {
+            pending
+                .filter(forgotten_players::stats_done_at.is_null())
+                .load(conn)
+                .await
+        }
+        Role::Leaderboard => {
+            pending
+                .filter(forgotten_players::leaderboard_done_at.is_null())
+                .load(conn)
+                .await
+        }
+    }
+}
+
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
@@ -100,6 +130,25 @@ async fn delete_counted(conn: &mut AsyncPgConnection, delete: &str, player: &str
         .get_result::<Count>(conn)
         .await?
         .n)
+}
+
+/// The dead letters `role` wrote that name the player: they may land after the logger's
+/// deletion (added to the tombstone's count).
+async fn remove_own_dead_letters(
+    conn: &mut AsyncPgConnection,
+    role: crate::actors::Role,
+    player: &str,
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "WITH d AS (DELETE FROM dlq WHERE consumer_service = $2 AND original_event->>'player_id' = $1 RETURNING 1) \
+         UPDATE forgotten_players SET dlq_removed = COALESCE(dlq_removed, 0) + (SELECT count(*) FROM d) \
+         WHERE player_id = $1",
+    )
+    .bind::<Varchar, _>(player)
+    .bind::<Varchar, _>(role.service())
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 /// The logger's part: every `events` row of the player and every dead letter that names it.
@@ -130,6 +179,7 @@ pub async fn remove_statistics(conn: &mut AsyncPgConnection, player: &str) -> Qu
     let n = diesel::delete(player_statistics::table.find(player))
         .execute(conn)
         .await? as i64;
+    remove_own_dead_letters(conn, crate::actors::Role::Stats, player).await?;
     diesel::sql_query(
         "UPDATE forgotten_players SET statistics_removed = COALESCE(statistics_removed, 0) + $2, \
          stats_done_at = now() WHERE player_id = $1",
@@ -156,6 +206,7 @@ pub async fn board_games(conn: &mut AsyncPgConnection, player: &str) -> QueryRes
 /// The leaderboard manager's part: the player's `leaderboards` rows. Answers the games they
 /// were in, whose boards must be written again from Redis to hold a full top N.
 pub async fn remove_board_rows(conn: &mut AsyncPgConnection, player: &str) -> QueryResult<Vec<String>> {
+    remove_own_dead_letters(conn, crate::actors::Role::Leaderboard, player).await?;
     let games: Vec<Game> =
         diesel::sql_query("DELETE FROM leaderboards WHERE player_id = $1 RETURNING game_id")
             .bind::<Varchar, _>(player)

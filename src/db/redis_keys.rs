@@ -157,9 +157,28 @@ impl RedisKeys {
     }
 
     /// The `SCAN MATCH` pattern of every board key of one game, current and dated, and its
-    /// current boards' stamp markers.
+    /// current boards' stamp markers; it also matches another game whose id continues this
+    /// one's after a `:` (`g1:eu`), which [`Self::is_board_of`] tells apart.
     pub fn game_boards_pattern(&self, game: &str) -> String {
         format!("{}{DATED_SEPARATOR}*", glob_escape(&self.board_base(game)))
+    }
+
+    /// Whether `key` is one of `game`'s boards or markers: `:alltime`, `:daily`, `:weekly`,
+    /// and the latter two followed by `:current` or a stamp.
+    pub fn is_board_of(&self, game: &str, key: &str) -> bool {
+        let Some(rest) = key
+            .strip_prefix(self.board_base(game).as_str())
+            .and_then(|r| r.strip_prefix(DATED_SEPARATOR))
+        else {
+            return false;
+        };
+        let (period, tail) = rest.split_once(DATED_SEPARATOR).unwrap_or((rest, ""));
+        let stamp = |t: &str| t.len() >= 8 && t.bytes().all(|b| b.is_ascii_digit() || b == b'-' || b == b'W');
+        match period {
+            "alltime" => tail.is_empty(),
+            "daily" | "weekly" => tail.is_empty() || tail == "current" || stamp(tail),
+            _ => false,
+        }
     }
 
     /// A `SCAN MATCH` pattern for every board key, current and dated (and the current boards'
@@ -237,9 +256,10 @@ impl RedisKeys {
         format!("{}:{}", self.legacy_offsets(o), o.log)
     }
 
-    /// Set while `gamemetrics rebuild redis` runs: a consumer doesn't open a partition then.
-    pub fn rebuilding(&self) -> String {
-        format!("{}gamemetrics:rebuilding", self.prefix)
+    /// Set while `gamemetrics rebuild redis` rebuilds `store`: the role writing it doesn't open
+    /// a partition then.
+    pub fn rebuilding(&self, store: Store) -> String {
+        format!("{}gamemetrics:rebuilding:{}", self.prefix, store.name())
     }
 
     /// The log a partition was last opened on.
@@ -281,6 +301,12 @@ mod tests {
                 assert_eq!(keys.game_of_current_board(&dated), None, "{dated}");
             }
             assert_eq!(keys.board_pattern(), "p\\*:leaderboard:*");
+            let own = keys.board("g1", &Board::Dated(Period::Weekly, "2024-W03".into()));
+            let other = keys.board("g1:eu", &Board::Current(Period::Daily));
+            assert!(
+                keys.is_board_of("g1", &own) && !keys.is_board_of("g1", &other),
+                "{other}"
+            );
         }
     }
 

@@ -235,3 +235,74 @@ async fn the_cli_forgets_a_player_and_waits_until_every_role_has() {
     .await;
     assert_eq!(audited, 2);
 }
+
+/// A forget cut short: the tombstone is there but the stores have passed the forget record (a
+/// crash or a revoke mid-removal). The next time each role opens a partition it finishes it.
+#[actix_web::test]
+async fn a_forget_cut_short_is_finished_when_a_partition_opens_again() {
+    let p = spawn_pipeline(&Role::ALL, |c| c.consumer.leaderboard_retention_days = 36_500).await;
+    let (app, config) = (&p.app, p.app.config.clone());
+    let ev = |player: &str| {
+        json!({"event_type": "player_score", "player_id": player, "game_id": "game-cut",
+               "timestamp": "2024-01-15T10:00:00Z", "data": {"score": 3}})
+    };
+    post_all(app, vec![ev("cut-short"), ev("cut-other")], 2).await;
+    eventually(Duration::from_secs(30), "both players everywhere", || async {
+        let rows = count(
+            &config,
+            "SELECT count(*) AS n FROM leaderboards WHERE period = 'alltime'",
+        )
+        .await;
+        let stats = count(&config, "SELECT count(*) AS n FROM player_statistics").await;
+        (rows == 2 && stats == 2).then_some(())
+    })
+    .await;
+    for c in p.consumers {
+        c.shutdown(Duration::from_secs(10)).await;
+    }
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(
+            "INSERT INTO forgotten_players (player_id, requested_by) VALUES ('cut-short', 'test')",
+        ),
+        &mut pg_conn(&config).await,
+    )
+    .await
+    .expect("tombstone");
+
+    // Back, and a record on every partition so each opens.
+    let _consumers = start_consumers(&config, &Role::ALL);
+    let partitions = config.kafka.kafka_topic_partitions;
+    let openers: Vec<Value> = (0..partitions)
+        .map(|part| {
+            let player = (0..)
+                .map(|i| format!("opener-{i}"))
+                .find(|id| java_partition(id, partitions) == part)
+                .expect("an id on the partition");
+            ev(&player)
+        })
+        .collect();
+    post_all(app, openers, 1).await;
+    eventually(
+        Duration::from_secs(60),
+        "the forget finished by every role",
+        || async {
+            let done = count(
+                &config,
+                "SELECT count(*) AS n FROM forgotten_players WHERE logger_done_at IS NOT NULL \
+             AND stats_done_at IS NOT NULL AND leaderboard_done_at IS NOT NULL",
+            )
+            .await;
+            (done == 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(traces(&config, "cut-short").await, Vec::<String>::new());
+    assert_eq!(
+        count(
+            &config,
+            "SELECT count(*) AS n FROM events WHERE player_id = 'cut-other'"
+        )
+        .await,
+        1
+    );
+}

@@ -134,12 +134,14 @@ impl Handler<OpenLogPg> for PgSink {
 }
 
 impl Handler<LoadForgotten> for PgSink {
-    type Result = ResponseActFuture<Self, Result<Vec<String>, SinkError>>;
+    type Result = ResponseActFuture<Self, Result<Forgotten, SinkError>>;
 
     fn handle(&mut self, msg: LoadForgotten, _: &mut Context<Self>) -> Self::Result {
         in_transaction!(self, msg, |conn| {
-            let LoadForgotten = msg;
-            Ok(db::forget::all_ids(conn).await?)
+            Ok(Forgotten {
+                all: db::forget::all_ids(conn).await?,
+                pending: db::forget::pending_ids(conn, msg.role).await?,
+            })
         })
     }
 }
@@ -152,6 +154,7 @@ impl Handler<ForgetInPg> for PgSink {
             let player = msg.player_id.as_str();
             match msg.role {
                 Role::Logger => db::forget::remove_events(conn, player).await?,
+                // Each role also deletes the dead letters it wrote itself.
                 Role::Stats => db::forget::remove_statistics(conn, player).await?,
                 Role::Leaderboard => {
                     // Under the boards' locks, as every top-N write: none can interleave.

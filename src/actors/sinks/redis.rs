@@ -364,7 +364,10 @@ impl Handler<OpenLogRedis> for RedisSink {
             self.keys.last_log(o),
         ];
         let script = self.open_script.clone();
-        let rebuilding = self.keys.rebuilding();
+        let rebuilding = self.keys.rebuilding(match msg.db {
+            LiveDb::Stats => Store::Stats,
+            LiveDb::Boards => Store::Boards,
+        });
         tracked(self, async move {
             let mut conn = pool.get().await.map_err(redis_err)?;
             let rebuild: Option<String> = redis::cmd("GET")
