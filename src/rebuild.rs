@@ -197,13 +197,7 @@ async fn rebuild_fenced(
         return Err(RebuildError::NoCut(topic));
     }
     let retention = config.consumer.leaderboard_retention_days;
-    let scoring: Vec<&str> = config
-        .consumer
-        .scoring_event_types
-        .iter()
-        .map(|s| s.trim())
-        .collect();
-    let model = Model::of(&snapshot, &scoring, retention, Utc::now());
+    let model = Model::of(&snapshot, &scoring_types(config), retention, Utc::now());
 
     let written = write_stores(config, keys, stats, boards, &snapshot, &model, &topic, &log).await;
     let mut out = written.map_err(|e| RebuildError::Writing(e.to_string()))?;
@@ -395,12 +389,7 @@ async fn rebuild_game(
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     };
-    let scoring: Vec<String> = config
-        .consumer
-        .scoring_event_types
-        .iter()
-        .map(|s| s.trim().to_owned())
-        .collect();
+    let scoring: Vec<String> = scoring_types(config).into_iter().map(str::to_owned).collect();
     let (kafka, range, owned_game) = (
         config.kafka.clone(),
         stands
@@ -412,15 +401,9 @@ async fn rebuild_game(
     let between = tokio::task::spawn_blocking(move || read_between(&kafka, &range, &owned_game, &scoring))
         .await
         .map_err(|e| RebuildError::Kafka(e.to_string()))??;
-    let scoring: Vec<&str> = config
-        .consumer
-        .scoring_event_types
-        .iter()
-        .map(|s| s.trim())
-        .collect();
     let model = Model::of(
         &snapshot,
-        &scoring,
+        &scoring_types(config),
         config.consumer.leaderboard_retention_days,
         Utc::now(),
     );
@@ -644,6 +627,16 @@ struct Replayed {
 const VALID_SCORE: &str = "jsonb_typeof(data->'score') = 'number' AND (data->>'score') ~ '^[0-9]{1,10}$' \
                            AND (data->>'score')::bigint <= 1000000000";
 
+/// SCORING_EVENT_TYPES, trimmed.
+fn scoring_types(config: &Config) -> Vec<&str> {
+    config
+        .consumer
+        .scoring_event_types
+        .iter()
+        .map(|s| s.trim())
+        .collect()
+}
+
 /// How long a rebuild of one game waits for the logger to store what the leaderboard applied.
 const LOGGER_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -655,12 +648,7 @@ async fn read_snapshot(
     game: Option<&str>,
 ) -> Result<Snapshot, RebuildError> {
     let mut conn = crate::db::connect(&config.database).await?;
-    let scoring: Vec<String> = config
-        .consumer
-        .scoring_event_types
-        .iter()
-        .map(|s| s.trim().to_owned())
-        .collect();
+    let scoring: Vec<String> = scoring_types(config).into_iter().map(str::to_owned).collect();
     let since =
         Utc::now() - chrono::Duration::seconds(i64::try_from(window.saturating_mul(2)).unwrap_or(i64::MAX));
     conn.build_transaction()
