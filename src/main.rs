@@ -271,6 +271,16 @@ async fn serve_with(config: &Config, metrics: Metrics) -> anyhow::Result<()> {
         EventProducer::new(&config.kafka, metrics.clone()).context("creating the Kafka producer")?;
     let app = Application::build(config, producer.clone(), metrics)
         .with_context(|| format!("binding {}", config.http.http_addr))?;
+    // Say now, not at the first event, when the broker refuses us: a wrong password or ACL.
+    let probe = producer.clone();
+    actix_web::rt::spawn(async move {
+        match probe.check_ready(Duration::from_secs(10)).await {
+            Ok(()) => tracing::info!("Kafka answers for the topic"),
+            Err(problem) => {
+                tracing::error!(%problem, "Kafka is not ready for ingest (/readyz says why until it is)")
+            }
+        }
+    });
     tracing::info!(
         port = app.port(),
         brokers = %config.kafka.brokers(),

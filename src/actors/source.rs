@@ -18,7 +18,7 @@ use actix::prelude::*;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
@@ -30,6 +30,8 @@ use std::time::Duration;
 /// statistics into the consumer-lag gauge.
 pub struct SourceContext {
     revoked: Mutex<Vec<i32>>,
+    /// Logs, and access problems (credentials, ACLs) for `/readyz`.
+    kafka: KafkaContext,
     service: &'static str,
     metrics: Metrics,
     ready: Mutex<Readiness>,
@@ -106,6 +108,7 @@ impl SourceContext {
     pub fn new(service: &'static str, metrics: Metrics, config: &crate::config::ConsumerConfig) -> Self {
         SourceContext {
             revoked: Mutex::new(Vec::new()),
+            kafka: KafkaContext::reporting(metrics.health.clone()),
             service,
             metrics,
             ready: Mutex::new(Readiness {
@@ -151,6 +154,14 @@ impl ClientContext for SourceContext {
             }
         }
         let now = std::time::Instant::now();
+        // A settled member got past the login and the group's ACL; a topic ACL shows in fetches.
+        let settled = stats
+            .cgrp
+            .as_ref()
+            .is_some_and(|g| g.state == "up" && g.join_state == "steady");
+        if settled && self.kafka.access_code() != Some(RDKafkaErrorCode::TopicAuthorizationFailed) {
+            self.kafka.access_ok();
+        }
         let (group, lag) = {
             let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
             (ready.group(now, stats.cgrp.as_ref()), ready.lag(now, total))
@@ -160,10 +171,10 @@ impl ClientContext for SourceContext {
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        KafkaContext.log(level, fac, message)
+        self.kafka.log(level, fac, message)
     }
     fn error(&self, error: KafkaError, reason: &str) {
-        KafkaContext.error(error, reason)
+        self.kafka.error(error, reason)
     }
 }
 
@@ -775,6 +786,7 @@ pub async fn poll_loop(
             }
             match msg {
                 Ok(m) => {
+                    consumer.context().kafka.access_ok();
                     let partition = m.partition();
                     let addr = map.entry(partition).or_insert_with(|| {
                         let position = Position {
@@ -798,8 +810,14 @@ pub async fn poll_loop(
             }
         };
         if let Some(e) = failed {
-            tracing::warn!(error = %e, "consume error");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            // An ACL the broker refuses is logged (once) and kept for /readyz by the context;
+            // the consumer goes on asking, so an ACL added later takes effect without a restart.
+            if consumer.context().kafka.report(&e, "") {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            } else {
+                tracing::warn!(error = %e, "consume error");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
     }
 }

@@ -74,7 +74,7 @@ pub enum ApiError {
     RequestTimeout(String),
     #[error("the event could not be written to Kafka ({reason}); retry with the same event_id")]
     KafkaUnavailable { reason: String, event_id: Uuid },
-    #[error("Kafka is not reachable: {0}")]
+    #[error("not ready: {0}")]
     NotReady(String),
     #[error("{0}")]
     NotFound(String),

@@ -11,11 +11,21 @@ use std::time::Duration;
 /// so probes of `/readyz` should allow 3 s (Kubernetes' default timeout is 1 s).
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `GET /healthz`: the process is alive and serving HTTP.
+/// `GET /healthz`: the process is alive and serving HTTP, and its Kafka producer can still
+/// produce. A producer with a fatal error (librdkafka's: a missing ACL for its producer id, a
+/// fenced producer) never recovers, so the process answers 503 here for a restart.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "Alive", body = Object, example = json!({"status": "ok"}))))]
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    responses(
+        (status = 200, description = "Alive", body = Object, example = json!({"status": "ok"})),
+        (status = 503, description = "The Kafka producer failed for good: restart the process", body = super::error::ErrorBody)
+    ))]
+pub async fn healthz(state: Option<web::Data<AppState>>) -> Result<HttpResponse, ApiError> {
+    if let Some(fatal) = state.as_ref().and_then(|s| s.producer.fatal_error()) {
+        return Err(ApiError::NotReady(format!(
+            "the Kafka producer failed for good and needs a restart: {fatal}"
+        )));
+    }
+    Ok(HttpResponse::Ok().json(json!({"status": "ok"})))
 }
 
 /// Fails with the problems components of this process report (a consumer partition that can't
@@ -111,7 +121,7 @@ impl RedisProbe {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready to take traffic", body = Object),
-        (status = 503, description = "Kafka is not reachable, PostgreSQL refuses this process (TLS, login), or a consumer partition is blocked", body = super::error::ErrorBody)
+        (status = 503, description = "Kafka is not reachable or refuses this process (credentials, ACLs), PostgreSQL refuses it (TLS, login), or a consumer partition is blocked", body = super::error::ErrorBody)
     ))]
 pub async fn readyz(
     state: web::Data<AppState>,
@@ -127,7 +137,7 @@ pub async fn readyz(
         .producer
         .check_ready(READY_TIMEOUT)
         .await
-        .map_err(|e| ApiError::NotReady(e.to_string()))?;
+        .map_err(ApiError::NotReady)?;
     Ok(HttpResponse::Ok().json(json!({"status": "ready", "checks": {"kafka": "ok", "postgres": postgres}})))
 }
 

@@ -33,6 +33,9 @@ pub enum AdminError {
     Config(#[from] ConfigError),
     #[error("cannot reach Kafka at {brokers}: {source}")]
     Unreachable { brokers: String, source: KafkaError },
+    /// The broker answers but refuses our credentials, TLS or ACLs: retrying won't help.
+    #[error("{0}")]
+    Refused(String),
     #[error("creating topic {topic} failed: {code}")]
     Create { topic: String, code: RDKafkaErrorCode },
 }
@@ -43,17 +46,19 @@ pub enum AdminError {
 /// one-node dev broker works and a three-node cluster survives losing a broker without
 /// losing an acknowledged write.
 pub async fn ensure_topic(cfg: &KafkaConfig, spec: &TopicSpec) -> Result<bool, AdminError> {
+    let context = KafkaContext::default();
+    // librdkafka reports a refused login to the context, and the request merely times out.
+    let failed = |source: KafkaError| match context.access_problem() {
+        Some(problem) => AdminError::Refused(problem),
+        None => AdminError::Unreachable {
+            brokers: cfg.brokers().to_owned(),
+            source,
+        },
+    };
     let admin: AdminClient<KafkaContext> = super::client_config(cfg)?
-        .create_with_context(KafkaContext)
-        .map_err(|source| AdminError::Unreachable {
-            brokers: cfg.brokers().to_owned(),
-            source,
-        })?;
-    let brokers =
-        broker_count(&admin, Duration::from_secs(10)).map_err(|source| AdminError::Unreachable {
-            brokers: cfg.brokers().to_owned(),
-            source,
-        })?;
+        .create_with_context(context.clone())
+        .map_err(failed)?;
+    let brokers = broker_count(&admin, Duration::from_secs(10)).map_err(failed)?;
     let replication = brokers.clamp(1, 3);
     let min_isr = (replication - 1).max(1).to_string();
     let retention = spec.retention_ms.to_string();
@@ -61,17 +66,17 @@ pub async fn ensure_topic(cfg: &KafkaConfig, spec: &TopicSpec) -> Result<bool, A
         .set("retention.ms", &retention)
         .set("min.insync.replicas", &min_isr);
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics([&topic], &opts)
-        .await
-        .map_err(|source| AdminError::Unreachable {
-            brokers: cfg.brokers().to_owned(),
-            source,
-        })?;
+    let results = admin.create_topics([&topic], &opts).await.map_err(failed)?;
     match results.into_iter().next() {
         Some(Ok(_)) => Ok(true),
         Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(false),
-        Some(Err((topic, code))) => Err(AdminError::Create { topic, code }),
+        Some(Err((topic, code))) => {
+            let why = format!("creating topic {topic}: {code}");
+            Err(match super::access_problem(code, &why) {
+                Some(problem) => AdminError::Refused(problem),
+                None => AdminError::Create { topic, code },
+            })
+        }
         None => Err(AdminError::Create {
             topic: spec.name.clone(),
             code: RDKafkaErrorCode::Fail,

@@ -48,6 +48,8 @@ impl ProduceError {
 #[derive(Clone)]
 pub struct EventProducer {
     producer: FutureProducer<super::KafkaContext>,
+    /// The producer's context (clones share it): what access problem Kafka reported.
+    access: super::KafkaContext,
     topic: Arc<str>,
     timeout: Duration,
     metrics: Metrics,
@@ -69,14 +71,16 @@ impl EventProducer {
             .set("message.timeout.ms", timeout.as_millis().to_string())
             .set("linger.ms", cfg.kafka_linger_ms.to_string())
             .set("compression.type", "lz4");
-        let producer: FutureProducer<super::KafkaContext> = cc
-            .create_with_context(super::KafkaContext)
-            .map_err(|e| ConfigError::Invalid {
-                var: "KAFKA_EXTRA_CONFIG",
-                reason: format!("librdkafka refused the producer configuration: {e}"),
-            })?;
+        let access = super::KafkaContext::reporting(metrics.health.clone());
+        let producer: FutureProducer<super::KafkaContext> =
+            cc.create_with_context(access.clone())
+                .map_err(|e| ConfigError::Invalid {
+                    var: "KAFKA_EXTRA_CONFIG",
+                    reason: format!("librdkafka refused the producer configuration: {e}"),
+                })?;
         Ok(EventProducer {
             producer,
+            access,
             topic: cfg.kafka_topic.as_str().into(),
             timeout,
             metrics,
@@ -122,11 +126,17 @@ impl EventProducer {
         let guard = self.timeout + Duration::from_millis(500);
         match tokio::time::timeout(guard, self.producer.send(record, Timeout::After(self.timeout))).await {
             Err(_) => Err(ProduceError::Timeout(self.timeout)),
-            Ok(Ok(delivery)) => Ok(Delivery {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Ok(Err((err, _msg))) => Err(classify(err, self.timeout)),
+            Ok(Ok(delivery)) => {
+                self.access.access_ok();
+                Ok(Delivery {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                })
+            }
+            Ok(Err((err, _msg))) => {
+                self.access.report(&err, "");
+                Err(classify(err, self.timeout))
+            }
         }
     }
 
@@ -179,27 +189,52 @@ impl EventProducer {
         self.deliver(record).await
     }
 
-    /// Asks the cluster for the topic's metadata: the readiness check.
-    pub async fn check_ready(&self, timeout: Duration) -> Result<(), KafkaError> {
+    /// Asks the cluster for the topic's metadata: the readiness check. Fails with what is wrong,
+    /// saying so plainly when the broker refuses our credentials or ACLs.
+    pub async fn check_ready(&self, timeout: Duration) -> Result<(), String> {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
         // fetch_metadata blocks its thread; keep it off the async workers.
-        tokio::task::spawn_blocking(move || {
+        let answer = tokio::task::spawn_blocking(move || {
             let md = producer.client().fetch_metadata(Some(&topic), timeout)?;
-            match md.topics().first() {
-                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
-                Some(t) => Err(KafkaError::MetadataFetch(
-                    t.error()
-                        .map(RDKafkaErrorCode::from)
-                        .unwrap_or(RDKafkaErrorCode::UnknownTopicOrPartition),
-                )),
-                None => Err(KafkaError::MetadataFetch(
+            match md
+                .topics()
+                .first()
+                .map(|t| (t.error(), t.partitions().is_empty()))
+            {
+                Some((None, false)) => Ok(()),
+                Some((Some(e), _)) => Err(KafkaError::MetadataFetch(RDKafkaErrorCode::from(e))),
+                _ => Err(KafkaError::MetadataFetch(
                     RDKafkaErrorCode::UnknownTopicOrPartition,
                 )),
             }
         })
         .await
-        .map_err(|_| KafkaError::MetadataFetch(RDKafkaErrorCode::Fail))?
+        .unwrap_or(Err(KafkaError::MetadataFetch(RDKafkaErrorCode::Fail)));
+        let context = &self.access;
+        match answer {
+            // Metadata can be read with only Describe: a missing Write ACL shows in deliveries,
+            // and stays reported until one succeeds.
+            Ok(()) if context.access_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
+                Err(context.access_problem().unwrap_or_default())
+            }
+            Ok(()) => {
+                context.access_ok();
+                Ok(())
+            }
+            Err(e) => {
+                context.report(&e, &format!("topic {}", self.topic));
+                Err(context.access_problem().unwrap_or_else(|| e.to_string()))
+            }
+        }
+    }
+
+    /// The producer's fatal error, if it had one: it can't produce again until restarted.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| super::access_problem(code, &reason).unwrap_or(reason))
     }
 
     /// Waits for queued messages to be delivered, for a clean shutdown.
