@@ -115,6 +115,16 @@ impl Model {
 /// `n` events over 8 players and 3 games, straddling midnight between 2024-01-14 and -15 (also
 /// an ISO week boundary), plus one scoring event without a score.
 pub fn events(n: usize, seed: u64) -> Vec<Value> {
+    let mut out = events_over(n, seed, 8, 3);
+    out.push(
+        json!({"event_type":"quest_completed","player_id":"player-0","game_id":"game-0",
+                    "timestamp":"2024-01-15T12:00:00Z","data":{}}),
+    );
+    out
+}
+
+/// `n` events as [`events`] makes them, over `players` players and `games` games.
+pub fn events_over(n: usize, seed: u64, players: u32, games: u32) -> Vec<Value> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
     for i in 0..n {
@@ -134,16 +144,12 @@ pub fn events(n: usize, seed: u64) -> Vec<Value> {
         };
         out.push(json!({
             "event_type": ty,
-            "player_id": format!("player-{}", rng.random_range(0..8)),
-            "game_id": format!("game-{}", rng.random_range(0..3)),
+            "player_id": format!("player-{}", rng.random_range(0..players)),
+            "game_id": format!("game-{}", rng.random_range(0..games)),
             "timestamp": ts,
             "data": {"score": rng.random_range(0..5000)},
         }));
     }
-    out.push(
-        json!({"event_type":"quest_completed","player_id":"player-0","game_id":"game-0",
-                    "timestamp":"2024-01-15T12:00:00Z","data":{}}),
-    );
     out
 }
 
