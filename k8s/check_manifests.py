@@ -67,7 +67,8 @@ need(groups == {"event-logger-group", "stats-aggregator-group", "leaderboard-man
 
 # Workloads: the seed's deployments, each running the matching subcommand with what it needs.
 expected = {
-    "event-ingestion": (["serve"], {"KAFKA_BROKERS", "KAFKA_TOPIC"}),
+    # serve checks API keys in PostgreSQL and answers reads from both stores.
+    "event-ingestion": (["serve"], {"KAFKA_BROKERS", "KAFKA_TOPIC", "DATABASE_URL", "REDIS_URL"}),
     "event-consumer-logger": (["consume", "--role", "logger"], {"KAFKA_BROKERS", "KAFKA_TOPIC", "DATABASE_URL"}),
     "event-consumer-stats": (["consume", "--role", "stats"], {"KAFKA_BROKERS", "KAFKA_TOPIC", "DATABASE_URL", "REDIS_URL"}),
     "event-consumer-leaderboard": (["consume", "--role", "leaderboard"], {"KAFKA_BROKERS", "KAFKA_TOPIC", "DATABASE_URL", "REDIS_URL"}),

@@ -168,3 +168,50 @@ pub fn client_config(cfg: &KafkaConfig) -> Result<ClientConfig, ConfigError> {
     }
     Ok(cc)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_named_and_everything_else_is_left_to_retry() {
+        let p = access_problem(RDKafkaErrorCode::Authentication, "SASL authentication error").unwrap();
+        assert!(
+            p.contains("credentials") && p.ends_with("(SASL authentication error)"),
+            "{p}"
+        );
+        let p = access_problem(RDKafkaErrorCode::GroupAuthorizationFailed, "").unwrap();
+        assert!(p.contains("consumer group") && !p.contains('('), "{p}");
+        let p = access_problem(
+            RDKafkaErrorCode::ClusterAuthorizationFailed,
+            "Failed to acquire idempotence PID",
+        )
+        .unwrap();
+        assert!(p.contains("Write on the topic"), "{p}");
+        for transient in [
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::NotEnoughReplicas,
+        ] {
+            assert_eq!(access_problem(transient, "x"), None, "{transient:?}");
+        }
+    }
+
+    #[test]
+    fn a_problem_is_reported_until_access_works_again() {
+        let health = Health::default();
+        let ctx = KafkaContext::reporting(health.clone());
+        assert!(!ctx.report(&KafkaError::Global(RDKafkaErrorCode::AllBrokersDown), "down"));
+        assert!(health.problems().is_empty());
+        assert!(ctx.report(
+            &KafkaError::MessageConsumption(RDKafkaErrorCode::TopicAuthorizationFailed),
+            ""
+        ));
+        assert!(health.problems()[ACCESS].contains("the topic"));
+        // Clones share it: the poll loop's copy clears what the client's callback reported.
+        ctx.clone().access_ok();
+        assert!(health.problems().is_empty());
+        assert_eq!(ctx.access_problem(), None);
+    }
+}
