@@ -27,14 +27,8 @@ use model::{assert_state, events, Model};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-const ENV: [(&str, &str); 2] = [
-    ("KAFKA_PORT_BASE", "9192"),
-    ("KAFKA_STATE_DIR", "/tmp/gamemetrics-kafka3"),
-];
-const BOOTSTRAP: &str = "127.0.0.1:9192,127.0.0.1:9194,127.0.0.1:9196";
-
 fn kafka3(args: &[&str]) {
-    run_script("kafka", args, &ENV);
+    run_script("kafka", args, &KAFKA3_ENV);
 }
 
 /// Gives each event its id before the first attempt.
@@ -97,7 +91,7 @@ fn busiest_leader(config: &Config) -> i32 {
 fn active_controller() -> i32 {
     let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka"))
         .arg("controller")
-        .envs(ENV)
+        .envs(KAFKA3_ENV)
         .output()
         .expect("scripts/kafka controller");
     String::from_utf8_lossy(&out.stdout)
@@ -110,7 +104,7 @@ fn active_controller() -> i32 {
 async fn on_three_brokers_a_broker_crash_a_lost_quorum_and_an_ingest_crash_lose_and_double_nothing() {
     kafka3(&["start", "--nodes", "3"]);
     let config = pipeline_config(|c| {
-        c.kafka.kafka_brokers = Some(BOOTSTRAP.into());
+        c.kafka.kafka_brokers = Some(KAFKA3_BOOTSTRAP.into());
         c.kafka.produce_timeout_ms = 3_000;
         c.consumer.leaderboard_retention_days = 36_500;
     })
@@ -168,7 +162,7 @@ async fn on_three_brokers_a_broker_crash_a_lost_quorum_and_an_ingest_crash_lose_
         std::process::Command::new(env!("CARGO_BIN_EXE_gamemetrics"))
             .arg("serve")
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("KAFKA_BROKERS", BOOTSTRAP)
+            .env("KAFKA_BROKERS", KAFKA3_BOOTSTRAP)
             .env("KAFKA_TOPIC", &config.kafka.kafka_topic)
             .env("DATABASE_URL", config.database.database_url.expose())
             .env("AUTH_REQUIRED", "false")

@@ -26,11 +26,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const KAFKA_ENV: [(&str, &str); 2] = [
-    ("KAFKA_PORT_BASE", "9192"),
-    ("KAFKA_STATE_DIR", "/tmp/gamemetrics-kafka3"),
-];
-const BOOTSTRAP: &str = "127.0.0.1:9192,127.0.0.1:9194,127.0.0.1:9196";
 const ROLES: [&str; 3] = ["logger", "stats", "leaderboard"];
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -54,7 +49,7 @@ impl Proc {
     fn spawn(config: &Config, args: &[&'static str], port: u16) -> Child {
         Command::new(env!("CARGO_BIN_EXE_gamemetrics"))
             .args(args)
-            .env("KAFKA_BROKERS", BOOTSTRAP)
+            .env("KAFKA_BROKERS", KAFKA3_BOOTSTRAP)
             .env("KAFKA_TOPIC", &config.kafka.kafka_topic)
             .env("DATABASE_URL", config.database.database_url.expose())
             .env("DATABASE_POOL_SIZE", "4")
@@ -241,9 +236,9 @@ async fn soak_with_random_faults() {
     let rate = env_or("SOAK_RATE", 500);
     let seed = env_or("SOAK_SEED", 1);
     let players = env_or("SOAK_PLAYERS", 20_000) as u32;
-    run_script("kafka", &["start", "--nodes", "3"], &KAFKA_ENV);
+    run_script("kafka", &["start", "--nodes", "3"], &KAFKA3_ENV);
     let config = pipeline_config(|c| {
-        c.kafka.kafka_brokers = Some(BOOTSTRAP.into());
+        c.kafka.kafka_brokers = Some(KAFKA3_BOOTSTRAP.into());
         c.consumer.leaderboard_retention_days = 36_500;
         c.kafka.kafka_topic = format!("soak-{}", uuid::Uuid::new_v4().simple());
     })
@@ -348,10 +343,10 @@ async fn soak_with_random_faults() {
             Fault::RestartRedis => script("services", vec!["restart", "redis"], &[]).await,
             Fault::KillBroker => {
                 let node: &'static str = ["1", "2", "3"][rng.random_range(0..3)];
-                script("kafka", vec!["kill-node", node], &KAFKA_ENV).await;
+                script("kafka", vec!["kill-node", node], &KAFKA3_ENV).await;
                 broker_back = Some(actix_web::rt::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(5)).await;
-                    script("kafka", vec!["start-node", node], &KAFKA_ENV).await;
+                    script("kafka", vec!["start-node", node], &KAFKA3_ENV).await;
                 }));
             }
         }

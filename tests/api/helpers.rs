@@ -444,6 +444,17 @@ pub fn committed_total(config: &Config, group: &str) -> i64 {
         .sum()
 }
 
+/// The three-broker cluster of `tests/cluster.rs` and `tests/soak.rs`: `scripts/kafka`'s
+/// environment for it (its own ports and state dir, beside the single broker) and its address.
+#[allow(dead_code)] // the api binary doesn't use it
+pub const KAFKA3_ENV: [(&str, &str); 2] = [
+    ("KAFKA_PORT_BASE", "9192"),
+    ("KAFKA_STATE_DIR", "/tmp/gamemetrics-kafka3"),
+];
+/// See [`KAFKA3_ENV`].
+#[allow(dead_code)]
+pub const KAFKA3_BOOTSTRAP: &str = "127.0.0.1:9192,127.0.0.1:9194,127.0.0.1:9196";
+
 /// Runs one of the project's scripts (`kafka`, `services`) with `args` and extra environment,
 /// and fails the test if it fails.
 pub fn run_script(name: &str, args: &[&str], env: &[(&str, &str)]) {
