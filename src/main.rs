@@ -10,11 +10,12 @@ use gamemetrics::metrics::Metrics;
 use gamemetrics::{db, telemetry};
 use std::time::Duration;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Real-time gaming analytics: HTTP events -> Kafka -> PostgreSQL and Redis.
 ///
 /// Every option can also be set through the environment variable shown next to it.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "gamemetrics", version)]
