@@ -300,6 +300,62 @@ fn rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Where this process's memory is, in MiB: what mimalloc (every Rust allocation) has committed,
+/// and what glibc's malloc (librdkafka's buffers and queues) has in use and holds from the OS.
+#[derive(Clone, Copy, Default)]
+struct Heaps {
+    rust_committed: f64,
+    c_in_use: f64,
+    c_held: f64,
+}
+
+fn heaps() -> Heaps {
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    let mut v = [0usize; 8];
+    let [a, b, c, d, e, f, g, h] = &mut v;
+    // SAFETY: mi_process_info only writes through the eight pointers, all valid.
+    unsafe { libmimalloc_sys::mi_process_info(a, b, c, d, e, f, g, h) };
+    // SAFETY: mallinfo2 takes no arguments and returns a plain struct.
+    let m = unsafe { libc::mallinfo2() };
+    Heaps {
+        rust_committed: mib(v[5]),
+        c_in_use: mib(m.uordblks + m.hblkhd),
+        c_held: mib(m.arena + m.hblkhd),
+    }
+}
+
+/// Counters of the stores' background work, to line a minute's p99 up with what ran in it.
+#[derive(Clone, Copy, Default)]
+struct Background {
+    /// Redis forks (append-only-file rewrites here: the test Redis saves no RDB).
+    redis_forks: u64,
+    /// PostgreSQL checkpoints, timed and requested.
+    pg_checkpoints: u64,
+}
+
+fn background(c: &Config) -> Background {
+    let redis_forks = redis_info(c, "stats")
+        .lines()
+        .find_map(|l| l.strip_prefix("total_forks:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let pg_checkpoints = Command::new("psql")
+        .args([
+            c.database.database_url.expose(),
+            "-qAt",
+            "-c",
+            "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter",
+        ])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(0);
+    Background {
+        redis_forks,
+        pg_checkpoints,
+    }
+}
+
 /// One window of a fixed-rate run.
 struct Window {
     /// The probes sent during the window.
@@ -309,8 +365,13 @@ struct Window {
     /// This process's resident memory at the window's end, in MiB.
     rss: f64,
     /// The most records the three roles held read but not yet durable (sampled each second):
-    /// what RSS follows, since each is parsed and queued in memory until applied.
-    in_flight: i64,
+    /// what RSS follows, since each is parsed and queued in memory until applied. With it, the
+    /// most one role held of one partition.
+    in_flight: (i64, i64),
+    /// The heaps at the window's end.
+    heaps: Heaps,
+    /// The stores' background work that ran during the window.
+    background: Background,
 }
 
 /// What one fixed-rate run measured.
@@ -333,15 +394,18 @@ impl LoadRun {
     }
 }
 
-/// Records the roles have read but not yet made durable, all partitions together.
-async fn in_flight(handles: &[RoleConsumerHandle]) -> i64 {
-    let mut total = 0;
+/// Records the roles have read but not yet made durable: all partitions together, and the most
+/// any one role held of one partition (what PARTITION_MAX_IN_FLIGHT bounds).
+async fn in_flight(handles: &[RoleConsumerHandle]) -> (i64, i64) {
+    let (mut total, mut largest) = (0, 0);
     for h in handles {
         for (_, p) in h.progress().await {
-            total += (p.seen_next - p.applied_next.max(0)).max(0);
+            let held = (p.seen_next - p.applied_next.max(0)).max(0);
+            total += held;
+            largest = largest.max(held);
         }
     }
-    total
+    (total, largest)
 }
 
 /// Probes sent per second during a latency run, on top of the background load.
@@ -410,9 +474,19 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
     // (window, probe) for every probe sent.
     let mut probes = Vec::new();
     let mut rss_start = None;
-    // (events/s applied, RSS, most in flight) per window closed so far.
-    let mut closed: Vec<(f64, f64, i64)> = Vec::new();
-    let mut most_in_flight = 0;
+    // The windows closed so far, their probes added at the end.
+    let mut closed: Vec<Window> = Vec::new();
+    let mut bg_start = background(c);
+    let mut bg_delta = || {
+        let now = background(c);
+        let d = Background {
+            redis_forks: now.redis_forks.saturating_sub(bg_start.redis_forks),
+            pg_checkpoints: now.pg_checkpoints.saturating_sub(bg_start.pg_checkpoints),
+        };
+        bg_start = now;
+        d
+    };
+    let mut most_in_flight = (0, 0);
     let mut window_start = (Instant::now(), slowest_applied(&handles).await);
     // Enqueue each tick's events without waiting for their acks, so the rate is the producer's
     // schedule and not its round trips.
@@ -422,7 +496,8 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
         }
         ticks += 1;
         if ticks.is_multiple_of(100) {
-            most_in_flight = most_in_flight.max(in_flight(&handles).await);
+            let (total, largest) = in_flight(&handles).await;
+            most_in_flight = (most_in_flight.0.max(total), most_in_flight.1.max(largest));
         }
         for j in sent..sent + per_tick {
             let e = event(j);
@@ -444,7 +519,14 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
         if window_start.0.elapsed() >= window {
             let applied = slowest_applied(&handles).await;
             let rate = (applied - window_start.1) as f64 / window_start.0.elapsed().as_secs_f64();
-            closed.push((rate, rss_mib(), std::mem::take(&mut most_in_flight)));
+            closed.push(Window {
+                probes: Vec::new(),
+                applied: rate,
+                rss: rss_mib(),
+                in_flight: std::mem::take(&mut most_in_flight),
+                heaps: heaps(),
+                background: bg_delta(),
+            });
             window_start = (Instant::now(), applied);
         }
         next += tick;
@@ -455,19 +537,18 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
     if last_window_open {
         let applied = slowest_applied(&handles).await;
         let rate = (applied - window_start.1) as f64 / window_start.0.elapsed().as_secs_f64();
-        closed.push((rate, rss_mib(), most_in_flight));
+        closed.push(Window {
+            probes: Vec::new(),
+            applied: rate,
+            rss: rss_mib(),
+            in_flight: most_in_flight,
+            heaps: heaps(),
+            background: bg_delta(),
+        });
     }
     drop(acks);
     acker.await.expect("every event acknowledged");
-    let mut windows: Vec<Window> = closed
-        .into_iter()
-        .map(|(applied, rss, in_flight)| Window {
-            probes: Vec::new(),
-            applied,
-            rss,
-            in_flight,
-        })
-        .collect();
+    let mut windows = closed;
     for (w, probe) in probes {
         let sighting = probe.await.unwrap_or_default();
         // A probe sent after the last window closed belongs to it.
@@ -634,7 +715,8 @@ fn copy_baseline(c: &Config, n: u64) -> f64 {
 #[actix_web::main]
 async fn main() {
     let mut base = Cli::parse_from(["bench"]).config;
-    base.telemetry.log_filter = "error".into();
+    // BENCH_LOG (a tracing filter, e.g. "info") to see why a run went as it did.
+    base.telemetry.log_filter = std::env::var("BENCH_LOG").unwrap_or_else(|_| "error".into());
     gamemetrics::telemetry::init(&base.telemetry);
     let n = env_num("BENCH_EVENTS", 100_000);
     let rates: Vec<u64> = std::env::var("BENCH_RATES")
@@ -829,9 +911,11 @@ async fn main() {
     println!("Freshness, all three roles running, producing in the background at a fixed rate for {secs} s");
     println!("(realistic cardinality, as above), while {PROBES_PER_SEC} probe events a second go through the ingest API");
     println!("(`POST /api/v1/events`, served in this process) and each store is polled every millisecond");
-    println!("from the moment the 200 arrives until the probe is visible there: the `events` row, the");
-    println!("player's Redis stats hash, the player's score on the game's all-time Redis board. The last");
-    println!("column is, over every event of the run, `created_at − ingested_at` of its `events` row.");
+    println!("(every 5% of the time waited, past 20 ms, so that the probes' polling stays a small load");
+    println!("however far behind the roles are) from the moment the 200 arrives until the probe is");
+    println!("visible there: the `events` row, the player's Redis stats hash, the player's score on the");
+    println!("game's all-time Redis board; a probe not seen in 60 s counts as never. The last column is,");
+    println!("over every event of the run, `created_at − ingested_at` of its `events` row.");
     println!();
     println!("| rate asked | achieved | probes | `events` row p50 / p99 | Redis stats p50 / p99 | Redis board p50 / p99 | slowest probe, any store | all events, row p50 / p99 | RSS after 1 s → at the end |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -843,12 +927,14 @@ async fn main() {
         let missing = row.3.max(stats.3).max(board.3);
         let rss_end = r.windows.last().map_or(f64::NAN, |w| w.rss);
         println!(
-            "| {rate}/s | {:.0}/s | {}{} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} ms | {:.1} / {:.1} ms | {:.0} → {:.0} MiB |",
+            "| {rate}/s | {:.0}/s | {}{} | {} / {} | {} / {} | {} / {} | {} | {:.1} / {:.1} ms | {:.0} → {:.0} MiB |",
             r.achieved,
             probes.len(),
             if missing > 0 { format!(" ({missing} never seen)") } else { String::new() },
-            row.0, row.1, stats.0, stats.1, board.0, board.1,
-            row.2.max(stats.2).max(board.2),
+            freshness::ms(row.0), freshness::ms(row.1),
+            freshness::ms(stats.0), freshness::ms(stats.1),
+            freshness::ms(board.0), freshness::ms(board.1),
+            freshness::ms(row.2.max(stats.2).max(board.2)),
             r.q.p50, r.q.p99, r.rss_start, rss_end
         );
     }
@@ -982,13 +1068,17 @@ fn print_soak(rows: u64, filled: f64, rate: u64, secs: u64, run: &LoadRun) {
         "{rate} events/s and 10 probes a second went through the ingest API; a row per minute. Applied is"
     );
     println!("what the slowest role made durable in that minute; in flight, the most records the three");
-    println!("roles held read but not yet durable (sampled each second): each is parsed and queued in");
-    println!("memory until applied, so RSS follows its high-water mark (PARTITION_MAX_IN_FLIGHT bounds it).");
+    println!("roles held read but not yet durable (sampled each second), and in brackets the most one role");
+    println!("held of one partition: each is parsed and queued in memory until applied, so RSS follows");
+    println!("the high-water mark; PARTITION_MAX_IN_FLIGHT bounds the bracketed figure.");
+    println!("RSS is split into what mimalloc has committed (every Rust allocation) and what glibc's");
+    println!("malloc has in use / holds (librdkafka's fetch queues and producer buffers). Forks and");
+    println!("checkpoints are the Redis append-only-file rewrites and PostgreSQL checkpoints of the minute.");
     println!();
     println!(
-        "| minute | applied events/s | `events` row p50 / p99 | Redis stats p99 | Redis board p99 | most in flight | RSS |"
+        "| minute | applied events/s | `events` row p50 / p99 | Redis stats p99 | Redis board p99 | Redis forks | PG checkpoints | most in flight (one partition) | RSS | mimalloc | glibc in use / held |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let p99 = |w: &Window| {
         let row = freshness::quantiles(w.probes.iter().map(|p| p.row).collect());
         let stats = freshness::quantiles(w.probes.iter().map(|p| p.stats).collect());
@@ -998,15 +1088,21 @@ fn print_soak(rows: u64, filled: f64, rate: u64, secs: u64, run: &LoadRun) {
     for (i, w) in run.windows.iter().enumerate() {
         let (row, stats, board) = p99(w);
         println!(
-            "| {} | {:.0} | {:.1} / {:.1} ms | {:.1} ms | {:.1} ms | {} | {:.0} MiB |",
+            "| {} | {:.0} | {} / {} | {} | {} | {} | {} | {} ({}) | {:.0} MiB | {:.0} MiB | {:.0} / {:.0} MiB |",
             i + 1,
             w.applied,
-            row.0,
-            row.1,
-            stats.1,
-            board.1,
-            w.in_flight,
-            w.rss
+            freshness::ms(row.0),
+            freshness::ms(row.1),
+            freshness::ms(stats.1),
+            freshness::ms(board.1),
+            w.background.redis_forks,
+            w.background.pg_checkpoints,
+            w.in_flight.0,
+            w.in_flight.1,
+            w.rss,
+            w.heaps.rust_committed,
+            w.heaps.c_in_use,
+            w.heaps.c_held
         );
     }
     if let (Some(first), Some(last)) = (<[_]>::first(&run.windows), run.windows.last()) {
