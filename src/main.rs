@@ -16,7 +16,6 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Real-time gaming analytics: HTTP events -> Kafka -> PostgreSQL and Redis.
 ///
 /// Every option can also be set through the environment variable shown next to it.
-
 #[derive(Parser)]
 #[command(name = "gamemetrics", version)]
 struct Cli {

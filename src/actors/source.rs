@@ -821,8 +821,8 @@ pub async fn poll_loop(
         // source hands records on, so everything already in its mailbox went past the bound
         // (a soak held 70,000 records of one partition against a bound of 10,000, and RSS rose
         // with them). Yielding lets the sources take their records, and pause, in step; every
-        // HANDOFF records, since a yield is a pass of the scheduler and its I/O poll (after
-        // every record it cost the leaderboard role a third of its drain rate).
+        // HANDOFF records rather than every record, since each yield is a pass of the scheduler
+        // and its I/O poll.
         handed = handed.wrapping_add(1);
         if handed.is_multiple_of(HANDOFF) {
             tokio::task::yield_now().await;
