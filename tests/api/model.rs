@@ -203,8 +203,10 @@ pub async fn count(config: &Config, sql: &str) -> i64 {
 /// Waits until PostgreSQL and Redis hold exactly what the model says.
 pub async fn assert_state(config: &Config, model: &Model) {
     let expected_events = model.event_ids.len() as i64;
+    // Generous: the SASL test's processes start, join and catch up while a 2-core CI machine
+    // builds and runs other work (a rehearsal timed out at 60 s; alone it takes ~10 s).
     eventually(
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         "every event in the events table",
         || async {
             (count(config, "SELECT count(*) AS n FROM events").await == expected_events).then_some(())
