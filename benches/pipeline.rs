@@ -477,14 +477,22 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
     // The windows closed so far, their probes added at the end.
     let mut closed: Vec<Window> = Vec::new();
     let mut bg_start = background(c);
-    let mut bg_delta = || {
+    // A window ending now: memory and the stores' background work are read at its end.
+    let mut window_end = |applied: f64, in_flight: (i64, i64)| {
         let now = background(c);
-        let d = Background {
+        let background = Background {
             redis_forks: now.redis_forks.saturating_sub(bg_start.redis_forks),
             pg_checkpoints: now.pg_checkpoints.saturating_sub(bg_start.pg_checkpoints),
         };
         bg_start = now;
-        d
+        Window {
+            probes: Vec::new(),
+            applied,
+            rss: rss_mib(),
+            in_flight,
+            heaps: heaps(),
+            background,
+        }
     };
     let mut most_in_flight = (0, 0);
     let mut window_start = (Instant::now(), slowest_applied(&handles).await);
@@ -519,14 +527,7 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
         if window_start.0.elapsed() >= window {
             let applied = slowest_applied(&handles).await;
             let rate = (applied - window_start.1) as f64 / window_start.0.elapsed().as_secs_f64();
-            closed.push(Window {
-                probes: Vec::new(),
-                applied: rate,
-                rss: rss_mib(),
-                in_flight: std::mem::take(&mut most_in_flight),
-                heaps: heaps(),
-                background: bg_delta(),
-            });
+            closed.push(window_end(rate, std::mem::take(&mut most_in_flight)));
             window_start = (Instant::now(), applied);
         }
         next += tick;
@@ -537,14 +538,7 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
     if last_window_open {
         let applied = slowest_applied(&handles).await;
         let rate = (applied - window_start.1) as f64 / window_start.0.elapsed().as_secs_f64();
-        closed.push(Window {
-            probes: Vec::new(),
-            applied: rate,
-            rss: rss_mib(),
-            in_flight: most_in_flight,
-            heaps: heaps(),
-            background: bg_delta(),
-        });
+        closed.push(window_end(rate, most_in_flight));
     }
     drop(acks);
     acker.await.expect("every event acknowledged");
