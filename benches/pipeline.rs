@@ -382,6 +382,11 @@ struct LoadRun {
     achieved: f64,
     /// Resident memory after the first second, in MiB.
     rss_start: f64,
+    /// Resident memory a trim of glibc's heap returned at the end, in MiB: what glibc held of
+    /// freed memory (little while the heap trimmer runs, `MALLOC_TRIM_SECS`).
+    trim_returned: f64,
+    /// The heap trimmer's interval in that run (0: off).
+    trim_secs: u64,
 }
 
 impl LoadRun {
@@ -540,6 +545,9 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
         let rate = (applied - window_start.1) as f64 / window_start.0.elapsed().as_secs_f64();
         closed.push(window_end(rate, most_in_flight));
     }
+    let before_trim = rss_mib();
+    gamemetrics::heap::trim();
+    let trim_returned = before_trim - rss_mib();
     drop(acks);
     acker.await.expect("every event acknowledged");
     let mut windows = closed;
@@ -576,6 +584,8 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
         q,
         achieved,
         rss_start: rss_start.unwrap_or(f64::NAN),
+        trim_returned,
+        trim_secs: c.process.malloc_trim_secs,
     }
 }
 
@@ -712,6 +722,8 @@ async fn main() {
     // BENCH_LOG (a tracing filter, e.g. "info") to see why a run went as it did.
     base.telemetry.log_filter = std::env::var("BENCH_LOG").unwrap_or_else(|_| "error".into());
     gamemetrics::telemetry::init(&base.telemetry);
+    // The roles run in this process: trim its C heap as `serve` and `consume` trim theirs.
+    gamemetrics::heap::spawn_trimmer(base.process.malloc_trim_every()).expect("heap trimmer");
     let n = env_num("BENCH_EVENTS", 100_000);
     let rates: Vec<u64> = std::env::var("BENCH_RATES")
         .unwrap_or_else(|_| "1000,10000".into())
@@ -1104,16 +1116,24 @@ fn print_soak(rows: u64, filled: f64, rate: u64, secs: u64, run: &LoadRun) {
             let (row, stats, board) = p99(w);
             row.1.max(stats.1).max(board.1)
         };
+        let (w0, w1) = (worst(first), worst(last));
+        let p99_ratio = if w0.is_finite() && w1.is_finite() {
+            format!("{:.2}", w1 / w0)
+        } else {
+            "—".to_owned()
+        };
         println!();
         println!(
-            "Last minute against the first: applied events/s {:.2}, worst p99 of the three stores {:.2} \
-             ({:.1} → {:.1} ms), RSS {:.0} → {:.0} MiB.",
+            "Last minute against the first: applied events/s {:.2}, worst p99 of the three stores {p99_ratio} \
+             ({} → {}), RSS {:.0} → {:.0} MiB. A trim of glibc's heap at the end returned {:.0} MiB \
+             (`MALLOC_TRIM_SECS={}`).",
             last.applied / first.applied,
-            worst(last) / worst(first),
-            worst(first),
-            worst(last),
+            freshness::ms(w0),
+            freshness::ms(w1),
             first.rss,
-            last.rss
+            last.rss,
+            run.trim_returned,
+            run.trim_secs
         );
     }
 }

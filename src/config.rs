@@ -24,6 +24,8 @@ pub struct Config {
     pub consumer: ConsumerConfig,
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+    #[command(flatten)]
+    pub process: ProcessConfig,
 }
 
 /// The HTTP ingestion and query server.
@@ -409,6 +411,22 @@ pub struct TelemetryConfig {
     /// Log filter in `tracing` EnvFilter syntax.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_filter: String,
+}
+
+/// The process itself.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Process")]
+pub struct ProcessConfig {
+    /// Seconds between handing glibc's freed heap (librdkafka's) back to the OS; 0: never.
+    #[arg(long, env = "MALLOC_TRIM_SECS", default_value_t = 10)]
+    pub malloc_trim_secs: u64,
+}
+
+impl ProcessConfig {
+    /// How often the C heap is trimmed (zero: never).
+    pub fn malloc_trim_every(&self) -> Duration {
+        Duration::from_secs(self.malloc_trim_secs)
+    }
 }
 
 /// How log lines are written.

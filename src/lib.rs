@@ -45,6 +45,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod forget;
+pub mod heap;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

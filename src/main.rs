@@ -164,6 +164,10 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     let Cli { command, mut config } = Cli::parse();
     telemetry::init(&config.telemetry);
+    if matches!(command, Command::Serve | Command::Consume { .. } | Command::Dev) {
+        gamemetrics::heap::spawn_trimmer(config.process.malloc_trim_every())
+            .context("starting the heap trimmer")?;
+    }
     match command {
         Command::Serve => serve(&config).await,
         Command::Consume { role } => {
