@@ -61,9 +61,10 @@ mod tests {
 
     #[test]
     fn trimming_returns_freed_c_heap_that_glibc_would_keep() {
+        // 128 MiB in blocks far below the mmap threshold, so they live in an arena.
         const BLOCK: usize = 4096;
-        const BLOCKS: usize = 32 * 1024; // 128 MiB in blocks far below the mmap threshold
-                                         // SAFETY: every pointer is checked, written within its size and freed exactly once.
+        const BLOCKS: usize = 32 * 1024;
+        // SAFETY: every pointer is checked, written within its size and freed exactly once.
         let held = unsafe {
             let blocks: Vec<*mut u8> = (0..BLOCKS).map(|_| libc::malloc(BLOCK).cast::<u8>()).collect();
             assert!(blocks.iter().all(|p| !p.is_null()), "malloc");
