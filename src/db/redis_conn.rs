@@ -100,7 +100,7 @@ impl LazyCluster {
 #[derive(Clone)]
 pub enum RedisPool {
     /// One logical database of a single Redis.
-    Single(bb8::Pool<redis::Client>),
+    Single(bb8::Pool<TimedClient>),
     /// The cluster (DB 0; stats and boards apart by key name).
     Cluster(LazyCluster),
 }
@@ -142,14 +142,46 @@ pub fn redis_pool(cfg: &RedisConfig, db: u8) -> Result<RedisPool, RedisError> {
             .max_size(8)
             .connection_timeout(CONNECT_TIMEOUT)
             .error_sink(Box::new(LogConnectErrors("Redis")))
-            .build_unchecked(client),
+            .build_unchecked(TimedClient(client)),
     ))
+}
+
+/// A single Redis's client whose connections wait RESPONSE_TIMEOUT for a reply, not
+/// redis-rs's default of 500 ms: a script call over a large batch, or a `WAIT` for a replica,
+/// takes longer than that on a busy server, and a write that times out is halved and retried
+/// (work done twice, batches cut for nothing).
+pub struct TimedClient(redis::Client);
+
+impl TimedClient {
+    async fn open(&self) -> Result<redis::aio::MultiplexedConnection, RedisError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        self.0.get_multiplexed_async_connection_with_config(&config).await
+    }
+}
+
+impl bb8::ManageConnection for TimedClient {
+    type Connection = redis::aio::MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        self.open().await
+    }
+
+    async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
+        redis::cmd("PING").query_async::<()>(conn).await
+    }
+
+    fn has_broken(&self, _: &mut Self::Connection) -> bool {
+        false
+    }
 }
 
 /// A connection to Redis, whichever kind: run commands, pipelines and scripts on it.
 pub enum RedisConn {
     Direct(redis::aio::MultiplexedConnection),
-    Pooled(bb8::PooledConnection<'static, redis::Client>),
+    Pooled(bb8::PooledConnection<'static, TimedClient>),
     Managed(redis::aio::ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -373,9 +405,8 @@ pub async fn connect_once(cfg: &RedisConfig) -> Result<RedisConn, RedisError> {
             .await
             .map(RedisConn::Cluster);
     }
-    let client = redis_client(cfg, &cfg.db_url(0))?;
-    client
-        .get_multiplexed_async_connection()
+    TimedClient(redis_client(cfg, &cfg.db_url(0))?)
+        .open()
         .await
         .map(RedisConn::Direct)
 }

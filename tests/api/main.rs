@@ -25,6 +25,7 @@ mod readiness;
 mod rebuild;
 mod redis_cluster;
 mod redis_failover;
+mod redis_replies;
 mod redis_tls;
 mod refused;
 mod shutdown;
