@@ -505,13 +505,18 @@ impl RoleConsumerHandle {
             .collect()
     }
 
+    /// Asks every buffer to write what it holds as soon as its sink is free, without waiting.
+    pub fn flush(&self) {
+        for a in self.addrs() {
+            a.do_send(FlushAll);
+        }
+    }
+
     /// Flushes every buffer now and waits until all records read so far are durable.
     /// Returns false if `budget` ran out first.
     pub async fn flush_and_wait(&self, budget: Duration) -> bool {
         let deadline = Instant::now() + budget;
-        for a in self.addrs() {
-            a.do_send(FlushAll);
-        }
+        self.flush();
         loop {
             let mut settled = true;
             for a in self.addrs() {

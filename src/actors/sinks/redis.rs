@@ -581,10 +581,14 @@ local function first(field, off)
   local bucket = (b1 * 65536 + b2 * 256 + b3) % BUCKETS
   local cur = ARGV[1] .. bucket
   local pos = ARGV[2] .. off
-  local seen = redis.call('HGET', cur, field)
-  if not seen then
+  local seen
+  -- A first sighting is the common case: HSETNX claims it in one call where HGET then HSET took
+  -- two (a claim already here costs one more call, which only a retry or a replay pays).
+  if redis.call('HSETNX', cur, field, pos) == 0 then
+    seen = redis.call('HGET', cur, field)
+  else
     seen = redis.call('HGET', ARGV[3] .. bucket, field)
-    redis.call('HSET', cur, field, seen or pos)
+    if seen then redis.call('HSET', cur, field, seen) end
     redis.call('EXPIREAT', cur, ARGV[4], 'NX')
   end
   if not seen then return true end
