@@ -739,6 +739,30 @@ local alltime, sep, marker_suffix = ARGV[11], ARGV[12], ARGV[13]
 -- and a marker is read once: at thousands of events per call that is a third of the commands.
 -- A board past retention is deleted by its EXPIREAT, so it is set again on its next event.
 local expiry_set, markers = {}, {}
+-- A game's key names are built once per call, not per event: a call's thousands of events
+-- name ~50 games, and every concatenation makes Lua hash and intern a new string.
+local names = {}
+local function names_of(base)
+  local g = names[base]
+  if g == nil then
+    g = { alltime = base .. alltime, current = {}, marker = {}, dated = {} }
+    for k = 1, 2 do
+      g.current[k] = base .. suffix[k]
+      g.marker[k] = g.current[k] .. marker_suffix
+      g.dated[k] = {}
+    end
+    names[base] = g
+  end
+  return g
+end
+local function dated_of(g, k, stamp)
+  local d = g.dated[k][stamp]
+  if d == nil then
+    d = g.current[k] .. sep .. stamp
+    g.dated[k][stamp] = d
+  end
+  return d
+end
 -- Keys something else wrote with another type are found before anything is written (see the
 -- stats script): their events are left out and answered as refused.
 local kinds, refused, skip = {}, {}, {}
@@ -754,11 +778,10 @@ end
 for i = 14, #ARGV, 9 do
   local off = tonumber(ARGV[i])
   if off >= applied then
-    local base = ARGV[i + 2]
-    local ok = is(base .. alltime, 'zset')
-    for k, stamp in ipairs({ ARGV[i + 5], ARGV[i + 6] }) do
-      local current = base .. suffix[k]
-      ok = ok and is(current, 'zset') and is(current .. sep .. stamp, 'zset') and is(current .. marker_suffix, 'string')
+    local g = names_of(ARGV[i + 2])
+    local ok = is(g.alltime, 'zset')
+    for k = 1, 2 do
+      ok = ok and is(g.current[k], 'zset') and is(dated_of(g, k, ARGV[i + 4 + k]), 'zset') and is(g.marker[k], 'string')
     end
     if not ok then
       refused[#refused + 1] = off
@@ -769,18 +792,17 @@ end
 for i = 14, #ARGV, 9 do
   local off = tonumber(ARGV[i])
   if off >= applied and not skip[off] and first(ARGV[i + 1], ARGV[i]) then
-    local base, player, score = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-    redis.call('ZINCRBY', base .. alltime, score, player)
-    local periods = { { ARGV[i + 5], ARGV[i + 7] }, { ARGV[i + 6], ARGV[i + 8] } }
-    for k, p in ipairs(periods) do
-      local current, stamp, expires = base .. suffix[k], p[1], p[2]
-      local dated = current .. sep .. stamp
+    local g, player, score = names_of(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
+    redis.call('ZINCRBY', g.alltime, score, player)
+    for k = 1, 2 do
+      local current, stamp, expires = g.current[k], ARGV[i + 4 + k], ARGV[i + 6 + k]
+      local dated = dated_of(g, k, stamp)
       redis.call('ZINCRBY', dated, score, player)
       if not expiry_set[dated] then
         redis.call('EXPIREAT', dated, expires)
         expiry_set[dated] = redis.call('EXISTS', dated) == 1
       end
-      local marker = current .. marker_suffix
+      local marker = g.marker[k]
       local cur = markers[marker]
       if cur == nil then
         cur = redis.call('GET', marker)
