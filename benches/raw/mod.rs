@@ -13,8 +13,8 @@ use std::time::Instant;
 /// Which role's commands to send.
 #[derive(Clone, Copy)]
 pub enum Work {
-    /// The stats script's: per event a retry claim (HSETNX, HGET of the previous generation, EXPIREAT NX) and the
-    /// stats hash (HINCRBY ×2, HGET and HSET of `last_event`).
+    /// The stats script's: per event a retry claim (HSETNX, HGET of the previous generation,
+    /// EXPIREAT NX) and the stats hash (HINCRBY ×2, HGET and HSET of `last_event`).
     Stats,
     /// The scores script's: per scoring event a retry claim and ZINCRBY on the all-time board,
     /// on both dated boards and on both current boards; per batch and dated board an EXPIREAT,

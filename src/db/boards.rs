@@ -58,7 +58,7 @@ pub async fn write_top(conn: &mut AsyncPgConnection, boards: &[BoardTop]) -> Que
     let board_games: Vec<&str> = boards.iter().map(|b| b.game_id.as_str()).collect();
     let board_periods: Vec<&str> = boards.iter().map(|b| b.period.as_str()).collect();
     // Raw SQL: `unnest` of bound arrays, which diesel's query builder doesn't write.
-    let held: Vec<Held> = diesel::sql_query(
+    let rows: Vec<Held> = diesel::sql_query(
         "SELECT l.game_id, l.period, l.player_id, l.rank, l.score FROM leaderboards l \
          WHERE l.game_id = ANY($1::varchar[]) \
          AND (l.game_id, l.period) IN (SELECT g, p FROM unnest($1::varchar[], $2::varchar[]) AS b(g, p))",
@@ -67,7 +67,7 @@ pub async fn write_top(conn: &mut AsyncPgConnection, boards: &[BoardTop]) -> Que
     .bind::<Array<Varchar>, _>(&board_periods)
     .load(conn)
     .await?;
-    let mut held: HashMap<(&str, &str, &str), (i32, i64)> = held
+    let mut held: HashMap<(&str, &str, &str), (i32, i64)> = rows
         .iter()
         .map(|h| {
             (

@@ -428,8 +428,17 @@ async fn small_bodies_that_unpack_into_huge_batches_cost_little_memory() {
         }
     });
     let statuses = futures::future::join_all(sends).await;
-    // `[[0,…]]` is one item too large to be an event; `[0,…]` is too many items.
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 400), "{statuses:?}");
+    // `[[0,…]]` is one item too large to be an event; `[0,…]` is too many items. A body this
+    // test's debug-built server could not inflate and read within BODY_READ_TIMEOUT_MS, on a
+    // machine busy with the other tests, is answered 408: also a clear refusal (seen in CI).
+    assert!(
+        statuses.iter().all(|s| [200, 400, 408].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&400),
+        "at least one bomb was read and refused: {statuses:?}"
+    );
     let peak = server.peak_rss_mib();
     eprintln!("peak RSS {peak} MiB, {before} MiB before the bombs");
     // Sixteen 4 MiB bodies in flight at once are 64 MiB of text; parsed into JSON trees they
