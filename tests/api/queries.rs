@@ -200,3 +200,26 @@ fn entries(body: &Value) -> Vec<(u64, String, i64)> {
         })
         .collect()
 }
+
+#[actix_web::test]
+async fn extreme_numbers_in_data_read_back_as_they_went_in() {
+    let p = spawn_pipeline(&[Role::Logger], |_| {}).await;
+    let app = &p.app;
+    // PostgreSQL prints a jsonb number in full: f64::MAX comes back as 309 digits, which
+    // serde_json parsed as out of range until its `float_roundtrip` was on: the player's
+    // events then answered 503 for good (found by schemathesis's stateful phase).
+    let data = json!({"max": f64::MAX, "min": f64::MIN, "tiny": 5e-324, "big": 1e300});
+    let ev = json!({"event_type": "session_start", "player_id": "p-extreme", "game_id": "g", "data": data});
+    assert_eq!(app.post_event(&ev).await.status(), 200);
+    let page = eventually(
+        Duration::from_secs(30),
+        "the event in the player's list",
+        || async {
+            let (status, page) = get_json(app, "/player/p-extreme/events").await;
+            assert_ne!(status, 503, "{page}");
+            (status == 200 && page["events"].as_array().is_some_and(|e| !e.is_empty())).then_some(page)
+        },
+    )
+    .await;
+    assert_eq!(page["events"][0]["data"], data);
+}
