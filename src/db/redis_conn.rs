@@ -405,10 +405,13 @@ pub async fn connect_once(cfg: &RedisConfig) -> Result<RedisConn, RedisError> {
             .await
             .map(RedisConn::Cluster);
     }
-    TimedClient(redis_client(cfg, &cfg.db_url(0))?)
-        .open()
-        .await
-        .map(RedisConn::Direct)
+    connect_db(cfg, 0).await.map(RedisConn::Direct)
+}
+
+/// One connection to logical database `db` of a single Redis (REDIS_URL, TLS as configured),
+/// with the sinks' connect and reply timeouts.
+pub async fn connect_db(cfg: &RedisConfig, db: u8) -> Result<redis::aio::MultiplexedConnection, RedisError> {
+    TimedClient(redis_client(cfg, &cfg.db_url(db))?).open().await
 }
 
 fn reader_config() -> redis::aio::ConnectionManagerConfig {

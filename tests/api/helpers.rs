@@ -360,13 +360,10 @@ where
 }
 
 /// A Redis connection to one logical database of the test server (TLS and its CA as configured).
-/// Replies wait as long as the product's do (10 s), not redis-rs's 500 ms: on a busy machine a
+/// Replies wait as long as the product's do, not redis-rs's 500 ms: on a busy machine a
 /// consumer's script call holds Redis longer than that, and a check must not fail for it.
 pub async fn redis_conn(config: &Config, db: u8) -> redis::aio::MultiplexedConnection {
-    let patient = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
-    gamemetrics::db::redis_client(&config.redis, &config.redis.db_url(db))
-        .expect("redis url")
-        .get_multiplexed_async_connection_with_config(&patient)
+    gamemetrics::db::redis_conn::connect_db(&config.redis, db)
         .await
         .expect("Redis reachable")
 }
