@@ -42,6 +42,15 @@ fn wants(phase: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == phase))
 }
 
+/// Whether BENCH_ROLES (a comma-separated list of services, e.g. `leaderboard-manager`; all when
+/// unset) asks for a drain or profile row of these roles: one role's rows, for A/B runs of it.
+fn wants_roles(roles: &[Role]) -> bool {
+    std::env::var("BENCH_ROLES").map_or(true, |only| {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        roles.iter().all(|r| only.contains(&r.service()))
+    })
+}
+
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -410,13 +419,14 @@ impl LoadRun {
     }
 }
 
-/// Records the roles have read but not yet made durable: all partitions together, and the most
-/// any one role held of one partition (what PARTITION_MAX_IN_FLIGHT bounds).
+/// Records the roles have read and hold in memory (contents not yet written): all partitions
+/// together, and the most any one role held of one partition (what PARTITION_MAX_IN_FLIGHT
+/// bounds; records the leaderboard keeps only a game id of until its top-N write are not held).
 async fn in_flight(handles: &[RoleConsumerHandle]) -> (i64, i64) {
     let (mut total, mut largest) = (0, 0);
     for h in handles {
         for (_, p) in h.progress().await {
-            let held = (p.seen_next - p.applied_next.max(0)).max(0);
+            let held = (p.seen_next - p.released_next.max(p.applied_next).max(0)).max(0);
             total += held;
             largest = largest.max(held);
         }
@@ -761,22 +771,27 @@ async fn main() {
         warm.kafka.kafka_topic = c.kafka.kafka_topic.clone();
         drain(&warm, &Role::ALL, n).await;
         discard(&warm).await;
-        for role in Role::ALL {
+        for role in Role::ALL.into_iter().filter(|r| wants_roles(&[*r])) {
             let (r, bytes) = measured(&base, &c.kafka.kafka_topic, &[role], n, |_| {}).await;
             if role != Role::Logger {
                 redis_bytes.push((role.service(), bytes));
             }
             rows.push((format!("`{}` alone", role.service()), r));
         }
-        pipeline = measured(&base, &c.kafka.kafka_topic, &Role::ALL, n, |_| {})
-            .await
-            .0;
+        if wants_roles(&Role::ALL) {
+            pipeline = measured(&base, &c.kafka.kafka_topic, &Role::ALL, n, |_| {})
+                .await
+                .0;
+        }
         // The same drains without the retry claims (DEDUP_WINDOW_SECS=0), to show what they cost.
         for (name, roles) in [
             ("`stats-aggregator` alone", &[Role::Stats][..]),
             ("`leaderboard-manager` alone", &[Role::Leaderboard][..]),
             ("all three roles at once", &Role::ALL[..]),
-        ] {
+        ]
+        .into_iter()
+        .filter(|(_, roles)| wants_roles(roles))
+        {
             let no_claims = |rc: &mut Config| rc.consumer.dedup_window_secs = 0;
             let (rates, bytes) = measured(&base, &c.kafka.kafka_topic, roles, n, no_claims).await;
             if let [role] = roles {
@@ -838,7 +853,7 @@ async fn main() {
         ("all three roles at once", &Role::ALL[..]),
     ]
     .into_iter()
-    .filter(|_| wants("profile"))
+    .filter(|(_, roles)| wants("profile") && wants_roles(roles))
     {
         let mut rc = fresh(&base, "profile").await;
         rc.kafka.kafka_topic = c.kafka.kafka_topic.clone();
@@ -1095,8 +1110,8 @@ fn print_soak(rows: u64, filled: f64, rate: u64, secs: u64, run: &LoadRun) {
         "{rate} events/s and 10 probes a second went through the ingest API; a row per minute. Applied is"
     );
     println!("what the slowest role made durable in that minute; in flight, the most records the three");
-    println!("roles held read but not yet durable (sampled each second), and in brackets the most one role");
-    println!("held of one partition: each is parsed and queued in memory until applied, so RSS follows");
+    println!("roles held read and not yet written (sampled each second), and in brackets the most one role");
+    println!("held of one partition: each is parsed and queued in memory until written, so RSS follows");
     println!("the high-water mark; PARTITION_MAX_IN_FLIGHT bounds the bracketed figure.");
     println!("RSS is split into what mimalloc has committed (every Rust allocation) and what glibc's");
     println!("malloc has in use / holds (librdkafka's fetch queues and producer buffers). Forks and");

@@ -357,9 +357,17 @@ pub struct ConsumerConfig {
     #[arg(long, env = "LIVE_FLUSH_MS", default_value_t = 10)]
     pub live_flush_ms: u64,
 
-    /// Records read from a partition but not yet durably applied before the partition is paused.
+    /// Records of a partition a role may hold in memory (read, contents not yet written) before
+    /// the partition is paused.
     #[arg(long, env = "PARTITION_MAX_IN_FLIGHT", default_value_t = 10_000)]
     pub partition_max_in_flight: usize,
+
+    /// Records of a partition read but not yet durable (so not committed) before the partition
+    /// is paused; past PARTITION_MAX_IN_FLIGHT only where a role holds just a key of them while
+    /// a follow-up write runs (the leaderboard's top-N write). Raised to PARTITION_MAX_IN_FLIGHT
+    /// if lower.
+    #[arg(long, env = "PARTITION_MAX_UNCOMMITTED", default_value_t = 50_000)]
+    pub partition_max_uncommitted: usize,
 
     /// Prefix for the consumer group ids (the seed's names follow it); lets tests or tenants
     /// run separate groups against one cluster.

@@ -49,6 +49,7 @@ pub struct Metrics {
     pub consumer_paused: IntGaugeVec,
     /// Records read but not yet durable (the queue ahead of the sinks), by service and partition.
     pub consumer_in_flight: IntGaugeVec,
+    pub consumer_uncommitted: IntGaugeVec,
     /// Records on the broker not yet read, from librdkafka statistics, by service and partition.
     pub consumer_lag: IntGaugeVec,
     /// 1 while a partition is not consumed because it can't be told which log its offsets
@@ -193,9 +194,17 @@ impl Metrics {
         registry.register(Box::new(consumer_paused.clone()))?;
         let gauge =
             |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["service", "partition"]);
-        let consumer_in_flight = gauge("consumer_in_flight_records", "Records read but not yet durable")?;
+        let consumer_in_flight = gauge(
+            "consumer_in_flight_records",
+            "Records read and held in memory, their contents not yet written",
+        )?;
+        let consumer_uncommitted = gauge(
+            "consumer_uncommitted_records",
+            "Records read but not yet durable, so not yet committed",
+        )?;
         let consumer_lag = gauge("consumer_lag_records", "Records on the broker not yet read")?;
         registry.register(Box::new(consumer_in_flight.clone()))?;
+        registry.register(Box::new(consumer_uncommitted.clone()))?;
         registry.register(Box::new(consumer_lag.clone()))?;
         let consumer_blocked = gauge(
             "consumer_partition_blocked",
@@ -221,6 +230,7 @@ impl Metrics {
             consumer_e2e_latency,
             consumer_paused,
             consumer_in_flight,
+            consumer_uncommitted,
             consumer_lag,
             consumer_blocked,
             consumer_write_failures,

@@ -199,12 +199,14 @@ impl<T> Lane<T> {
     }
 }
 
-/// Offset bookkeeping every role actor shares: what it has seen and reported as applied, and
-/// whether it was asked to drain.
+/// Offset bookkeeping every role actor shares: what it has seen and reported as applied and
+/// released, and whether it was asked to drain.
 #[derive(Debug, Default)]
 pub struct Watermarks {
     pub seen_next: i64,
     pub reported_next: i64,
+    /// The last `released_next` reported (see [`super::messages::Applied`]).
+    reported_released: i64,
     /// Set by `FlushAll` (shutdown, tests): write whatever is pending as soon as a sink is free
     /// instead of waiting for batch sizes and timers. Ends once everything seen then is durable,
     /// so a drained actor goes back to batching as production runs it.
@@ -212,15 +214,27 @@ pub struct Watermarks {
 }
 
 impl Watermarks {
-    /// The durable offset given the lanes' lowest unapplied offsets; reports it when it moved.
-    pub fn advance(&mut self, lowest: impl IntoIterator<Item = Option<i64>>) -> Option<i64> {
-        let durable = lowest.into_iter().flatten().min().unwrap_or(self.seen_next);
+    /// The durable and released offsets, given the lowest unapplied offsets of the lanes holding
+    /// records' contents (`holding`) and of those holding only keys of theirs (`keyed`); both,
+    /// when either moved.
+    pub fn advance(
+        &mut self,
+        holding: impl IntoIterator<Item = Option<i64>>,
+        keyed: impl IntoIterator<Item = Option<i64>>,
+    ) -> Option<(i64, i64)> {
+        let released = holding.into_iter().flatten().min().unwrap_or(self.seen_next);
+        let durable = keyed
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(released, |k| k.min(released));
         if self.drain_until.is_some_and(|until| durable >= until) {
             self.drain_until = None;
         }
-        (durable > self.reported_next).then(|| {
-            self.reported_next = durable;
-            durable
+        (durable > self.reported_next || released > self.reported_released).then(|| {
+            self.reported_next = self.reported_next.max(durable);
+            self.reported_released = self.reported_released.max(released);
+            (self.reported_next, self.reported_released)
         })
     }
 
@@ -238,6 +252,7 @@ impl Watermarks {
     pub fn progress(&self) -> super::messages::Progress {
         super::messages::Progress {
             applied_next: self.reported_next,
+            released_next: self.reported_released.max(self.reported_next),
             seen_next: self.seen_next,
         }
     }
@@ -267,12 +282,24 @@ impl RoleCore {
         }
     }
 
-    /// Tells the source the durable offset, given the lanes' lowest unapplied ones, when it moved.
+    /// Tells the source the durable offset, given the lanes' lowest unapplied ones, when it
+    /// moved; every lane holds records' contents.
     pub fn report(&mut self, lowest: impl IntoIterator<Item = Option<i64>>) {
-        if let Some(next) = self.marks.advance(lowest) {
+        self.report_split(lowest, None);
+    }
+
+    /// [`Self::report`] for a role some of whose lanes hold only keys of their records
+    /// (`keyed`): those count for the durable offset but not for the released one.
+    pub fn report_split(
+        &mut self,
+        holding: impl IntoIterator<Item = Option<i64>>,
+        keyed: impl IntoIterator<Item = Option<i64>>,
+    ) {
+        if let Some((next, released)) = self.marks.advance(holding, keyed) {
             self.source.do_send(super::messages::Applied {
                 log: self.position.log.clone(),
                 next_offset: next,
+                released_next: released,
             });
         }
     }
@@ -525,9 +552,26 @@ mod tests {
             seen_next: 20,
             ..Watermarks::default()
         };
-        assert_eq!(w.advance([Some(12), None]), Some(12));
-        assert_eq!(w.advance([Some(12)]), None);
-        assert_eq!(w.advance([None, None]), Some(20));
+        assert_eq!(w.advance([Some(12), None], None), Some((12, 12)));
+        assert_eq!(w.advance([Some(12)], None), None);
+        assert_eq!(w.advance([None, None], None), Some((20, 20)));
+    }
+
+    #[test]
+    fn records_waiting_only_in_keyed_lanes_are_released_but_not_durable() {
+        let mut w = Watermarks {
+            seen_next: 30,
+            ..Watermarks::default()
+        };
+        assert_eq!(w.advance([Some(25)], [Some(10)]), Some((10, 25)));
+        assert_eq!(
+            w.advance([None], [Some(10)]),
+            Some((10, 30)),
+            "released moved alone"
+        );
+        assert_eq!(w.advance([None], [Some(10)]), None);
+        assert_eq!(w.advance([None], [Some(28)]), Some((28, 30)));
+        assert_eq!(w.progress().released_next, 30);
     }
 
     #[test]
@@ -538,13 +582,15 @@ mod tests {
         };
         w.drain();
         assert!(w.draining());
-        w.advance([Some(5)]);
+        w.advance([Some(5)], None);
         assert!(w.draining());
         w.seen_next = 12;
-        w.advance([Some(11)]);
+        w.advance([None], [Some(9)]);
+        assert!(w.draining(), "released is not durable");
+        w.advance([Some(11)], None);
         assert!(!w.draining(), "everything seen when asked is durable");
         w.drain();
-        w.advance([None]);
+        w.advance([None], None);
         assert!(!w.draining());
     }
 

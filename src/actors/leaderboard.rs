@@ -80,6 +80,8 @@ const SCORES: LaneOps<Leaderboard, ScoreDelta, ScoresApplied> = LaneOps {
             act.boards.push(d.offset, work);
         }
         act.scored_since_flush += deltas.len();
+        // Released, though not yet durable: the source may read on.
+        act.report();
         act.after_board_work(ctx);
         run_forgets(act, ctx);
         act.flush_scores(ctx);
@@ -212,12 +214,14 @@ impl Leaderboard {
         flush_lane(self, ctx, &BOARDS);
     }
 
+    /// Records waiting only for the top-N write hold a game id, not the event: they count for
+    /// the durable offset but not against PARTITION_MAX_IN_FLIGHT, so Redis keeps scoring while
+    /// PostgreSQL writes the boards (PARTITION_MAX_UNCOMMITTED bounds them).
     fn report(&mut self) {
-        self.core.report([
-            self.scores.lowest_unapplied(),
-            self.boards.lowest_unapplied(),
-            self.forgets.lowest(),
-        ]);
+        self.core.report_split(
+            [self.scores.lowest_unapplied()],
+            [self.boards.lowest_unapplied(), self.forgets.lowest()],
+        );
     }
 }
 

@@ -62,13 +62,19 @@ pub struct Consumed {
     pub record: Record,
 }
 
-/// Role actor → source: every record below `next_offset` is durably applied.
+/// Role actor → source: every record below `next_offset` is durably applied, and every record
+/// below `released_next` no longer held in the role's memory.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Applied {
     /// The log the offset belongs to: a source that moved to a new log ignores the old one's.
     pub log: Arc<str>,
+    /// Every record below it is durable: what may be committed.
     pub next_offset: i64,
+    /// Every record below it has left the lanes that hold records' contents (what
+    /// PARTITION_MAX_IN_FLIGHT bounds). At or past `next_offset`: past it while records wait
+    /// only for a follow-up write that holds a key of theirs (the leaderboard's top-N write).
+    pub released_next: i64,
 }
 
 /// Flush every buffer now, whatever its size or timer (shutdown and tests).
@@ -86,6 +92,8 @@ pub struct GetProgress;
 pub struct Progress {
     /// Every record below this offset is durable.
     pub applied_next: i64,
+    /// Every record below this offset has left the lanes holding records' contents.
+    pub released_next: i64,
     /// One past the last record received.
     pub seen_next: i64,
 }

@@ -23,8 +23,9 @@
 //! (skipped) or not there at all (applied once).
 //!
 //! Mailboxes: sources and role actors are fed with `do_send`, which bypasses actix's mailbox
-//! bound, so the bound that holds is PARTITION_MAX_IN_FLIGHT: past it the partition is paused
-//! until the sinks catch up to half of it. librdkafka's own prefetch is capped by
+//! bound, so the bounds that hold are PARTITION_MAX_IN_FLIGHT (records a role holds in memory)
+//! and PARTITION_MAX_UNCOMMITTED (records not yet durable): past either the partition is paused
+//! until the sinks catch up. librdkafka's own prefetch is capped by
 //! `queued.max.messages.kbytes`. Sink mailboxes are bounded at 256.
 
 pub mod forget;

@@ -235,6 +235,8 @@ pub struct PartitionSource {
     dispatched_next: i64,
     /// Every record below this is durable; also what was last stored for commit.
     applied_next: i64,
+    /// Every record below this has left the role's lanes that hold records' contents.
+    released_next: i64,
     paused: bool,
     metrics: Metrics,
 }
@@ -273,16 +275,29 @@ impl PartitionSource {
             expect_from: None,
             dispatched_next: -1,
             applied_next: -1,
+            released_next: -1,
             paused: false,
             metrics,
         }
     }
 
+    /// Records handed to the role actor and still held in its memory (what
+    /// PARTITION_MAX_IN_FLIGHT bounds).
     fn in_flight(&self) -> i64 {
+        self.since(self.released_next.max(self.applied_next))
+    }
+
+    /// Records handed to the role actor and not yet durable (what PARTITION_MAX_UNCOMMITTED
+    /// bounds).
+    fn uncommitted(&self) -> i64 {
+        self.since(self.applied_next)
+    }
+
+    fn since(&self, next: i64) -> i64 {
         if self.dispatched_next < 0 {
             0
         } else {
-            self.dispatched_next - self.applied_next.max(0)
+            self.dispatched_next - next.max(0)
         }
     }
 
@@ -292,10 +307,32 @@ impl PartitionSource {
             .consumer_in_flight
             .with_label_values(&label)
             .set(self.in_flight());
+        self.metrics
+            .consumer_uncommitted
+            .with_label_values(&label)
+            .set(self.uncommitted());
     }
 
-    fn max_in_flight(&self) -> i64 {
-        i64::try_from(self.factory.settings.config.partition_max_in_flight).unwrap_or(i64::MAX)
+    /// (PARTITION_MAX_IN_FLIGHT, PARTITION_MAX_UNCOMMITTED), the second at least the first.
+    fn bounds(&self) -> (i64, i64) {
+        let config = &self.factory.settings.config;
+        let held = i64::try_from(config.partition_max_in_flight).unwrap_or(i64::MAX);
+        let uncommitted = i64::try_from(config.partition_max_uncommitted).unwrap_or(i64::MAX);
+        (held, uncommitted.max(held))
+    }
+
+    /// Whether the partition holds more than its bounds allow.
+    fn over_bounds(&self) -> bool {
+        let (held, uncommitted) = self.bounds();
+        self.in_flight() > held || self.uncommitted() > uncommitted
+    }
+
+    /// Whether a paused partition may read on: it holds half of PARTITION_MAX_IN_FLIGHT or
+    /// less, and as much less than PARTITION_MAX_UNCOMMITTED (which moves in the jumps of the
+    /// writes that make records durable, so a smaller margin does).
+    fn relieved(&self) -> bool {
+        let (held, uncommitted) = self.bounds();
+        self.in_flight() <= held / 2 && self.uncommitted() <= uncommitted - held / 2
     }
 
     fn set_paused(&mut self, pause: bool, why: &'static str) {
@@ -319,6 +356,7 @@ impl PartitionSource {
                     partition = self.position.partition,
                     paused = pause,
                     in_flight = self.in_flight(),
+                    uncommitted = self.uncommitted(),
                     why,
                     "partition paused or resumed"
                 );
@@ -336,6 +374,7 @@ impl PartitionSource {
         self.role = None;
         self.dispatched_next = -1;
         self.applied_next = -1;
+        self.released_next = -1;
         // Opening normally takes a few round trips; pausing at once would make librdkafka drop
         // and re-fetch what it already has (a long-poll later). Only an open that takes longer
         // holds the partition, so records held meanwhile can't grow without bound.
@@ -438,7 +477,7 @@ impl PartitionSource {
             .consumer_records
             .with_label_values(&[self.position.service])
             .inc();
-        if !self.paused && self.in_flight() > self.max_in_flight() {
+        if !self.paused && self.over_bounds() {
             self.set_paused(true, "backpressure");
         }
     }
@@ -624,14 +663,17 @@ impl Handler<Applied> for PartitionSource {
 
     fn handle(&mut self, msg: Applied, _: &mut Context<Self>) {
         // A role actor of a log this source has left reports offsets that mean nothing now.
-        if self.role.is_none() || msg.log != self.position.log || msg.next_offset <= self.applied_next {
+        if self.role.is_none() || msg.log != self.position.log {
             return;
         }
-        self.applied_next = msg.next_offset;
-        // Stored offsets are committed by librdkafka's auto-commit, and on revoke and close.
-        self.store_offset(msg.next_offset);
+        self.released_next = self.released_next.max(msg.released_next);
+        if msg.next_offset > self.applied_next {
+            self.applied_next = msg.next_offset;
+            // Stored offsets are committed by librdkafka's auto-commit, and on revoke and close.
+            self.store_offset(msg.next_offset);
+        }
         self.report_in_flight();
-        if self.paused && self.in_flight() <= self.max_in_flight() / 2 {
+        if self.paused && self.relieved() {
             self.set_paused(false, "backpressure relieved");
         }
     }
@@ -650,8 +692,10 @@ impl Handler<GetProgress> for PartitionSource {
     type Result = ResponseFuture<Progress>;
     fn handle(&mut self, msg: GetProgress, _: &mut Context<Self>) -> Self::Result {
         // While the log is being opened, the held records are received but none is applied.
+        let from = self.stash.first().map_or(0, |m| m.offset);
         let held = Progress {
-            applied_next: self.stash.first().map_or(0, |m| m.offset),
+            applied_next: from,
+            released_next: from,
             seen_next: self.stash.last().map_or(0, |m| m.offset + 1),
         };
         let role = self.role.as_ref().map(|r| r.progress.clone());

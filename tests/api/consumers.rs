@@ -312,6 +312,107 @@ async fn a_stalled_sink_pauses_the_partition_and_it_resumes_after() {
 }
 
 #[actix_web::test]
+async fn scores_keep_landing_while_the_top_n_write_waits_and_the_uncommitted_bound_holds() {
+    let config = pipeline_config(|c| {
+        c.consumer.partition_max_in_flight = 50;
+        c.consumer.partition_max_uncommitted = 400;
+    })
+    .await;
+    let metrics = gamemetrics::metrics::Metrics::new().unwrap();
+    let consumers = start_consumers_with(&config, &[Role::Leaderboard], &metrics);
+    let app = spawn_app_with(|c| *c = config.clone()).await;
+    // One player: one partition. Its first event opens the partition (records that arrive
+    // while a partition opens are handed on together once it is).
+    let ev = json!({"event_type":"player_score","player_id":"p0","game_id":"arena","data":{"score":1}});
+    assert_eq!(app.post_event(&ev).await.status(), 200);
+    let ranked = |score| {
+        vec![Ranked {
+            player_id: "p0".into(),
+            rank: 1,
+            score,
+        }]
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the first score in the table",
+        || async { (alltime_table(&config).await == ranked(1)).then_some(()) },
+    )
+    .await;
+    // Stall the top-N write: its read of the stored boards waits behind this lock. Scores of a
+    // record are in Redis before its board is written; the record is durable only after.
+    let mut blocker = pg_conn(&config).await;
+    diesel::sql_query("BEGIN").execute(&mut blocker).await.unwrap();
+    diesel::sql_query("LOCK TABLE leaderboards IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        let batch: Vec<Value> = (0..100).map(|_| ev.clone()).collect();
+        assert_eq!(app.post_batch(&json!(batch)).await.status(), 200);
+    }
+    let key = format!("{}:alltime", redis_keys(&config).board_base("arena"));
+    let boards = redis_conn(&config, 1).await;
+    let score = |mut c: redis::aio::MultiplexedConnection, key: String| async move {
+        redis::AsyncCommands::zscore::<_, _, Option<i64>>(&mut c, &key, "p0")
+            .await
+            .unwrap()
+            .unwrap_or(0)
+    };
+    // Past PARTITION_MAX_IN_FLIGHT: records waiting only for the table hold no event.
+    eventually(
+        Duration::from_secs(30),
+        "more scores than the in-flight bound",
+        || {
+            let (c, key) = (boards.clone(), key.clone());
+            async move { (score(c, key).await > 200).then_some(()) }
+        },
+    )
+    .await;
+    // ...but not past PARTITION_MAX_UNCOMMITTED (and the up to 64 records a source may have
+    // been handed before it paused): nothing is durable while the table is locked, so the
+    // partition stays paused and the scores stop.
+    let stalled = eventually(Duration::from_secs(60), "the scores to stop", || {
+        let (c, key) = (boards.clone(), key.clone());
+        async move {
+            let before = score(c.clone(), key.clone()).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            (score(c, key).await == before).then_some(before - 1)
+        }
+    })
+    .await;
+    assert!(
+        stalled <= 400 + 64,
+        "{stalled} scores applied past the uncommitted bound"
+    );
+    let paused = r#"gamemetrics_consumer_partition_paused{partition="#;
+    assert!(metrics
+        .render()
+        .lines()
+        .any(|l| l.starts_with(paused) && l.ends_with(" 1")));
+    diesel::sql_query("COMMIT").execute(&mut blocker).await.unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "every score in the table once",
+        || async { (alltime_table(&config).await == ranked(601)).then_some(()) },
+    )
+    .await;
+    for c in consumers {
+        assert!(c.flush_and_wait(Duration::from_secs(30)).await);
+        c.shutdown(Duration::from_secs(10)).await;
+    }
+    assert_eq!(score(boards.clone(), key.clone()).await, 601);
+    let group = format!(
+        "{}{}",
+        config.consumer.consumer_group_prefix,
+        Role::Leaderboard.group_id()
+    );
+    eventually(Duration::from_secs(30), "every offset committed", || async {
+        (committed_total(&config, &group) == 601).then_some(())
+    })
+    .await;
+}
+
+#[actix_web::test]
 async fn the_current_daily_board_follows_event_days_but_not_past_the_server_clock() {
     use actix::Actor;
     use gamemetrics::actors::messages::Position;
