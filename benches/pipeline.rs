@@ -452,6 +452,32 @@ async fn slowest_applied(handles: &[RoleConsumerHandle]) -> i64 {
     slowest
 }
 
+/// Enqueues events `sent..sent + n` to `topic` without waiting for their acks (they go to
+/// `acks`), so a load's rate is its schedule and not the producer's round trips; answers the
+/// next event's index.
+async fn send_tick(
+    p: &FutureProducer,
+    topic: &str,
+    sent: u64,
+    n: u64,
+    acks: &tokio::sync::mpsc::UnboundedSender<DeliveryFuture>,
+) -> u64 {
+    for j in sent..sent + n {
+        let e = event(j);
+        let (key, value) = (e.player_id.to_string(), e.to_wire());
+        loop {
+            match p.send_result(FutureRecord::to(topic).key(&key).payload(&value)) {
+                Ok(f) => {
+                    let _ = acks.send(f);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    }
+    sent + n
+}
+
 /// Produces at `rate` events/s for `secs` with all three roles running, while `probes_per_sec`
 /// probe events go through the ingest API (served in this process, as `serve` would) and are
 /// looked for in every store; reports per `window`, and p50/p99 of `created_at - ingested_at`
@@ -484,10 +510,7 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
     let tick = Duration::from_millis(10);
     let per_tick = rate / 100;
     let probe_every = (100 / probes_per_sec.clamp(1, 100)).max(1);
-    let started = Instant::now();
     let mut sent = 0;
-    let mut ticks = 0u64;
-    let mut next = Instant::now();
     // Acks are awaited in order by a task of their own, so that what the bench holds stays
     // bounded by what is in flight (a 10-minute soak kept 3 million futures otherwise, and this
     // process's RSS is a figure of the run).
@@ -497,6 +520,28 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
             ack.await.expect("delivery").map_err(|(e, _)| e).expect("produce");
         }
     });
+    // BENCH_WARMUP_SECS (2) at the same rate, probes too, before anything is measured: the
+    // roles' first records wait for every partition's log to open and the first fetches, and
+    // the first probes for the prober's connections (probes sent in the first half second took
+    // 300 ms to 1.1 s, and were most of the p99), which is start-up, not the steady state the
+    // figures are about.
+    let mut next = Instant::now();
+    let warm_until = next + Duration::from_secs(env_num("BENCH_WARMUP_SECS", 2));
+    let mut warm_ticks = 0u64;
+    while Instant::now() < warm_until {
+        if warm_ticks.is_multiple_of(probe_every) {
+            tokio::spawn(prober.clone().probe(u64::MAX - warm_ticks));
+        }
+        warm_ticks += 1;
+        sent = send_tick(&p, &c.kafka.kafka_topic, sent, per_tick, &acks).await;
+        next += tick;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    let warm_sent = sent;
+    let started = Instant::now();
+    let epoch_start = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+    let mut ticks = 0u64;
+    let mut next = Instant::now();
     // (window, probe) for every probe sent.
     let mut probes = Vec::new();
     let mut rss_start = None;
@@ -526,27 +571,14 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
     // schedule and not its round trips.
     while started.elapsed() < Duration::from_secs(secs) {
         if ticks.is_multiple_of(probe_every) {
-            probes.push((closed.len(), tokio::spawn(prober.clone().probe(ticks))));
+            probes.push((closed.len(), ticks, tokio::spawn(prober.clone().probe(ticks))));
         }
         ticks += 1;
         if ticks.is_multiple_of(100) {
             let (total, largest) = in_flight(&handles).await;
             most_in_flight = (most_in_flight.0.max(total), most_in_flight.1.max(largest));
         }
-        for j in sent..sent + per_tick {
-            let e = event(j);
-            let (key, value) = (e.player_id.to_string(), e.to_wire());
-            loop {
-                match p.send_result(FutureRecord::to(&c.kafka.kafka_topic).key(&key).payload(&value)) {
-                    Ok(f) => {
-                        let _ = acks.send(f);
-                        break;
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
-                }
-            }
-        }
-        sent += per_tick;
+        sent = send_tick(&p, &c.kafka.kafka_topic, sent, per_tick, &acks).await;
         if rss_start.is_none() && started.elapsed() >= Duration::from_secs(1) {
             rss_start = Some(rss_mib());
         }
@@ -559,7 +591,7 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
         next += tick;
         tokio::time::sleep_until(next.into()).await;
     }
-    let achieved = sent as f64 / started.elapsed().as_secs_f64();
+    let achieved = (sent - warm_sent) as f64 / started.elapsed().as_secs_f64();
     let last_window_open = window_start.0.elapsed().as_secs_f64() > 0.5;
     if last_window_open {
         let applied = slowest_applied(&handles).await;
@@ -572,13 +604,32 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
     drop(acks);
     acker.await.expect("every event acknowledged");
     let mut windows = closed;
-    for (w, probe) in probes {
+    // BENCH_PROBES_CSV=path: every probe, when it was sent and how long each store took, to
+    // line stalls up in time with the stores' background work.
+    let mut csv = std::env::var("BENCH_PROBES_CSV")
+        .ok()
+        .map(|_| String::from("sent_unix_s,row_ms,stats_ms,board_ms\n"));
+    for (w, tick_no, probe) in probes {
         let sighting = probe.await.unwrap_or_default();
+        if let Some(csv) = csv.as_mut() {
+            let f = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.1}"));
+            let sent = epoch_start + tick_no as f64 * tick.as_secs_f64();
+            let line = format!(
+                "{sent:.2},{},{},{}\n",
+                f(sighting.row),
+                f(sighting.stats),
+                f(sighting.board)
+            );
+            csv.push_str(&line);
+        }
         // A probe sent after the last window closed belongs to it.
         let last = windows.len().saturating_sub(1);
         if let Some(window) = windows.get_mut(w.min(last)) {
             window.probes.push(sighting);
         }
+    }
+    if let (Some(csv), Ok(path)) = (csv, std::env::var("BENCH_PROBES_CSV")) {
+        std::fs::write(&path, csv).expect("write BENCH_PROBES_CSV");
     }
     api.stop(true).await;
     for h in &handles {
@@ -591,9 +642,10 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d) AS p50, \
                 percentile_cont(0.99) WITHIN GROUP (ORDER BY d) AS p99 \
          FROM (SELECT (extract(epoch FROM created_at - ingested_at) * 1000)::float8 AS d \
-               FROM events WHERE ingested_at >= now() - make_interval(secs => $1)) t",
+               FROM events WHERE ingested_at >= to_timestamp($1)) t",
     )
-    .bind::<Double, _>(secs as f64 + 120.0)
+    // Events of the measured run only, not the warm-up's.
+    .bind::<Double, _>(epoch_start)
     .get_result(&mut conn)
     .await
     .expect("quantiles");
