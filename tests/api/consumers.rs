@@ -260,6 +260,17 @@ async fn the_leaderboards_table_holds_exactly_the_top_100_with_ranks() {
     }
 }
 
+/// A connection holding `table` locked in an open transaction (COMMIT on it releases it).
+async fn lock_table(config: &Config, table: &str) -> diesel_async::AsyncPgConnection {
+    let mut conn = pg_conn(config).await;
+    diesel::sql_query("BEGIN").execute(&mut conn).await.unwrap();
+    diesel::sql_query(format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
 #[actix_web::test]
 async fn a_stalled_sink_pauses_the_partition_and_it_resumes_after() {
     let config = pipeline_config(|c| {
@@ -271,12 +282,7 @@ async fn a_stalled_sink_pauses_the_partition_and_it_resumes_after() {
     let consumers = start_consumers_with(&config, &[Role::Logger], &metrics);
     let app = spawn_app_with(|c| *c = config.clone()).await;
     // Stall the logger's sink: its INSERTs wait behind this lock.
-    let mut blocker = pg_conn(&config).await;
-    diesel::sql_query("BEGIN").execute(&mut blocker).await.unwrap();
-    diesel::sql_query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    let mut blocker = lock_table(&config, "events").await;
     for i in 0..600 {
         let ev = json!({"event_type":"session_start","player_id":format!("p{}", i % 3),"game_id":"g"});
         assert_eq!(app.post_event(&ev).await.status(), 200);
@@ -340,12 +346,7 @@ async fn scores_keep_landing_while_the_top_n_write_waits_and_the_uncommitted_bou
     .await;
     // Stall the top-N write: its read of the stored boards waits behind this lock. Scores of a
     // record are in Redis before its board is written; the record is durable only after.
-    let mut blocker = pg_conn(&config).await;
-    diesel::sql_query("BEGIN").execute(&mut blocker).await.unwrap();
-    diesel::sql_query("LOCK TABLE leaderboards IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    let mut blocker = lock_table(&config, "leaderboards").await;
     for _ in 0..6 {
         let batch: Vec<Value> = (0..100).map(|_| ev.clone()).collect();
         assert_eq!(app.post_batch(&json!(batch)).await.status(), 200);
