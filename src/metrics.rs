@@ -47,8 +47,11 @@ pub struct Metrics {
     pub consumer_e2e_latency: HistogramVec,
     /// 1 while a partition is paused for backpressure, by consumer service and partition.
     pub consumer_paused: IntGaugeVec,
-    /// Records read but not yet durable (the queue ahead of the sinks), by service and partition.
+    /// Records read and held in memory, contents not yet written (what PARTITION_MAX_IN_FLIGHT
+    /// bounds), by service and partition.
     pub consumer_in_flight: IntGaugeVec,
+    /// Records read but not yet durable, so not yet committed (what PARTITION_MAX_UNCOMMITTED
+    /// bounds), by service and partition.
     pub consumer_uncommitted: IntGaugeVec,
     /// Records on the broker not yet read, from librdkafka statistics, by service and partition.
     pub consumer_lag: IntGaugeVec,
