@@ -426,7 +426,7 @@ async fn in_flight(handles: &[RoleConsumerHandle]) -> (i64, i64) {
     let (mut total, mut largest) = (0, 0);
     for h in handles {
         for (_, p) in h.progress().await {
-            let held = (p.seen_next - p.released_next.max(p.applied_next).max(0)).max(0);
+            let held = (p.seen_next - p.released_next.max(0)).max(0);
             total += held;
             largest = largest.max(held);
         }
@@ -606,8 +606,9 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
     let mut windows = closed;
     // BENCH_PROBES_CSV=path: every probe, when it was sent and how long each store took, to
     // line stalls up in time with the stores' background work.
-    let mut csv = std::env::var("BENCH_PROBES_CSV")
-        .ok()
+    let csv_path = std::env::var("BENCH_PROBES_CSV").ok();
+    let mut csv = csv_path
+        .as_ref()
         .map(|_| String::from("sent_unix_s,row_ms,stats_ms,board_ms\n"));
     for (w, tick_no, probe) in probes {
         let sighting = probe.await.unwrap_or_default();
@@ -628,7 +629,7 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
             window.probes.push(sighting);
         }
     }
-    if let (Some(csv), Ok(path)) = (csv, std::env::var("BENCH_PROBES_CSV")) {
+    if let (Some(csv), Some(path)) = (csv, csv_path) {
         std::fs::write(&path, csv).expect("write BENCH_PROBES_CSV");
     }
     api.stop(true).await;

@@ -92,7 +92,8 @@ pub struct GetProgress;
 pub struct Progress {
     /// Every record below this offset is durable.
     pub applied_next: i64,
-    /// Every record below this offset has left the lanes holding records' contents.
+    /// Every record below this offset has left the lanes holding records' contents; never
+    /// below `applied_next`.
     pub released_next: i64,
     /// One past the last record received.
     pub seen_next: i64,
