@@ -215,11 +215,14 @@ impl Handler<ForgetInPg> for FakeSinks {
 }
 
 impl Handler<ForgetInRedis> for FakeSinks {
-    type Result = Result<Vec<String>, SinkError>;
+    type Result = Result<ForgetStep, SinkError>;
     fn handle(&mut self, m: ForgetInRedis, _: &mut Context<Self>) -> Self::Result {
         self.forgets
             .push((format!("redis:{}", m.player_id), self.writes_so_far()));
-        Ok(vec!["g-of-redis".into()])
+        Ok(ForgetStep {
+            games: vec!["g-of-redis".into()],
+            next: None,
+        })
     }
 }
 

@@ -23,22 +23,48 @@ pub struct Forgetters {
     pub redis: Recipient<super::messages::ForgetInRedis>,
 }
 
+/// Times one step of a forget in Redis is sent before the forget counts as failed (and starts
+/// over after its backoff): a busy Redis costs a step a retry, not the steps done before it.
+const STEP_ATTEMPTS: u32 = 5;
+
 impl Forgetters {
-    /// A role's removal of `player` from both its stores: Redis (`db`) first, then PostgreSQL.
-    /// Answers the games whose stored top N lost the player (the leaderboard's; none for stats).
+    /// A role's removal of `player_id` from both its stores: Redis (`db`, step by step) first,
+    /// then PostgreSQL. Answers the games whose stored top N lost the player (the
+    /// leaderboard's; none for stats).
     pub fn remove_from_both(
         &self,
         player_id: String,
         db: super::messages::LiveDb,
         role: super::Role,
     ) -> LocalBoxFuture<'static, Result<Vec<String>, SinkError>> {
-        let redis = self.redis.send(super::messages::ForgetInRedis {
-            player_id: player_id.clone(),
-            db,
-        });
-        let pg = self.pg.clone();
+        let (redis, pg) = (self.redis.clone(), self.pg.clone());
         Box::pin(async move {
-            let mut games = redis.await??;
+            let mut games = Vec::new();
+            let mut from = Some(crate::db::ScanCursor::default());
+            while let Some(at) = from {
+                let mut attempt = 1;
+                let step = loop {
+                    let step = redis
+                        .send(super::messages::ForgetInRedis {
+                            player_id: player_id.clone(),
+                            db,
+                            from: at.clone(),
+                        })
+                        .await
+                        .map_err(SinkError::from)
+                        .and_then(|r| r);
+                    match step {
+                        Err(e) if attempt < STEP_ATTEMPTS && !e.is_rejected() => {
+                            tracing::warn!(player_id = %player_id, attempt, error = %e, "a step of forgetting a player in Redis failed; it will be sent again");
+                            tokio::time::sleep(Duration::from_millis(200u64 << attempt)).await;
+                            attempt += 1;
+                        }
+                        step => break step?,
+                    }
+                };
+                games.extend(step.games);
+                from = step.next;
+            }
             games.extend(pg.send(super::messages::ForgetInPg { player_id, role }).await??);
             games.sort_unstable();
             games.dedup();

@@ -239,13 +239,25 @@ pub struct Forgotten {
 
 // ---- Redis sink ----
 
-/// A role's part of forgetting a player in Redis: its stats hash (`Stats`), or its entries in
-/// every board, current and dated (`Boards`). Answers the games whose current boards held it.
+/// One step of a role's part of forgetting a player in Redis: its stats hash (`Stats`, one
+/// step), or its entries in every board, current and dated (`Boards`): the boards one page of
+/// the database's keys holds, from `from`. A step's work is bounded whatever the database
+/// holds (the boards' share it with up to a million retry-claim hashes); the caller sends the
+/// next step until the answer's `next` is `None`.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<String>, SinkError>")]
+#[rtype(result = "Result<ForgetStep, SinkError>")]
 pub struct ForgetInRedis {
     pub player_id: String,
     pub db: LiveDb,
+    pub from: crate::db::ScanCursor,
+}
+
+/// What one forget step did: the games whose current boards held the player, and where the
+/// next step starts (`None`: done).
+#[derive(Debug, Default)]
+pub struct ForgetStep {
+    pub games: Vec<String>,
+    pub next: Option<crate::db::ScanCursor>,
 }
 
 /// One event's contribution to `player_stats:{player_id}`.

@@ -14,7 +14,7 @@ pub mod redis_keys;
 pub mod stats;
 pub use pool::{pg_pool, PgPool};
 pub use redis_conn::{
-    redis_client, redis_pool, redis_primary, redis_reader, RedisConn, RedisPool, RedisReader,
+    redis_client, redis_pool, redis_primary, redis_reader, RedisConn, RedisPool, RedisReader, ScanCursor,
 };
 
 use crate::config::DatabaseConfig;

@@ -220,58 +220,119 @@ impl ConnectionLike for RedisConn {
     }
 }
 
+/// Keys a full scan asks each `SCAN` round trip to visit: about a millisecond of Redis's time.
+const SCAN_COUNT: usize = 1000;
+
+/// Where a paged key scan stands: the node (the cluster's primaries, in address order, as of
+/// the scan's first page; none on a single Redis) and that node's `SCAN` cursor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanCursor {
+    nodes: Vec<(String, u16)>,
+    node: usize,
+    /// Empty at a node's start.
+    cursor: String,
+}
+
+impl ScanCursor {
+    /// The start of a scan of `nodes`.
+    fn on(nodes: Vec<(String, u16)>) -> Self {
+        ScanCursor {
+            nodes,
+            ..ScanCursor::default()
+        }
+    }
+
+    /// The cursor to send: `0` at a node's start.
+    fn cursor(&self) -> &str {
+        if self.cursor.is_empty() {
+            "0"
+        } else {
+            &self.cursor
+        }
+    }
+}
+
 impl RedisConn {
     /// Every key matching `pattern` whose type is `kind` (`SCAN … MATCH … TYPE …`): on a
-    /// cluster, of every primary. Meant for rare operations (forgetting a player, a rebuild).
+    /// cluster, of every primary. Meant for rare operations run outside the sinks (a rebuild);
+    /// the sinks scan page by page ([`RedisConn::scan_page`]).
     pub async fn scan_keys(&mut self, pattern: &str, kind: &str) -> Result<Vec<String>, RedisError> {
+        let mut keys = Vec::new();
+        let mut at = ScanCursor::default();
+        loop {
+            let (page, next) = self.scan_page(&at, pattern, kind, SCAN_COUNT).await?;
+            keys.extend(page);
+            match next {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// One `SCAN … COUNT count` round trip from `at`: the keys it found (possibly none, possibly
+    /// one seen before) and where the scan goes on, `None` once every key (on a cluster, of
+    /// every primary) was visited. A cluster's primaries are those of the scan's first page; if
+    /// they differ later (a failover, a node added) the scan starts over on the new ones, since
+    /// a cursor means nothing to another node.
+    pub async fn scan_page(
+        &mut self,
+        at: &ScanCursor,
+        pattern: &str,
+        kind: &str,
+        count: usize,
+    ) -> Result<(Vec<String>, Option<ScanCursor>), RedisError> {
         let scan = |cursor: &str| {
             let mut cmd = redis::cmd("SCAN");
             cmd.arg(cursor)
                 .arg("MATCH")
                 .arg(pattern)
                 .arg("COUNT")
-                .arg(1000)
+                .arg(count)
                 .arg("TYPE")
                 .arg(kind);
             cmd
         };
-        let mut keys = Vec::new();
         match self {
             RedisConn::Cluster(c) => {
-                for (host, port) in cluster_primaries(c).await? {
-                    let mut cursor = "0".to_owned();
-                    loop {
-                        let routing = redis::cluster_routing::RoutingInfo::SingleNode(
-                            redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
-                                host: host.clone(),
-                                port,
-                            },
-                        );
-                        let (next, page): (String, Vec<String>) =
-                            redis::from_redis_value(c.route_command(scan(&cursor), routing).await?)?;
-                        keys.extend(page);
-                        if next == "0" {
-                            break;
-                        }
-                        cursor = next;
-                    }
-                }
+                let primaries = cluster_primaries(c).await?;
+                let at = if at.nodes == primaries {
+                    at.clone()
+                } else {
+                    ScanCursor::on(primaries)
+                };
+                let Some((host, port)) = at.nodes.get(at.node).cloned() else {
+                    return Ok((Vec::new(), None));
+                };
+                let routing = redis::cluster_routing::RoutingInfo::SingleNode(
+                    redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host, port },
+                );
+                let (next, keys): (String, Vec<String>) =
+                    redis::from_redis_value(c.route_command(scan(at.cursor()), routing).await?)?;
+                let next = if next != "0" {
+                    Some(ScanCursor { cursor: next, ..at })
+                } else if at.node + 1 < at.nodes.len() {
+                    Some(ScanCursor {
+                        node: at.node + 1,
+                        cursor: String::new(),
+                        nodes: at.nodes,
+                    })
+                } else {
+                    None
+                };
+                Ok((keys, next))
             }
             other => {
-                let mut cursor = "0".to_owned();
-                loop {
-                    let (next, page): (String, Vec<String>) = scan(&cursor).query_async(other).await?;
-                    keys.extend(page);
-                    if next == "0" {
-                        break;
-                    }
-                    cursor = next;
-                }
+                let (next, keys): (String, Vec<String>) = scan(at.cursor()).query_async(other).await?;
+                let next = (next != "0").then(|| ScanCursor {
+                    cursor: next,
+                    ..at.clone()
+                });
+                Ok((keys, next))
             }
         }
-        keys.sort_unstable();
-        keys.dedup();
-        Ok(keys)
     }
 
     /// `INFO server` of one node (any node of a cluster: they run one version).

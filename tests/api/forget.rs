@@ -306,3 +306,93 @@ async fn a_forget_cut_short_is_finished_when_a_partition_opens_again() {
         1
     );
 }
+
+/// Claim-like hashes the boards' database holds beside the boards in production (a million
+/// at the default DEDUP_BUCKETS): `tags` hash tags (spread over a cluster's nodes) of
+/// `per_tag` keys, made (`HSET`) or removed (`DEL`) inside Redis.
+async fn claim_like_keys(config: &Config, op: &str, tags: usize, per_tag: usize) {
+    let script = redis::Script::new(
+        "for i = 1, tonumber(ARGV[2]) do
+           local k = ARGV[1] .. i
+           if ARGV[3] == 'DEL' then redis.call('DEL', k) else redis.call('HSET', k, 'f', 'v') end
+         end
+         return 0",
+    );
+    let mut conn = redis_view(config, 1).conn().await.expect("Redis");
+    for tag in 0..tags {
+        let base = format!("{}gamemetrics:seen:{{j{tag}}}:", config.redis.redis_key_prefix);
+        script
+            .key(format!("{base}0"))
+            .arg(&base)
+            .arg(per_tag)
+            .arg(op)
+            .invoke_async::<()>(&mut conn)
+            .await
+            .expect("claim-like keys");
+    }
+}
+
+/// Forgetting a player finds their board entries by scanning the boards' database, which also
+/// holds the retry claims: up to a million hashes. One sink step visits a bounded share of it
+/// (so a step finishes on a busy Redis, and a failed step is sent again from where it began,
+/// not from the start), and the steps together still find every board: on a single Redis and
+/// on the cluster, whose scan moves from primary to primary.
+#[actix_web::test]
+async fn a_forget_scans_a_large_boards_database_in_bounded_steps() {
+    use actix::Actor;
+    use gamemetrics::actors::messages::{ForgetInRedis, LiveDb};
+    use gamemetrics::actors::sinks::redis::FORGET_STEP_KEYS;
+    use gamemetrics::domain::leaderboard::{Board, Period};
+    use redis::AsyncCommands;
+    const JUNK: (usize, usize) = (25, 10_000);
+    for cluster in [false, true] {
+        let mut config = test_config();
+        if cluster {
+            config.redis = cluster_redis(cluster_port());
+        }
+        let prefix = config.redis.redis_key_prefix.clone();
+        let keys = redis_keys(&config);
+        claim_like_keys(&config, "HSET", JUNK.0, JUNK.1).await;
+        let mut boards = redis_view(&config, 1).conn().await.expect("Redis");
+        let current = |g: &str| keys.board(g, &Board::Current(Period::Alltime));
+        for game in ["g0", "g1", "g2"] {
+            let _: () = boards
+                .zadd_multiple(current(game), &[(5, "gone"), (3, "kept")])
+                .await
+                .expect("ZADD");
+        }
+        let dated = keys.board("g3", &Board::Dated(Period::Daily, "2024-01-15".into()));
+        let _: () = boards.zadd(&dated, "gone", 7).await.expect("ZADD");
+
+        let sink = redis_sink(&config, &prefix, 0).start();
+        let (mut from, mut steps, mut games) = (Some(gamemetrics::db::ScanCursor::default()), 0, Vec::new());
+        while let Some(at) = from {
+            let step = sink
+                .send(ForgetInRedis {
+                    player_id: "gone".into(),
+                    db: LiveDb::Boards,
+                    from: at,
+                })
+                .await
+                .expect("mailbox")
+                .expect("a forget step");
+            steps += 1;
+            games.extend(step.games);
+            from = step.next;
+        }
+        games.sort();
+        let what = if cluster { "the cluster" } else { "a single Redis" };
+        assert_eq!(games, ["g0", "g1", "g2"], "{what}");
+        // At most FORGET_STEP_KEYS (100,000) keys a step: the 250,000 made here take 3 or more.
+        assert_eq!(FORGET_STEP_KEYS, 100_000);
+        assert!(steps >= 3, "{what}: {steps} steps for {} keys", JUNK.0 * JUNK.1);
+        for game in ["g0", "g1", "g2"] {
+            let gone: Option<f64> = boards.zscore(current(game), "gone").await.expect("ZSCORE");
+            let kept: Option<f64> = boards.zscore(current(game), "kept").await.expect("ZSCORE");
+            assert_eq!((gone, kept), (None, Some(3.0)), "{what}, {game}");
+        }
+        let gone: Option<f64> = boards.zscore(&dated, "gone").await.expect("ZSCORE");
+        assert_eq!(gone, None, "{what}, the dated board");
+        claim_like_keys(&config, "DEL", JUNK.0, JUNK.1).await;
+    }
+}

@@ -404,11 +404,23 @@ impl Handler<OpenLogRedis> for RedisSink {
     }
 }
 
+/// How long one forget step scans the boards' keys before it removes the player from the
+/// boards found so far and answers: far below WRITE_TIMEOUT however busy Redis is, so every
+/// step finishes and the next starts where it ended.
+const FORGET_STEP_SCAN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keys one forget step visits at most (~0.2 s of an idle Redis's time), so a step of a
+/// database of millions of claims is no single long run even when Redis answers fast.
+pub const FORGET_STEP_KEYS: usize = 100_000;
+
+/// Keys one `SCAN` of a forget step visits: about a millisecond of Redis's time per round trip.
+const FORGET_SCAN_COUNT: usize = 1000;
+
 /// Forgetting a player: their stats hash, or their entry in every board of every game, current
 /// and dated (found by `SCAN`: which games a player scored in is known nowhere else once the
-/// logger has deleted their events). Both are idempotent.
+/// logger has deleted their events). Both are idempotent, so a step that fails is sent again.
 impl Handler<ForgetInRedis> for RedisSink {
-    type Result = ResponseActFuture<Self, Result<Vec<String>, SinkError>>;
+    type Result = ResponseActFuture<Self, Result<ForgetStep, SinkError>>;
 
     fn handle(&mut self, msg: ForgetInRedis, _: &mut Context<Self>) -> Self::Result {
         let keys = self.keys.clone();
@@ -423,18 +435,34 @@ impl Handler<ForgetInRedis> for RedisSink {
                         .query_async::<i64>(&mut conn)
                         .await
                         .map_err(redis_err)?;
-                    Ok(Vec::new())
+                    Ok(ForgetStep::default())
                 })
             }
             LiveDb::Boards => {
-                let pool = self.boards.clone();
+                let (pool, mut at) = (self.boards.clone(), msg.from);
                 tracked(self, async move {
                     let mut conn = pool.get().await.map_err(redis_err)?;
-                    let boards = conn
-                        .scan_keys(&keys.board_pattern(), "zset")
-                        .await
-                        .map_err(redis_err)?;
-                    let mut removed_from = Vec::new();
+                    let started = tokio::time::Instant::now();
+                    let (mut boards, mut visited) = (Vec::new(), 0);
+                    let next = loop {
+                        let (page, next) = conn
+                            .scan_page(&at, &keys.board_pattern(), "zset", FORGET_SCAN_COUNT)
+                            .await
+                            .map_err(redis_err)?;
+                        boards.extend(page);
+                        visited += FORGET_SCAN_COUNT;
+                        match next {
+                            Some(next)
+                                if visited < FORGET_STEP_KEYS && started.elapsed() < FORGET_STEP_SCAN =>
+                            {
+                                at = next
+                            }
+                            next => break next,
+                        }
+                    };
+                    boards.sort_unstable();
+                    boards.dedup();
+                    let mut games = Vec::new();
                     // One key per command: on a cluster the boards live on every node.
                     for board in boards {
                         let removed: i64 = redis::cmd("ZREM")
@@ -444,12 +472,10 @@ impl Handler<ForgetInRedis> for RedisSink {
                             .await
                             .map_err(redis_err)?;
                         if removed > 0 {
-                            removed_from.extend(keys.game_of_current_board(&board));
+                            games.extend(keys.game_of_current_board(&board));
                         }
                     }
-                    removed_from.sort_unstable();
-                    removed_from.dedup();
-                    Ok(removed_from)
+                    Ok(ForgetStep { games, next })
                 })
             }
         }
