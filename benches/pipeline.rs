@@ -10,6 +10,7 @@ use clap::Parser;
 use diesel::sql_types::Double;
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use gamemetrics::actors::messages::Progress;
 use gamemetrics::actors::{Role, RoleConsumerHandle};
 use gamemetrics::config::Config;
 use gamemetrics::domain::{EventType, GameEvent, GameId, PlayerId};
@@ -439,15 +440,16 @@ const PROBES_PER_SEC: u64 = 50;
 
 /// Events applied so far by the role that has applied fewest.
 async fn slowest_applied(handles: &[RoleConsumerHandle]) -> i64 {
+    slowest(handles, |p| p.applied_next).await
+}
+
+/// Records of all partitions the role that has `of` fewest has, by `of` of its partitions'
+/// progress.
+async fn slowest(handles: &[RoleConsumerHandle], of: impl Fn(&Progress) -> i64) -> i64 {
     let mut slowest = i64::MAX;
     for h in handles {
-        let applied: i64 = h
-            .progress()
-            .await
-            .iter()
-            .map(|(_, p)| p.applied_next.max(0))
-            .sum();
-        slowest = slowest.min(applied);
+        let n: i64 = h.progress().await.iter().map(|(_, p)| of(p).max(0)).sum();
+        slowest = slowest.min(n);
     }
     slowest
 }
@@ -524,7 +526,7 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
     // roles' first records wait for every partition's log to open and the first fetches, and
     // the first probes for the prober's connections (probes sent in the first half second took
     // 300 ms to 1.1 s, and were most of the p99), which is start-up, not the steady state the
-    // figures are about. It goes on until every role has applied what was sent up to 100 ms
+    // figures are about. It goes on until every role has received what was sent up to 100 ms
     // before (at most 5 s more): a 3 s run began with the roles still reading the warm-up's
     // events, and its events queued behind them (p50 up to 1.9 s against probes' 14-93 ms).
     // A rate the roles can't keep up with is measured from the end of those 5 s, its backlog
@@ -540,8 +542,10 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
         }
         warm_ticks += 1;
         if warm_ticks.is_multiple_of(10) {
-            let applied = u64::try_from(slowest_applied(&handles).await).unwrap_or(0);
-            caught_up = applied + per_tick * 10 >= sent;
+            // Received, not durable: the stats role makes its `player_statistics` rows durable
+            // every STATS_FLUSH_INTERVAL_MS, long after its Redis writes.
+            let seen = u64::try_from(slowest(&handles, |p| p.seen_next).await).unwrap_or(0);
+            caught_up = seen + per_tick * 10 >= sent;
         }
         sent = send_tick(&p, &c.kafka.kafka_topic, sent, per_tick, &acks).await;
         next += tick;
