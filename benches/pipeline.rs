@@ -443,8 +443,8 @@ async fn slowest_applied(handles: &[RoleConsumerHandle]) -> i64 {
     slowest(handles, |p| p.applied_next).await
 }
 
-/// Records of all partitions the role that has `of` fewest has, by `of` of its partitions'
-/// progress.
+/// The least, over the roles, of `of` (an offset of a partition's progress) summed over the
+/// role's partitions: on a fresh topic, how many records the furthest-behind role is past.
 async fn slowest(handles: &[RoleConsumerHandle], of: impl Fn(&Progress) -> i64) -> i64 {
     let mut slowest = i64::MAX;
     for h in handles {
@@ -534,18 +534,20 @@ async fn load(c: &Config, rate: u64, secs: u64, window: Duration, probes_per_sec
     let mut next = Instant::now();
     let warm_min = next + Duration::from_secs(env_num("BENCH_WARMUP_SECS", 2));
     let warm_max = warm_min + Duration::from_secs(5);
-    let mut warm_ticks = 0u64;
+    let (mut warm_ticks, mut warm_probes) = (0u64, 0u64);
     let mut caught_up = false;
     while Instant::now() < warm_min || (!caught_up && Instant::now() < warm_max) {
         if warm_ticks.is_multiple_of(probe_every) {
             tokio::spawn(prober.clone().probe(u64::MAX - warm_ticks));
+            warm_probes += 1;
         }
         warm_ticks += 1;
         if warm_ticks.is_multiple_of(10) {
             // Received, not durable: the stats role makes its `player_statistics` rows durable
-            // every STATS_FLUSH_INTERVAL_MS, long after its Redis writes.
+            // every STATS_FLUSH_INTERVAL_MS, long after its Redis writes. The probes are records
+            // of the topic too.
             let seen = u64::try_from(slowest(&handles, |p| p.seen_next).await).unwrap_or(0);
-            caught_up = seen + per_tick * 10 >= sent;
+            caught_up = seen + per_tick * 10 >= sent + warm_probes;
         }
         sent = send_tick(&p, &c.kafka.kafka_topic, sent, per_tick, &acks).await;
         next += tick;
