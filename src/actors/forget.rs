@@ -56,7 +56,12 @@ impl Forgetters {
                     match step {
                         Err(e) if attempt < STEP_ATTEMPTS && !e.is_rejected() => {
                             tracing::warn!(player_id = %player_id, attempt, error = %e, "a step of forgetting a player in Redis failed; it will be sent again");
-                            tokio::time::sleep(Duration::from_millis(200u64 << attempt)).await;
+                            tokio::time::sleep(super::lane::backoff(
+                                Duration::from_millis(200),
+                                attempt,
+                                Duration::MAX,
+                            ))
+                            .await;
                             attempt += 1;
                         }
                         step => break step?,
@@ -187,7 +192,7 @@ pub fn run_forgets<A: Forgetting>(act: &mut A, ctx: &mut Context<A>) {
             }
             Err(e) => {
                 queue.failures = queue.failures.saturating_add(1);
-                let wait = Duration::from_millis(100u64.saturating_mul(1 << queue.failures.min(10))).min(retry_max);
+                let wait = super::lane::backoff(Duration::from_millis(100), queue.failures.min(10), retry_max);
                 queue.retry_at = Some(Instant::now() + wait);
                 tracing::warn!(service, partition, offset, error = %e, retry_in = ?wait, "forgetting a player failed; it will be retried");
                 ctx.run_later(wait, run_forgets);

@@ -111,8 +111,7 @@ impl<T> Lane<T> {
     pub fn failed(&mut self, max_backoff: Duration) -> Duration {
         self.sending = false;
         self.failures = self.failures.saturating_add(1);
-        let exp = 50u64.saturating_mul(1u64 << self.failures.min(16));
-        let wait = Duration::from_millis(exp).min(max_backoff);
+        let wait = backoff(Duration::from_millis(50), self.failures, max_backoff);
         self.retry_at = Some(Instant::now() + wait);
         wait
     }
@@ -485,6 +484,12 @@ pub fn arm_live<A: RoleActor, T>(
         });
         *timer(act) = Some(handle);
     }
+}
+
+/// `base` doubled per failure (`failures` ≥ 1 gives twice `base`), at most `max`: the wait
+/// before a failed write is sent again.
+pub fn backoff(base: Duration, failures: u32, max: Duration) -> Duration {
+    base.saturating_mul(1u32 << failures.min(16)).min(max)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 use super::{sink_actor, tracked, SinkError};
 use crate::actors::messages::*;
+use crate::db::redis_conn::SCAN_COUNT;
 use crate::db::redis_keys::{self, Layout, RedisKeys, Store};
 use crate::db::{RedisConn, RedisPool};
 use crate::domain::leaderboard::{periods_of, Board, BoardTop, Period};
@@ -413,9 +414,6 @@ const FORGET_STEP_SCAN: std::time::Duration = std::time::Duration::from_secs(2);
 /// database of millions of claims is no single long run even when Redis answers fast.
 pub const FORGET_STEP_KEYS: usize = 100_000;
 
-/// Keys one `SCAN` of a forget step visits: about a millisecond of Redis's time per round trip.
-const FORGET_SCAN_COUNT: usize = 1000;
-
 /// Forgetting a player: their stats hash, or their entry in every board of every game, current
 /// and dated (found by `SCAN`: which games a player scored in is known nowhere else once the
 /// logger has deleted their events). Both are idempotent, so a step that fails is sent again.
@@ -443,14 +441,14 @@ impl Handler<ForgetInRedis> for RedisSink {
                 tracked(self, async move {
                     let mut conn = pool.get().await.map_err(redis_err)?;
                     let started = tokio::time::Instant::now();
-                    let (mut boards, mut visited) = (Vec::new(), 0);
+                    let (pattern, mut boards, mut visited) = (keys.board_pattern(), Vec::new(), 0);
                     let next = loop {
                         let (page, next) = conn
-                            .scan_page(&at, &keys.board_pattern(), "zset", FORGET_SCAN_COUNT)
+                            .scan_page(&at, &pattern, "zset", SCAN_COUNT)
                             .await
                             .map_err(redis_err)?;
                         boards.extend(page);
-                        visited += FORGET_SCAN_COUNT;
+                        visited += SCAN_COUNT;
                         match next {
                             Some(next)
                                 if visited < FORGET_STEP_KEYS && started.elapsed() < FORGET_STEP_SCAN =>
