@@ -15,6 +15,11 @@ use std::time::Duration;
 
 const FORGOTTEN: &str = "player-3";
 
+/// How long a test waits for a forget to finish: a bound on liveness, not a speed claim. A
+/// forget's scan of the boards database takes ~100 round trips per million keys, and on a
+/// machine draining a backlog beside the test each waits up to a second behind its scripts.
+const FORGET_DEADLINE: Duration = Duration::from_secs(180);
+
 async fn delete(app: &TestApp, key: Option<&str>, player: &str) -> reqwest::Response {
     let mut req = app.client.delete(format!("{}/players/{player}", app.address));
     if let Some(k) = key {
@@ -151,8 +156,11 @@ async fn forgetting_a_player_mid_stream_removes_them_everywhere_and_for_good() {
     );
     model::assert_state(&config, &expected).await;
 
-    // Asked again: done, with what each role removed; every request audited.
-    let done: Value = eventually(Duration::from_secs(30), "the forget to complete", || async {
+    // Asked again: done, with what each role removed; every request audited. The wait is
+    // long because the leaderboard's forget scans Redis's whole boards database: in CI a
+    // million-event backlog drains beside this test and fills it with retry claims while each
+    // round trip waits behind the backlog's script calls (docs/operations.md, "Forgetting").
+    let done: Value = eventually(FORGET_DEADLINE, "the forget to complete", || async {
         let res = delete(app, Some(&admin), FORGOTTEN).await;
         (res.status() == 200).then_some(())?;
         res.json::<Value>().await.ok()
@@ -282,19 +290,15 @@ async fn a_forget_cut_short_is_finished_when_a_partition_opens_again() {
         })
         .collect();
     post_all(app, openers, 1).await;
-    eventually(
-        Duration::from_secs(60),
-        "the forget finished by every role",
-        || async {
-            let done = count(
-                &config,
-                "SELECT count(*) AS n FROM forgotten_players WHERE logger_done_at IS NOT NULL \
+    eventually(FORGET_DEADLINE, "the forget finished by every role", || async {
+        let done = count(
+            &config,
+            "SELECT count(*) AS n FROM forgotten_players WHERE logger_done_at IS NOT NULL \
              AND stats_done_at IS NOT NULL AND leaderboard_done_at IS NOT NULL",
-            )
-            .await;
-            (done == 1).then_some(())
-        },
-    )
+        )
+        .await;
+        (done == 1).then_some(())
+    })
     .await;
     assert_eq!(traces(&config, "cut-short").await, Vec::<String>::new());
     assert_eq!(

@@ -10,11 +10,11 @@
 
 use super::{sink_actor, tracked, SinkError};
 use crate::actors::messages::*;
-use crate::db::redis_conn::SCAN_COUNT;
 use crate::db::redis_keys::{self, Layout, RedisKeys, Store};
 use crate::db::{RedisConn, RedisPool};
 use crate::domain::leaderboard::{periods_of, Board, BoardTop, Period};
 use actix::prelude::*;
+use futures::{StreamExt, TryStreamExt};
 use redis::{Script, ToRedisArgs};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -414,6 +414,13 @@ const FORGET_STEP_SCAN: std::time::Duration = std::time::Duration::from_secs(2);
 /// database of millions of claims is no single long run even when Redis answers fast.
 pub const FORGET_STEP_KEYS: usize = 100_000;
 
+/// Keys one `SCAN` round trip of a forget visits: ~20 ms of Redis's time (2 µs a key, measured),
+/// ten times [`crate::db::redis_conn::SCAN_COUNT`]. On a loaded Redis a round trip waits 50–300 ms in line behind the
+/// consumers' scripts, so the number of round trips, not the keys, decides how long a forget
+/// takes: a million keys are 100 of them, not 1,000. A forget is rare; other clients waiting
+/// 20 ms behind one page of it is the price.
+const FORGET_SCAN_COUNT: usize = 10_000;
+
 /// Forgetting a player: their stats hash, or their entry in every board of every game, current
 /// and dated (found by `SCAN`: which games a player scored in is known nowhere else once the
 /// logger has deleted their events). Both are idempotent, so a step that fails is sent again.
@@ -444,11 +451,11 @@ impl Handler<ForgetInRedis> for RedisSink {
                     let (pattern, mut boards, mut visited) = (keys.board_pattern(), Vec::new(), 0);
                     let next = loop {
                         let (page, next) = conn
-                            .scan_page(&at, &pattern, "zset", SCAN_COUNT)
+                            .scan_page(&at, &pattern, "zset", FORGET_SCAN_COUNT)
                             .await
                             .map_err(redis_err)?;
                         boards.extend(page);
-                        visited += SCAN_COUNT;
+                        visited += FORGET_SCAN_COUNT;
                         match next {
                             Some(next)
                                 if visited < FORGET_STEP_KEYS && started.elapsed() < FORGET_STEP_SCAN =>
@@ -458,21 +465,45 @@ impl Handler<ForgetInRedis> for RedisSink {
                             next => break next,
                         }
                     };
+                    drop(conn);
                     boards.sort_unstable();
                     boards.dedup();
-                    let mut games = Vec::new();
-                    // One key per command: on a cluster the boards live on every node.
-                    for board in boards {
-                        let removed: i64 = redis::cmd("ZREM")
-                            .arg(&board)
-                            .arg(&player)
-                            .query_async(&mut conn)
-                            .await
-                            .map_err(redis_err)?;
-                        if removed > 0 {
-                            games.extend(keys.game_of_current_board(&board));
-                        }
-                    }
+                    // One pipeline on a single Redis; on a cluster, where the boards live on every
+                    // node, one ZREM per round trip, a few at once. A busy Redis makes each round
+                    // trip wait behind the consumers' scripts: one per board took seconds.
+                    let per_pipe = match keys.layout() {
+                        Layout::Single => boards.len().max(1),
+                        Layout::Cluster => 1,
+                    };
+                    let removed: Vec<Vec<String>> = futures::stream::iter(boards.chunks(per_pipe))
+                        .map(|chunk| {
+                            let (pool, player) = (pool.clone(), &player);
+                            async move {
+                                let mut pipe = redis::pipe();
+                                for board in chunk {
+                                    pipe.zrem(board, player);
+                                }
+                                let mut conn = pool.get().await.map_err(redis_err)?;
+                                let counts: Vec<i64> =
+                                    pipe.query_async(&mut conn).await.map_err(redis_err)?;
+                                Ok::<_, SinkError>(
+                                    chunk
+                                        .iter()
+                                        .zip(counts)
+                                        .filter(|(_, n)| *n > 0)
+                                        .map(|(board, _)| board.clone())
+                                        .collect(),
+                                )
+                            }
+                        })
+                        .buffer_unordered(8)
+                        .try_collect()
+                        .await?;
+                    let games = removed
+                        .iter()
+                        .flatten()
+                        .filter_map(|board| keys.game_of_current_board(board))
+                        .collect();
                     Ok(ForgetStep { games, next })
                 })
             }
