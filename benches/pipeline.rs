@@ -209,8 +209,9 @@ async fn produce(c: &Config, p: &FutureProducer, from: u64, n: u64) {
 }
 
 /// Drains `n` events of `topic` with `roles` BENCH_REPEAT times (default 3), each time into a
-/// schema and key prefix of its own; answers the runs' rates, median first, and the Redis bytes
-/// per event the first run added. One drain on this 2-core machine moves by ±30% from run to
+/// schema and key prefix of its own; answers the runs' rates, median first, the Redis bytes
+/// per event the first run added, and the microseconds of Redis's main thread per event over
+/// the drains (not their cleanup). One drain on this 2-core machine moves by ±30% from run to
 /// run, with the broker, both stores and the bench on the same cores.
 async fn measured(
     base: &Config,
@@ -218,9 +219,10 @@ async fn measured(
     roles: &[Role],
     n: u64,
     adjust: impl Fn(&mut Config),
-) -> (Rates, f64) {
+) -> (Rates, f64, RedisCpu) {
     let mut rates = Vec::new();
     let mut bytes = f64::NAN;
+    let mut redis_cpu = RedisCpu::default();
     for run in 0..env_num("BENCH_REPEAT", 3).max(1) {
         let mut rc = fresh(base, "drain").await;
         rc.kafka.kafka_topic = topic.to_owned();
@@ -229,13 +231,16 @@ async fn measured(
         rc.consumer.dedup_buckets = u32::try_from((n / 64).next_power_of_two()).unwrap_or(1 << 19);
         adjust(&mut rc);
         let before = redis_used_memory(&rc);
+        let cpu = RedisCpu::now(&rc);
         rates.push(drain(&rc, roles, n).await);
+        redis_cpu += RedisCpu::now(&rc) - cpu;
         if run == 0 {
             bytes = redis_used_memory(&rc).saturating_sub(before) as f64 / n as f64;
         }
         discard(&rc).await;
     }
-    (Rates(rates), bytes)
+    let redis_us = redis_cpu.per_event(n as f64 * rates.len() as f64);
+    (Rates(rates), bytes, redis_us)
 }
 
 /// The rates of repeated runs of one measurement.
@@ -841,6 +846,9 @@ async fn main() {
     let mut redis_bytes = Vec::new();
     let mut unclaimed_bytes = Vec::new();
     let mut pipeline = Rates(Vec::new());
+    let mut pipeline_redis_us = RedisCpu::default();
+    // Microseconds of Redis's main thread per event, each role draining alone.
+    let mut role_redis_us = Vec::new();
     let mut unclaimed = Vec::new();
     if wants("drain") {
         // One unmeasured drain first: the first after producing ran at half the rate of the
@@ -850,16 +858,16 @@ async fn main() {
         drain(&warm, &Role::ALL, n).await;
         discard(&warm).await;
         for role in Role::ALL.into_iter().filter(|r| wants_roles(&[*r])) {
-            let (r, bytes) = measured(&base, &c.kafka.kafka_topic, &[role], n, |_| {}).await;
+            let (r, bytes, redis_us) = measured(&base, &c.kafka.kafka_topic, &[role], n, |_| {}).await;
             if role != Role::Logger {
                 redis_bytes.push((role.service(), bytes));
             }
+            role_redis_us.push((role, redis_us));
             rows.push((format!("`{}` alone", role.service()), r));
         }
         if wants_roles(&Role::ALL) {
-            pipeline = measured(&base, &c.kafka.kafka_topic, &Role::ALL, n, |_| {})
-                .await
-                .0;
+            (pipeline, _, pipeline_redis_us) =
+                measured(&base, &c.kafka.kafka_topic, &Role::ALL, n, |_| {}).await;
         }
         // The same drains without the retry claims (DEDUP_WINDOW_SECS=0), to show what they cost.
         for (name, roles) in [
@@ -871,7 +879,7 @@ async fn main() {
         .filter(|(_, roles)| wants_roles(roles))
         {
             let no_claims = |rc: &mut Config| rc.consumer.dedup_window_secs = 0;
-            let (rates, bytes) = measured(&base, &c.kafka.kafka_topic, roles, n, no_claims).await;
+            let (rates, bytes, _) = measured(&base, &c.kafka.kafka_topic, roles, n, no_claims).await;
             if let [role] = roles {
                 unclaimed_bytes.push((role.service(), bytes));
             }
@@ -961,8 +969,13 @@ async fn main() {
     let copy = copy_baseline(&c, n);
     // The roles' Redis work sent raw, on the same events, keys of its own (dropped after).
     let rc = fresh(&base, "raw").await;
+    let cpu = RedisCpu::now(&rc);
     let raw_stats = raw::redis_rate(&rc, raw::Work::Stats, n, event);
+    let cpu_stats = RedisCpu::now(&rc);
     let raw_scores = raw::redis_rate(&rc, raw::Work::Scores, n, event);
+    let cpu_scores = RedisCpu::now(&rc);
+    // Microseconds of Redis's main thread per event for each role's Redis work sent raw.
+    let raw_redis_us = [cpu_stats - cpu, cpu_scores - cpu_stats].map(|d| d.per_event(n as f64).main);
     let call_cost = raw::call_cost(&rc);
     discard(&rc).await;
 
@@ -998,6 +1011,57 @@ async fn main() {
             "Against their Redis work sent raw: `stats-aggregator` alone {:.2}, `leaderboard-manager` alone {:.2}.",
             alone(Role::Stats.service()) / raw_stats,
             alone(Role::Leaderboard.service()) / raw_scores
+        );
+        // Work done one after another: the times per event add, so the rates add as inverses.
+        let serial = |rates: &[f64]| 1.0 / rates.iter().map(|r| 1.0 / r).sum::<f64>();
+        let roles_serial = serial(&[
+            logger.median(),
+            alone(Role::Stats.service()),
+            alone(Role::Leaderboard.service()),
+        ]);
+        let [stats_us, scores_us] = raw_redis_us;
+        let ceiling = |us: f64| 1e6 / us;
+        let pipeline_us = pipeline_redis_us.main;
+        println!();
+        println!(
+            "What bounds the pipeline: every command and script runs on Redis's one main thread. \
+             The two Redis roles' work sent raw took it {stats_us:.1} + {scores_us:.1} µs per event: \
+             with a core to itself and nothing else to do, at most {:.0} events/s, {:.2} of `COPY` \
+             (the aim is 0.6). The pipeline's drains, scripts and all, took it {pipeline_us:.1} µs \
+             per event: at most {:.0} events/s ({:.2} of `COPY`) on one Redis, here sharing two \
+             cores with everything else. The three roles alone, one after another, would take \
+             {roles_serial:.0} events/s; together they ran at {:.2} of that.",
+            ceiling(stats_us + scores_us),
+            ceiling(stats_us + scores_us) / copy,
+            ceiling(pipeline_us),
+            ceiling(pipeline_us) / copy,
+            pipeline.median() / roles_serial,
+        );
+        println!();
+        println!(
+            "Redis's CPU per event in the drains above (`INFO cpu` before and after each, summed \
+             over the repeats): the main thread, the server's other threads (fsync, lazy free) and \
+             its forked children (append-only-file rewrites, which the drains' writes trigger)."
+        );
+        println!();
+        println!("| drain | main thread | other threads | rewrites (children) | all |");
+        println!("|---|---:|---:|---:|---:|");
+        let named = role_redis_us
+            .iter()
+            .map(|(role, cpu)| (format!("`{}` alone", role.service()), *cpu))
+            .chain([("all three roles at once".to_owned(), pipeline_redis_us)]);
+        for (name, cpu) in named {
+            println!(
+                "| {name} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs |",
+                cpu.main,
+                cpu.process - cpu.main,
+                cpu.children,
+                cpu.process + cpu.children
+            );
+        }
+        println!(
+            "| the stats script's commands sent raw | {stats_us:.1} µs | | | |\n\
+             | the scores script's commands sent raw | {scores_us:.1} µs | | | |"
         );
     }
     if let Some(cost) = call_cost {
@@ -1261,6 +1325,66 @@ fn redis_info(c: &Config, section: &str) -> String {
         .arg(section)
         .query(&mut conn)
         .expect("Redis INFO")
+}
+
+/// CPU seconds Redis has used (`INFO cpu`, user and system), split three ways.
+#[derive(Clone, Copy, Default)]
+struct RedisCpu {
+    /// The main thread, where every command and script runs: one core is all it can have.
+    main: f64,
+    /// The whole server process (the main thread and its background threads: fsync, lazy free).
+    process: f64,
+    /// Forked children: append-only-file rewrites and snapshots.
+    children: f64,
+}
+
+impl std::ops::Sub for RedisCpu {
+    type Output = RedisCpu;
+    fn sub(self, o: RedisCpu) -> RedisCpu {
+        RedisCpu {
+            main: self.main - o.main,
+            process: self.process - o.process,
+            children: self.children - o.children,
+        }
+    }
+}
+
+impl std::ops::AddAssign for RedisCpu {
+    fn add_assign(&mut self, o: RedisCpu) {
+        self.main += o.main;
+        self.process += o.process;
+        self.children += o.children;
+    }
+}
+
+impl RedisCpu {
+    fn now(c: &Config) -> Self {
+        let info = redis_info(c, "cpu");
+        let field = |name: &str| -> f64 {
+            ["user", "sys"]
+                .iter()
+                .filter_map(|kind| {
+                    let key = format!("used_cpu_{kind}{name}:");
+                    info.lines()
+                        .find_map(|l| l.strip_prefix(key.as_str())?.trim().parse::<f64>().ok())
+                })
+                .sum()
+        };
+        RedisCpu {
+            main: field("_main_thread"),
+            process: field(""),
+            children: field("_children"),
+        }
+    }
+
+    /// Microseconds per event of `n` events.
+    fn per_event(self, n: f64) -> RedisCpu {
+        RedisCpu {
+            main: self.main * 1e6 / n,
+            process: self.process * 1e6 / n,
+            children: self.children * 1e6 / n,
+        }
+    }
 }
 
 /// Redis's `INFO commandstats`: per command, (calls, microseconds inside Redis).
