@@ -847,7 +847,7 @@ async fn main() {
     let mut unclaimed_bytes = Vec::new();
     let mut pipeline = Rates(Vec::new());
     let mut pipeline_redis_us = RedisCpu::default();
-    // Microseconds of Redis's main thread per event, each role draining alone.
+    // Redis's CPU per event, each role draining alone.
     let mut role_redis_us = Vec::new();
     let mut unclaimed = Vec::new();
     if wants("drain") {
@@ -1358,6 +1358,7 @@ impl std::ops::AddAssign for RedisCpu {
 }
 
 impl RedisCpu {
+    /// What Redis has used since it started.
     fn now(c: &Config) -> Self {
         let info = redis_info(c, "cpu");
         let field = |name: &str| -> f64 {

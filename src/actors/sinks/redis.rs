@@ -415,10 +415,11 @@ const FORGET_STEP_SCAN: std::time::Duration = std::time::Duration::from_secs(2);
 pub const FORGET_STEP_KEYS: usize = 100_000;
 
 /// Keys one `SCAN` round trip of a forget visits: ~20 ms of Redis's time (2 µs a key, measured),
-/// ten times [`crate::db::redis_conn::SCAN_COUNT`]. On a loaded Redis a round trip waits 50–300 ms in line behind the
-/// consumers' scripts, so the number of round trips, not the keys, decides how long a forget
-/// takes: a million keys are 100 of them, not 1,000. A forget is rare; other clients waiting
-/// 20 ms behind one page of it is the price.
+/// ten times [`crate::db::redis_conn::SCAN_COUNT`]. While a backlog drains, a round trip waits
+/// up to ~1 s in line behind the consumers' scripts (measured on the 2-core machine), so the
+/// number of round trips, not the keys, decides how long a forget takes: a million keys are
+/// 100 of them, not 1,000. A forget is rare; other clients waiting 20 ms behind one page of it
+/// is the price.
 const FORGET_SCAN_COUNT: usize = 10_000;
 
 /// Forgetting a player: their stats hash, or their entry in every board of every game, current
