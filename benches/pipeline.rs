@@ -160,7 +160,7 @@ async fn discard(c: &Config) {
     // machine doing exactly that.
     let quiet = |conn: &mut redis::Connection| {
         let info: String = redis::cmd("INFO").query(conn).unwrap_or_default();
-        let zero = |field: &str| info.lines().any(|l| l == format!("{field}:0"));
+        let zero = |field: &str| info_field::<u64>(&info, field) == Some(0);
         zero("aof_rewrite_in_progress") && zero("aof_rewrite_scheduled") && zero("lazyfree_pending_objects")
     };
     for step in 0..2 {
@@ -210,8 +210,8 @@ async fn produce(c: &Config, p: &FutureProducer, from: u64, n: u64) {
 
 /// Drains `n` events of `topic` with `roles` BENCH_REPEAT times (default 3), each time into a
 /// schema and key prefix of its own; answers the runs' rates, median first, the Redis bytes
-/// per event the first run added, and the microseconds of Redis's main thread per event over
-/// the drains (not their cleanup). One drain on this 2-core machine moves by ±30% from run to
+/// per event the first run added, and Redis's CPU in microseconds per event over the drains
+/// (not their cleanup). One drain on this 2-core machine moves by ±30% from run to
 /// run, with the broker, both stores and the bench on the same cores.
 async fn measured(
     base: &Config,
@@ -360,11 +360,7 @@ struct Background {
 }
 
 fn background(c: &Config) -> Background {
-    let redis_forks = redis_info(c, "stats")
-        .lines()
-        .find_map(|l| l.strip_prefix("total_forks:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let redis_forks = redis_info_field(c, "stats", "total_forks").unwrap_or(0);
     let pg_checkpoints = Command::new("psql")
         .args([
             c.database.database_url.expose(),
@@ -1054,7 +1050,7 @@ async fn main() {
             println!(
                 "| {name} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs |",
                 cpu.main,
-                cpu.process - cpu.main,
+                (cpu.process - cpu.main).max(0.0),
                 cpu.children,
                 cpu.process + cpu.children
             );
@@ -1364,11 +1360,7 @@ impl RedisCpu {
         let field = |name: &str| -> f64 {
             ["user", "sys"]
                 .iter()
-                .filter_map(|kind| {
-                    let key = format!("used_cpu_{kind}{name}:");
-                    info.lines()
-                        .find_map(|l| l.strip_prefix(key.as_str())?.trim().parse::<f64>().ok())
-                })
+                .filter_map(|kind| info_field::<f64>(&info, &format!("used_cpu_{kind}{name}")))
                 .sum()
         };
         RedisCpu {
@@ -1386,6 +1378,18 @@ impl RedisCpu {
             children: self.children * 1e6 / n,
         }
     }
+}
+
+/// One field of a section of Redis's `INFO`.
+fn redis_info_field<T: std::str::FromStr>(c: &Config, section: &str, field: &str) -> Option<T> {
+    info_field(&redis_info(c, section), field)
+}
+
+/// The value of `field` in `INFO` output (`field:value` lines).
+fn info_field<T: std::str::FromStr>(info: &str, field: &str) -> Option<T> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Redis's `INFO commandstats`: per command, (calls, microseconds inside Redis).
@@ -1437,9 +1441,5 @@ fn redis_work_table(
 
 /// Redis's `used_memory`, in bytes (the whole server: the bench runs alone).
 fn redis_used_memory(c: &Config) -> u64 {
-    redis_info(c, "memory")
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    redis_info_field(c, "memory", "used_memory").unwrap_or(0)
 }

@@ -222,7 +222,7 @@ impl ConnectionLike for RedisConn {
 
 /// Keys a scan asks each `SCAN` round trip to visit: about a millisecond of Redis's time, so
 /// other clients wait little behind one.
-pub const SCAN_COUNT: usize = 1000;
+const SCAN_COUNT: usize = 1000;
 
 /// Where a paged key scan stands: the node (the cluster's primaries, in address order, as of
 /// the scan's first page; none on a single Redis) and that node's `SCAN` cursor.
