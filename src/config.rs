@@ -330,8 +330,9 @@ pub struct ConsumerConfig {
     pub leaderboard_flush_interval_ms: u64,
 
     /// Shortest time between two top-N writes of one partition's boards, in ms, however fast
-    /// scoring events arrive.
-    #[arg(long, env = "LEADERBOARD_MIN_FLUSH_GAP_MS", default_value_t = 100)]
+    /// scoring events arrive: the `leaderboards` table is a periodic copy of the live Redis
+    /// boards, and each write rewrites every moved rank of every touched board.
+    #[arg(long, env = "LEADERBOARD_MIN_FLUSH_GAP_MS", default_value_t = 1_000)]
     pub leaderboard_min_flush_gap_ms: u64,
 
     /// How many ranks of each board the leaderboards table holds.

@@ -117,6 +117,7 @@ const BOARDS: LaneOps<Leaderboard, BoardWork, ()> = LaneOps {
             n: act.core.settings.config.leaderboard_top_n,
             reader: act.top_sink.clone(),
             dlq,
+            urgent: act.core.marks.draining() || act.forgets.waits_on(act.boards.lowest_unapplied()),
         };
         send(&act.pg, boards)
     },

@@ -210,6 +210,9 @@ pub struct WriteBoards {
     /// two writers of one board then always write in the order they read.
     pub reader: Recipient<ReadTop>,
     pub dlq: Vec<DlqEntry>,
+    /// Somebody waits on this write (a drain before a shutdown or a revoke, a forget): it
+    /// starts without waiting out the process's gap between two board writes.
+    pub urgent: bool,
 }
 
 /// A role's part of forgetting a player in PostgreSQL (`db::forget`), recorded on its

@@ -286,6 +286,7 @@ impl RoleFactory {
                             n: self.settings.config.leaderboard_top_n,
                             reader: self.redis.clone().recipient(),
                             dlq: Vec::new(),
+                            urgent: true,
                         })
                         .await??;
                 }

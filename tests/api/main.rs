@@ -4,6 +4,7 @@
 
 mod auth;
 mod backlog;
+mod board_writes;
 mod consumers;
 mod contract;
 mod crash;

@@ -22,6 +22,8 @@ pub struct PgSink {
     boards_waiting: Vec<(WriteBoards, oneshot::Sender<Result<(), SinkError>>)>,
     /// Whether a board write is running, or the gap after one.
     boards_writing: bool,
+    /// The end of the gap after the last board write, while it runs.
+    board_gap_timer: Option<SpawnHandle>,
     /// The least time from one board write's end to the next one's start (the process-wide
     /// LEADERBOARD_MIN_FLUSH_GAP_MS).
     board_gap: Duration,
@@ -35,6 +37,7 @@ impl PgSink {
             failures: 0,
             boards_waiting: Vec::new(),
             boards_writing: false,
+            board_gap_timer: None,
             board_gap: Duration::ZERO,
         }
     }
@@ -66,6 +69,7 @@ sink_actor!(PgSink, "PostgreSQL", restarting: |sink: &mut PgSink| {
     // The write that was running is gone with the old context; its callers see their reply
     // dropped and send again, as the waiting ones do now.
     sink.boards_writing = false;
+    sink.board_gap_timer = None;
     sink.boards_waiting.clear();
 });
 
@@ -254,7 +258,13 @@ impl Handler<WriteBoards> for PgSink {
 
     fn handle(&mut self, msg: WriteBoards, ctx: &mut Context<Self>) -> Self::Result {
         let (reply, answer) = oneshot::channel();
+        let urgent = msg.urgent;
         self.boards_waiting.push((msg, reply));
+        // A gap timer set means only the gap is running, not a write: an urgent write ends it.
+        if let Some(gap) = urgent.then(|| self.board_gap_timer.take()).flatten() {
+            ctx.cancel_future(gap);
+            self.boards_writing = false;
+        }
         self.write_waiting_boards(ctx);
         Box::pin(async move {
             answer
@@ -293,11 +303,13 @@ impl PgSink {
             for reply in replies {
                 let _ = reply.send(result.clone());
             }
-            // Requests arriving during the gap wait and share the next write.
-            ctx.run_later(sink.board_gap, |sink, ctx| {
+            // Requests arriving during the gap wait and share the next write, unless urgent.
+            let gap = ctx.run_later(sink.board_gap, |sink, ctx| {
+                sink.board_gap_timer = None;
                 sink.boards_writing = false;
                 sink.write_waiting_boards(ctx);
             });
+            sink.board_gap_timer = Some(gap);
         }));
     }
 }

@@ -30,7 +30,7 @@ pub async fn games(key: ReadKey, q: web::Data<QueryState>) -> Result<HttpRespons
         }));
     }
     let mut conn = pg_conn(&q).await?;
-    // The (game_id, period, rank) index serves this as a scan of its leading column.
+    // The primary key (game_id, player_id, period) serves this as a scan of its leading column.
     let all: Vec<String> = leaderboards
         .select(game_id)
         .distinct()
