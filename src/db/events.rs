@@ -39,19 +39,21 @@ impl EventColumns {
         }
         // Raw SQL: diesel can't express a multi-row insert from `unnest` of bound arrays, which
         // sends a batch as seven parameters instead of seven per row.
-        diesel::sql_query(
-            "INSERT INTO events (event_id, event_type, player_id, game_id, event_timestamp, ingested_at, data) \
-             SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], \
-                                  $5::timestamptz[], $6::timestamptz[], $7::jsonb[]) \
-             ON CONFLICT (event_id, game_id) DO NOTHING",
+        super::Prepared(
+            diesel::sql_query(
+                "INSERT INTO events (event_id, event_type, player_id, game_id, event_timestamp, ingested_at, data) \
+                 SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], \
+                                      $5::timestamptz[], $6::timestamptz[], $7::jsonb[]) \
+                 ON CONFLICT (event_id, game_id) DO NOTHING",
+            )
+            .bind::<Array<SqlUuid>, _>(self.ids)
+            .bind::<Array<Varchar>, _>(self.types)
+            .bind::<Array<Varchar>, _>(self.players)
+            .bind::<Array<Varchar>, _>(self.games)
+            .bind::<Array<Timestamptz>, _>(self.timestamps)
+            .bind::<Array<Timestamptz>, _>(self.ingested)
+            .bind::<Array<Jsonb>, _>(self.data),
         )
-        .bind::<Array<SqlUuid>, _>(self.ids)
-        .bind::<Array<Varchar>, _>(self.types)
-        .bind::<Array<Varchar>, _>(self.players)
-        .bind::<Array<Varchar>, _>(self.games)
-        .bind::<Array<Timestamptz>, _>(self.timestamps)
-        .bind::<Array<Timestamptz>, _>(self.ingested)
-        .bind::<Array<Jsonb>, _>(self.data)
         .execute(conn)
         .await
         .map(drop)

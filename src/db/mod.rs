@@ -9,10 +9,12 @@ pub mod events;
 pub mod forget;
 pub mod offsets;
 mod pool;
+mod prepared;
 pub mod redis_conn;
 pub mod redis_keys;
 pub mod stats;
 pub use pool::{pg_pool, PgPool};
+pub use prepared::Prepared;
 pub use redis_conn::{
     redis_client, redis_pool, redis_primary, redis_reader, RedisConn, RedisPool, RedisReader, ScanCursor,
 };

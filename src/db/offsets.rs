@@ -74,11 +74,14 @@ pub async fn lock(conn: &mut AsyncPgConnection, p: PartitionLog<'_>) -> QueryRes
 
 /// Moves the partition's log to `next` (never back). Callers hold the row's lock ([`lock`]).
 pub async fn store(conn: &mut AsyncPgConnection, p: PartitionLog<'_>, next: i64) -> QueryResult<()> {
-    diesel::update(row_of!(p).filter(topic_id.eq(p.log)).filter(next_offset.lt(next)))
-        .set((next_offset.eq(next), updated_at.eq(diesel::dsl::now)))
-        .execute(conn)
-        .await
-        .map(drop)
+    // Every batch runs it: kept prepared (diesel doesn't cache an UPDATE's statement).
+    super::Prepared(
+        diesel::update(row_of!(p).filter(topic_id.eq(p.log)).filter(next_offset.lt(next)))
+            .set((next_offset.eq(next), updated_at.eq(diesel::dsl::now))),
+    )
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 /// Sets the partition's log to `next`, back or forward (`gamemetrics rebuild redis`, with the

@@ -26,13 +26,15 @@ pub async fn add(
     }
     // Raw SQL: the breakdowns merge key by key inside PostgreSQL (jsonb_each_text), and the batch
     // comes from `unnest`; neither is in diesel's query builder.
-    diesel::sql_query(UPSERT_STATS)
-        .bind::<Array<Varchar>, _>(players)
-        .bind::<Array<Int4>, _>(totals)
-        .bind::<Array<Jsonb>, _>(breakdowns)
-        .execute(conn)
-        .await
-        .map(drop)
+    super::Prepared(
+        diesel::sql_query(UPSERT_STATS)
+            .bind::<Array<Varchar>, _>(players)
+            .bind::<Array<Int4>, _>(totals)
+            .bind::<Array<Jsonb>, _>(breakdowns),
+    )
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 /// Adds a batch's counts to what is stored: totals add, breakdowns add key by key. Only the
