@@ -213,9 +213,18 @@ impl EventProducer {
         .unwrap_or(Err(KafkaError::MetadataFetch(RDKafkaErrorCode::Fail)));
         let context = &self.access;
         match answer {
-            // Metadata can be read with only Describe: a missing Write ACL shows in deliveries,
-            // and stays reported until one succeeds.
-            Ok(()) if context.access_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
+            // Metadata can be read with only Describe: a missing Write ACL shows in deliveries
+            // (as the topic's refusal, or the cluster's when the idempotent producer asks for
+            // its id, whichever librdkafka reports last), and stays reported until one succeeds.
+            Ok(())
+                if matches!(
+                    context.access_code(),
+                    Some(
+                        RDKafkaErrorCode::TopicAuthorizationFailed
+                            | RDKafkaErrorCode::ClusterAuthorizationFailed
+                    )
+                ) =>
+            {
                 Err(context.access_problem().unwrap_or_default())
             }
             Ok(()) => {
