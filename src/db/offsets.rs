@@ -43,14 +43,7 @@ macro_rules! row_of {
 pub async fn lock(conn: &mut AsyncPgConnection, p: PartitionLog<'_>) -> QueryResult<i64> {
     // The row exists for every write but a log's first: one statement per batch, not two (at
     // 1,000 events/s a role writes a batch per partition every few milliseconds).
-    let held = row_of!(p)
-        .filter(topic_id.eq(p.log))
-        .select(next_offset)
-        .for_update()
-        .get_result(conn)
-        .await
-        .optional()?;
-    if let Some(next) = held {
+    if let Some(next) = locked_row(conn, p).await? {
         return Ok(next);
     }
     diesel::insert_into(consumer_offsets)
@@ -64,12 +57,18 @@ pub async fn lock(conn: &mut AsyncPgConnection, p: PartitionLog<'_>) -> QueryRes
         .on_conflict_do_nothing()
         .execute(conn)
         .await?;
+    locked_row(conn, p).await?.ok_or(diesel::result::Error::NotFound)
+}
+
+/// The next offset of the partition's row for this log, locked, if the row exists.
+async fn locked_row(conn: &mut AsyncPgConnection, p: PartitionLog<'_>) -> QueryResult<Option<i64>> {
     row_of!(p)
         .filter(topic_id.eq(p.log))
         .select(next_offset)
         .for_update()
         .get_result(conn)
         .await
+        .optional()
 }
 
 /// Moves the partition's log to `next` (never back). Callers hold the row's lock ([`lock`]).

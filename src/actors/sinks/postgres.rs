@@ -21,12 +21,18 @@ pub struct PgSink {
     /// Board writes that arrived while one was running: the next write serves them all at once.
     boards_waiting: Vec<(WriteBoards, oneshot::Sender<Result<(), SinkError>>)>,
     /// Whether a board write is running, or the gap after one.
-    boards_writing: bool,
-    /// The end of the gap after the last board write, while it runs.
-    board_gap_timer: Option<SpawnHandle>,
+    boards: BoardWrites,
     /// The least time from one board write's end to the next one's start (the process-wide
     /// LEADERBOARD_MIN_FLUSH_GAP_MS).
     board_gap: Duration,
+}
+
+/// Where the process's board writes stand.
+enum BoardWrites {
+    Idle,
+    Running,
+    /// The gap after a write, ended by this timer (or early by an urgent write).
+    Gap(SpawnHandle),
 }
 
 impl PgSink {
@@ -36,8 +42,7 @@ impl PgSink {
             pool,
             failures: 0,
             boards_waiting: Vec::new(),
-            boards_writing: false,
-            board_gap_timer: None,
+            boards: BoardWrites::Idle,
             board_gap: Duration::ZERO,
         }
     }
@@ -68,8 +73,7 @@ macro_rules! in_transaction {
 sink_actor!(PgSink, "PostgreSQL", restarting: |sink: &mut PgSink| {
     // The write that was running is gone with the old context; its callers see their reply
     // dropped and send again, as the waiting ones do now.
-    sink.boards_writing = false;
-    sink.board_gap_timer = None;
+    sink.boards = BoardWrites::Idle;
     sink.boards_waiting.clear();
 });
 
@@ -260,10 +264,10 @@ impl Handler<WriteBoards> for PgSink {
         let (reply, answer) = oneshot::channel();
         let urgent = msg.urgent;
         self.boards_waiting.push((msg, reply));
-        // A gap timer set means only the gap is running, not a write: an urgent write ends it.
-        if let Some(gap) = urgent.then(|| self.board_gap_timer.take()).flatten() {
-            ctx.cancel_future(gap);
-            self.boards_writing = false;
+        // Only the gap is running, not a write: an urgent write ends it.
+        if let (true, BoardWrites::Gap(gap)) = (urgent, &self.boards) {
+            ctx.cancel_future(*gap);
+            self.boards = BoardWrites::Idle;
         }
         self.write_waiting_boards(ctx);
         Box::pin(async move {
@@ -277,10 +281,10 @@ impl Handler<WriteBoards> for PgSink {
 impl PgSink {
     /// Starts one write of every waiting board request, unless one is running.
     fn write_waiting_boards(&mut self, ctx: &mut Context<Self>) {
-        if self.boards_writing || self.boards_waiting.is_empty() {
+        if !matches!(self.boards, BoardWrites::Idle) || self.boards_waiting.is_empty() {
             return;
         }
-        self.boards_writing = true;
+        self.boards = BoardWrites::Running;
         let (writes, replies): (Vec<WriteBoards>, Vec<_>) =
             std::mem::take(&mut self.boards_waiting).into_iter().unzip();
         let write = in_transaction!(self, writes, |conn| {
@@ -305,11 +309,10 @@ impl PgSink {
             }
             // Requests arriving during the gap wait and share the next write, unless urgent.
             let gap = ctx.run_later(sink.board_gap, |sink, ctx| {
-                sink.board_gap_timer = None;
-                sink.boards_writing = false;
+                sink.boards = BoardWrites::Idle;
                 sink.write_waiting_boards(ctx);
             });
-            sink.board_gap_timer = Some(gap);
+            sink.boards = BoardWrites::Gap(gap);
         }));
     }
 }
