@@ -141,6 +141,10 @@ pub fn redis_pool(cfg: &RedisConfig, db: u8) -> Result<RedisPool, RedisError> {
         bb8::Pool::builder()
             .max_size(8)
             .connection_timeout(CONNECT_TIMEOUT)
+            // No PING before every checkout: under load it waited in Redis's queue behind the
+            // scripts running there, a second wait per script call. A connection that failed
+            // is marked (`Tracked::broken`) and replaced instead.
+            .test_on_check_out(false)
             .error_sink(Box::new(LogConnectErrors("Redis")))
             .build_unchecked(TimedClient(client)),
     ))
@@ -161,20 +165,54 @@ impl TimedClient {
     }
 }
 
+/// A pooled connection and whether a command on it failed in a way that leaves it unusable
+/// (redis-rs's multiplexed connection can't be asked whether it is closed).
+pub struct Tracked {
+    conn: redis::aio::MultiplexedConnection,
+    broken: bool,
+}
+
+impl Tracked {
+    /// Runs `request` on the connection, marking it broken if it failed for the connection's
+    /// sake (a reset, a closed socket, a timeout: a connection that stopped answering without
+    /// closing would otherwise time out forever): the pool then drops it instead of handing it
+    /// out again. Server errors (`BUSY`, `LOADING`, a script's) leave it as it is.
+    fn run<'a, T: Send + 'a>(
+        &'a mut self,
+        request: impl FnOnce(&'a mut redis::aio::MultiplexedConnection) -> RedisFuture<'a, T> + 'a,
+    ) -> RedisFuture<'a, T> {
+        let Tracked { conn, broken } = self;
+        let request = request(conn);
+        Box::pin(async move {
+            let result = request.await;
+            if result
+                .as_ref()
+                .is_err_and(|e| e.is_unrecoverable_error() || e.kind() == redis::ErrorKind::Io)
+            {
+                *broken = true;
+            }
+            result
+        })
+    }
+}
+
 impl bb8::ManageConnection for TimedClient {
-    type Connection = redis::aio::MultiplexedConnection;
+    type Connection = Tracked;
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Self::Connection, Self::Error> {
-        self.open().await
+        Ok(Tracked {
+            conn: self.open().await?,
+            broken: false,
+        })
     }
 
     async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
-        redis::cmd("PING").query_async::<()>(conn).await
+        redis::cmd("PING").query_async::<()>(&mut conn.conn).await
     }
 
-    fn has_broken(&self, _: &mut Self::Connection) -> bool {
-        false
+    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
+        conn.broken
     }
 }
 
@@ -190,7 +228,7 @@ impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConn::Direct(c) => c.req_packed_command(cmd),
-            RedisConn::Pooled(c) => (**c).req_packed_command(cmd),
+            RedisConn::Pooled(c) => c.run(|conn| conn.req_packed_command(cmd)),
             RedisConn::Managed(c) => c.req_packed_command(cmd),
             RedisConn::Cluster(c) => c.req_packed_command(cmd),
         }
@@ -204,7 +242,7 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             RedisConn::Direct(c) => c.req_packed_commands(pipeline, offset, count),
-            RedisConn::Pooled(c) => (**c).req_packed_commands(pipeline, offset, count),
+            RedisConn::Pooled(c) => c.run(move |conn| conn.req_packed_commands(pipeline, offset, count)),
             RedisConn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
             RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
@@ -213,7 +251,7 @@ impl ConnectionLike for RedisConn {
     fn get_db(&self) -> i64 {
         match self {
             RedisConn::Direct(c) => c.get_db(),
-            RedisConn::Pooled(c) => c.get_db(),
+            RedisConn::Pooled(c) => c.conn.get_db(),
             RedisConn::Managed(c) => c.get_db(),
             RedisConn::Cluster(c) => c.get_db(),
         }
