@@ -819,19 +819,22 @@ impl Model {
                 }
             }
         }
-        // Current daily and weekly boards: a copy of the dated board their marker names.
+        // Current daily and weekly boards: a copy of the dated board their marker names, with its
+        // expiry (the scores script renames a current board, expiry and all, to its dated key
+        // when its period ends).
         let mut current = Vec::new();
         for (game, periods) in &m.markers {
             for (period, stamp) in periods {
-                if let Some(dated) = m
-                    .boards
-                    .get(&(game.clone(), Board::Dated(*period, stamp.clone())))
-                {
-                    current.push(((game.clone(), Board::Current(*period)), dated.clone()));
+                let dated = (game.clone(), Board::Dated(*period, stamp.clone()));
+                if let (Some(scores), Some(at)) = (m.boards.get(&dated), m.expiry.get(&dated)) {
+                    current.push(((game.clone(), Board::Current(*period)), scores.clone(), *at));
                 }
             }
         }
-        m.boards.extend(current);
+        for (board, scores, at) in current {
+            m.expiry.insert(board.clone(), at);
+            m.boards.insert(board, scores);
+        }
         m
     }
 

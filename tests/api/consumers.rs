@@ -475,6 +475,40 @@ async fn the_current_daily_board_follows_event_days_but_not_past_the_server_cloc
     apply(delta(2, "b", "2024-01-16")).await.unwrap().unwrap();
     let got: Vec<(String, i64)> = r.zrevrange_withscores(&current, 0, -1).await.unwrap();
     assert_eq!(got, [("b".to_owned(), 10)]);
+    // The day's own expiry goes with its board: the current one, and the dated one it became.
+    for key in [current.clone(), format!("{current}:2024-01-15")] {
+        let at: i64 = redis::cmd("EXPIRETIME")
+            .arg(&key)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        assert_eq!(at, far, "{key} expires with its day's retention");
+    }
+
+    // A current board written before current boards carried an expiry, when every event also
+    // went to its day's dated board: that one is whole and stays; the old current board goes.
+    let old = format!("{prefix}leaderboard:h:daily");
+    let () = redis::pipe()
+        .zadd(&old, "x", 5)
+        .zadd(format!("{old}:2024-01-15"), "x", 5)
+        .zadd(format!("{old}:2024-01-15"), "y", 3)
+        .expire_at(format!("{old}:2024-01-15"), far)
+        .set(format!("{old}:current"), "2024-01-15")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let next_day = ScoreDelta {
+        game_id: "h".into(),
+        ..delta(4, "z", "2024-01-16")
+    };
+    apply(next_day).await.unwrap().unwrap();
+    let day15: Vec<(String, i64)> = r
+        .zrevrange_withscores(format!("{old}:2024-01-15"), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(day15, [("x".to_owned(), 5), ("y".to_owned(), 3)]);
+    let got: Vec<(String, i64)> = r.zrevrange_withscores(&old, 0, -1).await.unwrap();
+    assert_eq!(got, [("z".to_owned(), 10)]);
 }
 
 /// Player `p`'s session_start at `offset` with event id `id`, as the stats lane sends it.

@@ -305,8 +305,15 @@ pub async fn assert_state(config: &Config, model: &Model) {
             .await;
         }
         for (day, week) in [("2024-01-14", "2024-W02"), ("2024-01-15", "2024-W03")] {
-            for (board, stamp) in [("daily", day), ("weekly", week)] {
-                let key = format!("{}:{board}:{stamp}", keys.board_base(game));
+            for (board, stamp, newest) in [
+                ("daily", day, &model.newest_day[game]),
+                ("weekly", week, &model.newest_week[game]),
+            ] {
+                // The current period's dated board is the current board until the period ends.
+                let key = match stamp == newest {
+                    true => format!("{}:{board}", keys.board_base(game)),
+                    false => format!("{}:{board}:{stamp}", keys.board_base(game)),
+                };
                 let mut c = r1.conn().await.expect("Redis");
                 let got: Vec<(String, i64)> = c.zrevrange_withscores(&key, 0, -1).await.expect("zrevrange");
                 assert_eq!(got, model.ranked(game, &format!("{board}:{stamp}")), "{key}");

@@ -78,6 +78,39 @@ async fn stats_leaderboards_and_events_read_back_what_the_model_says() {
             model.ranked(game, "daily:2024-01-14"),
             "{game} on 2024-01-14"
         );
+        // The current day's and week's dated boards are the current boards until they end.
+        for (period, param, stamp) in [
+            ("daily", "date", &model.newest_day[game]),
+            ("weekly", "week", &model.newest_week[game]),
+        ] {
+            let (status, body) = get_json(
+                app,
+                &format!("/games/{game}/leaderboard?period={period}&{param}={stamp}&limit=1000"),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            let got: Vec<(String, i64)> = entries(&body)
+                .into_iter()
+                .map(|(_, player, score)| (player, score))
+                .collect();
+            let want = model.current(game, period);
+            assert!(!want.is_empty(), "{game} scored in {stamp}");
+            assert_eq!(got, want, "{game}'s {period} board of {stamp}");
+            let (player, score) = &want[0];
+            let (status, body) = get_json(
+                app,
+                &format!(
+                    "/games/{game}/leaderboard/players/{player}?period={period}&{param}={stamp}&around=0"
+                ),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(
+                (body["rank"].as_u64(), body["score"].as_i64()),
+                (Some(1), Some(*score)),
+                "{game}: {player} on the {period} board of {stamp}"
+            );
+        }
 
         if want.len() >= 4 {
             let (player, score) = &want[2];

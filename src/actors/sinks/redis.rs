@@ -779,11 +779,16 @@ return retries
 /// ARGV: the five claim arguments, the guard's field, the server's current day and ISO week, the board key suffixes of
 /// daily, weekly and alltime, the dated-board separator and the current-marker suffix, then per
 /// event: offset, claim field, the game's board base key, player, score, day, week, day expiry,
-/// week expiry. Answers {scored, the refused offsets...}. The dated boards (`…:daily:2024-01-15`) keep past periods until their retention
-/// ends; `…:daily` is the board of the newest day seen that is not ahead of the server's clock
-/// (a client clock running fast must not end today early). When it moves to a newer day it
-/// starts as that day's dated board, which already holds this event and any that arrived early;
-/// a dated board already past retention is gone, so then it starts with this event alone.
+/// week expiry. Answers {scored, the refused offsets...}. `…:daily` is the board of the newest
+/// day seen that is not ahead of the server's clock (a client clock running fast must not end
+/// today early), named by its marker (`…:daily:current`), and carries that day's expiry; an
+/// event of that day is counted there only. Other days' events go to their dated boards
+/// (`…:daily:2024-01-15`), which keep past periods until their retention ends. When the current
+/// day moves on, its board is renamed to its dated key (expiry and all) and the new day's board
+/// starts as its dated board if events arrived for it early, else empty. A current board
+/// without an expiry was written when every event also went to the dated board of its day,
+/// which is then whole: it is dropped instead. Readers of the dated board of the current day
+/// read the current board (`http::query::boards`).
 const SCORES_LUA: &str = concat!(
     claim_fn!(),
     guard_open!(),
@@ -791,9 +796,8 @@ const SCORES_LUA: &str = concat!(
 local server = { ARGV[7], ARGV[8] }
 local suffix = { ARGV[9], ARGV[10] }
 local alltime, sep, marker_suffix = ARGV[11], ARGV[12], ARGV[13]
--- Within one call, a dated board's expiry is set once (its expiry is a function of its name)
--- and a marker is read once: at thousands of events per call that is a third of the commands.
--- A board past retention is deleted by its EXPIREAT, so it is set again on its next event.
+-- Within one call, a board's expiry is set once and a marker is read once: at thousands of
+-- events per call that is a third of the commands.
 local expiry_set, markers = {}, {}
 -- A game's key names are built once per call, not per event: a call's thousands of events
 -- name ~50 games, and every concatenation makes Lua hash and intern a new string.
@@ -852,29 +856,35 @@ for i = 14, #ARGV, 9 do
     redis.call('ZINCRBY', g.alltime, score, player)
     for k = 1, 2 do
       local current, stamp, expires = g.current[k], ARGV[i + 4 + k], ARGV[i + 6 + k]
-      local dated = dated_of(g, k, stamp)
-      redis.call('ZINCRBY', dated, score, player)
-      if not expiry_set[dated] then
-        redis.call('EXPIREAT', dated, expires)
-        expiry_set[dated] = redis.call('EXISTS', dated) == 1
-      end
       local marker = g.marker[k]
       local cur = markers[marker]
       if cur == nil then
         cur = redis.call('GET', marker)
         markers[marker] = cur
       end
+      local board = current
       if stamp <= server[k] and ((not cur) or stamp > cur) then
+        -- The current period ends: its board becomes its dated one (see above).
+        local ttl = cur and redis.call('PTTL', current) or -1
+        if ttl >= 0 then
+          redis.call('RENAME', current, dated_of(g, k, cur))
+        elseif ttl == -1 then
+          redis.call('DEL', current)
+        end
         redis.call('SET', marker, stamp)
         markers[marker] = stamp
-        if redis.call('EXISTS', dated) == 1 then
-          redis.call('ZUNIONSTORE', current, 1, dated)
-        else
-          redis.call('DEL', current)
-          redis.call('ZINCRBY', current, score, player)
-        end
-      elseif stamp == cur then
-        redis.call('ZINCRBY', current, score, player)
+        local early = dated_of(g, k, stamp)
+        if redis.call('EXISTS', early) == 1 then redis.call('RENAME', early, current) end
+        expiry_set[current] = nil
+      elseif stamp ~= cur then
+        board = dated_of(g, k, stamp)
+      end
+      redis.call('ZINCRBY', board, score, player)
+      -- A board's expiry is a function of its period: set once per call (a board past its
+      -- retention is deleted by it, so it is set again on its next event).
+      if not expiry_set[board] then
+        redis.call('EXPIREAT', board, expires)
+        expiry_set[board] = redis.call('EXISTS', board) == 1
       end
     end
     n = n + 1

@@ -2,6 +2,7 @@
 //! boards from Redis DB 1.
 
 use super::{bounded, redis_unavailable, QueryState, ReadErrors, ReadKey};
+use crate::db::redis_keys::CURRENT_MARKER_SUFFIX;
 use crate::domain::leaderboard::{Board, Period};
 use crate::domain::{GameId, PlayerId};
 use crate::http::error::{ApiError, ErrorBody};
@@ -185,7 +186,7 @@ pub async fn read_page(
 ) -> Result<LeaderboardPage, ApiError> {
     let start = isize::try_from(page.offset).unwrap_or(isize::MAX);
     let stop = start.saturating_add(isize::try_from(page.limit).unwrap_or(1000) - 1);
-    let entries = board_page(q, q.keys.board(game.as_str(), board), start, stop).await?;
+    let entries = board_page(q, board_key(q, game, board).await?, start, stop).await?;
     Ok(LeaderboardPage {
         game_id: game.as_str().to_owned(),
         period: board.period(),
@@ -193,6 +194,28 @@ pub async fn read_page(
         offset: page.offset as u64,
         limit: page.limit as u64,
         entries: ranked(page.offset, entries.iter().cloned()),
+    })
+}
+
+/// The key holding `board` now. A dated board of the period that is still current is the
+/// current board until the period ends: the scores script counts the current period there
+/// only, and renames it to its dated key when the period moves on (a read straddling that
+/// moment may read the new period's board once).
+async fn board_key(q: &QueryState, game: &GameId, board: &Board) -> Result<String, ApiError> {
+    let key = q.keys.board(game.as_str(), board);
+    let Board::Dated(period, stamp) = board else {
+        return Ok(key);
+    };
+    let current = q.keys.board(game.as_str(), &Board::Current(*period));
+    let mut conn = q.boards.conn().await.map_err(redis_unavailable)?;
+    let marker: Option<String> =
+        redis::AsyncCommands::get(&mut conn, format!("{current}{CURRENT_MARKER_SUFFIX}"))
+            .await
+            .map_err(redis_unavailable)?;
+    Ok(if marker.as_deref() == Some(stamp.as_str()) {
+        current
+    } else {
+        key
     })
 }
 
@@ -291,7 +314,7 @@ pub async fn player_rank(
     key.may_read(&game)?;
     let board = which.board()?;
     let around = bounded("around", near.around, 5, 0, 100)? as usize;
-    let board_key = q.keys.board(game.as_str(), &board);
+    let board_key = board_key(&q, &game, &board).await?;
     let mut conn = q.boards.conn().await.map_err(redis_unavailable)?;
     let rank: Option<usize> = redis::AsyncCommands::zrevrank(&mut conn, &board_key, player.as_str())
         .await
