@@ -7,6 +7,8 @@ use crate::helpers::*;
 use crate::model::{count, events, Model};
 use gamemetrics::actors::Role;
 use gamemetrics::config::Config;
+use gamemetrics::db::redis_keys::{CURRENT_MARKER_SUFFIX, DATED_SEPARATOR};
+use gamemetrics::domain::leaderboard::{Board, Period};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -61,6 +63,41 @@ async fn a_record_a_store_refuses_is_dead_lettered_alone_and_the_partition_moves
         .set::<_, _, ()>(&planted_board, "not a sorted set")
         .await
         .expect("SET");
+    // A game's board keys the scores script reaches in other ways than its all-time board: a
+    // weekly marker that is not a string; the dated board of the events' day, which the first
+    // event of that day would rename to the current board; and the dated board of the day a
+    // marker names when there is no current board, which a rollover would leave for that day's
+    // later events to write.
+    let boards = |game: &str, period: Period, stamp: Option<&str>| {
+        let current = keys.board(game, &Board::Current(period));
+        match stamp {
+            Some(s) => format!("{current}{DATED_SEPARATOR}{s}"),
+            None => format!("{current}{CURRENT_MARKER_SUFFIX}"),
+        }
+    };
+    let mut c1 = redis_conn(&config, 1).await;
+    let _: () = c1
+        .hset(boards("game-marked", Period::Weekly, None), "x", 1)
+        .await
+        .expect("HSET");
+    let _: () = c1
+        .set(
+            boards("game-dated", Period::Daily, Some("2024-01-15")),
+            "not a sorted set",
+        )
+        .await
+        .expect("SET");
+    let _: () = c1
+        .set(boards("game-rolled", Period::Daily, None), "2024-01-14")
+        .await
+        .expect("SET");
+    let _: () = c1
+        .set(
+            boards("game-rolled", Period::Daily, Some("2024-01-14")),
+            "not a sorted set",
+        )
+        .await
+        .expect("SET");
     let consumers = start_consumers(&config, &Role::ALL);
     let app = spawn_app_with(|c| *c = config.clone()).await;
 
@@ -70,6 +107,9 @@ async fn a_record_a_store_refuses_is_dead_lettered_alone_and_the_partition_moves
         scored("cheater", "game-1"),
         scored("planted", "game-2"),
         scored("someone", "game-planted"),
+        scored("someone", "game-marked"),
+        scored("someone", "game-dated"),
+        scored("someone", "game-rolled"),
         scored("stat-refused", "game-0"),
     ];
     post_all(&app, refused, 1).await;
@@ -85,8 +125,11 @@ async fn a_record_a_store_refuses_is_dead_lettered_alone_and_the_partition_moves
             let logger = dead_letters(&config, "event-logger", "no_cheaters").await;
             let stats_redis = dead_letters(&config, "stats-aggregator", "player planted").await;
             let stats_pg = dead_letters(&config, "stats-aggregator", "no_stat_refused").await;
-            let boards = dead_letters(&config, "leaderboard-manager", "game game-planted").await;
-            ((logger, stats_redis, stats_pg, boards) == (2, 1, 1, 1)).then_some(())
+            let mut boards = 0;
+            for game in ["game-planted", "game-marked", "game-dated", "game-rolled"] {
+                boards += dead_letters(&config, "leaderboard-manager", &format!("game {game} ")).await;
+            }
+            ((logger, stats_redis, stats_pg, boards) == (2, 1, 1, 4)).then_some(())
         },
     )
     .await;
@@ -103,9 +146,9 @@ async fn a_record_a_store_refuses_is_dead_lettered_alone_and_the_partition_moves
                 "SELECT count(*) AS n FROM events WHERE player_id NOT IN ('cheater')",
             )
             .await;
-            // Ordinary events plus planted's, someone's and stat-refused's (only `events` refused
+            // Ordinary events plus planted's, someone's four and stat-refused's (only `events` refused
             // none of those).
-            (stored == ordinary + 3).then_some(())
+            (stored == ordinary + 6).then_some(())
         },
     )
     .await;
@@ -166,11 +209,23 @@ async fn a_record_a_store_refuses_is_dead_lettered_alone_and_the_partition_moves
         .await
         .expect("GET");
     assert_eq!(board_left, "not a sorted set");
-    // Nothing else was dead-lettered: the model's one scoring event without a score, and the five.
+    let marker_left: i64 = c1
+        .hget(boards("game-marked", Period::Weekly, None), "x")
+        .await
+        .expect("HGET");
+    assert_eq!(marker_left, 1);
+    for (game, stamp) in [("game-dated", "2024-01-15"), ("game-rolled", "2024-01-14")] {
+        let left: String = c1
+            .get(boards(game, Period::Daily, Some(stamp)))
+            .await
+            .expect("GET");
+        assert_eq!(left, "not a sorted set", "{game}");
+    }
+    // Nothing else was dead-lettered: the model's one scoring event without a score, and the eight.
     eventually(
         Duration::from_secs(30),
         "exactly the expected dead letters",
-        || async { (count(&config, "SELECT count(*) AS n FROM dlq").await == 6).then_some(()) },
+        || async { (count(&config, "SELECT count(*) AS n FROM dlq").await == 9).then_some(()) },
     )
     .await;
     for c in consumers {

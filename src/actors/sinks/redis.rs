@@ -799,6 +799,11 @@ local alltime, sep, marker_suffix = ARGV[11], ARGV[12], ARGV[13]
 -- Within one call, a board's expiry is set once and a marker is read once: at thousands of
 -- events per call that is a third of the commands.
 local expiry_set, markers = {}, {}
+local now
+local function clock()
+  if now == nil then now = tonumber(redis.call('TIME')[1]) end
+  return now
+end
 -- A game's key names are built once per call, not per event: a call's thousands of events
 -- name ~50 games, and every concatenation makes Lua hash and intern a new string.
 local names = {}
@@ -824,7 +829,9 @@ local function dated_of(g, k, stamp)
   return d
 end
 -- Keys something else wrote with another type are found before anything is written (see the
--- stats script): their events are left out and answered as refused.
+-- stats script): their events are left out and answered as refused. A game costs three TYPEs a
+-- call (its all-time and current boards); a dated board is checked only if an event of another
+-- period may write it, and a marker is read with pcall, which answers WRONGTYPE instead of failing.
 local kinds, refused, skip = {}, {}, {}
 local function is(key, want)
   local ok = kinds[key]
@@ -835,13 +842,34 @@ local function is(key, want)
   end
   return ok
 end
+local BAD = {}
+local function marker_of(g, k)
+  local marker = g.marker[k]
+  local cur = markers[marker]
+  if cur == nil then
+    cur = redis.pcall('GET', marker)
+    if type(cur) == 'table' then cur = BAD end
+    markers[marker] = cur
+  end
+  return cur
+end
 for i = 14, #ARGV, 9 do
   local off = tonumber(ARGV[i])
   if off >= applied then
     local g = names_of(ARGV[i + 2])
     local ok = is(g.alltime, 'zset')
     for k = 1, 2 do
-      ok = ok and is(g.current[k], 'zset') and is(dated_of(g, k, ARGV[i + 4 + k]), 'zset') and is(g.marker[k], 'string')
+      local cur, stamp = marker_of(g, k), ARGV[i + 4 + k]
+      ok = ok and cur ~= BAD and is(g.current[k], 'zset')
+      if ok and stamp ~= cur then
+        ok = is(dated_of(g, k, stamp), 'zset')
+        -- A rollover (below) sends this call's later events of the ending period to its dated
+        -- board, which it renames the current board over, unless there is no current board to
+        -- rename (or an old one it drops): then that dated board is written as it is.
+        if ok and cur and stamp <= server[k] and stamp > cur and redis.call('PTTL', g.current[k]) < 0 then
+          ok = is(dated_of(g, k, cur), 'zset')
+        end
+      end
     end
     if not ok then
       refused[#refused + 1] = off
@@ -858,10 +886,6 @@ for i = 14, #ARGV, 9 do
       local current, stamp, expires = g.current[k], ARGV[i + 4 + k], ARGV[i + 6 + k]
       local marker = g.marker[k]
       local cur = markers[marker]
-      if cur == nil then
-        cur = redis.call('GET', marker)
-        markers[marker] = cur
-      end
       local board = current
       if stamp <= server[k] and ((not cur) or stamp > cur) then
         -- The current period ends: its board becomes its dated one (see above).
@@ -880,11 +904,12 @@ for i = 14, #ARGV, 9 do
         board = dated_of(g, k, stamp)
       end
       redis.call('ZINCRBY', board, score, player)
-      -- A board's expiry is a function of its period: set once per call (a board past its
-      -- retention is deleted by it, so it is set again on its next event).
+      -- A board's expiry is a function of its period: set once per call. A board past its
+      -- retention is deleted by it, so it is set again on its next event; only an expiry within
+      -- a second of the clock needs asking whether it deleted the board.
       if not expiry_set[board] then
         redis.call('EXPIREAT', board, expires)
-        expiry_set[board] = redis.call('EXISTS', board) == 1
+        expiry_set[board] = tonumber(expires) > clock() + 1 or redis.call('EXISTS', board) == 1
       end
     end
     n = n + 1
