@@ -1309,6 +1309,32 @@ fn print_soak(rows: u64, filled: f64, rate: u64, secs: u64, run: &LoadRun) {
             run.trim_returned,
             run.trim_secs
         );
+        // A rewrite comes every few minutes whatever the table holds, so the minute it lands in
+        // says nothing about growth: the same ratio over the minutes without one separates the two.
+        let quiet: Vec<_> = run
+            .windows
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.background.redis_forks == 0)
+            .collect();
+        if let (Some((i0, q0)), Some((i1, q1))) = (<[_]>::first(&quiet), quiet.last()) {
+            let (w0, w1) = (worst(q0), worst(q1));
+            if i1 > i0 && w0.is_finite() && w1.is_finite() {
+                println!();
+                println!(
+                    "Over the minutes without a Redis fork ({} of {}), the last (minute {}) against the \
+                     first (minute {}): applied events/s {:.2}, worst p99 of the three stores {:.2} ({} → {}).",
+                    quiet.len(),
+                    run.windows.len(),
+                    i1 + 1,
+                    i0 + 1,
+                    q1.applied / q0.applied,
+                    w1 / w0,
+                    freshness::ms(w0),
+                    freshness::ms(w1)
+                );
+            }
+        }
     }
 }
 
