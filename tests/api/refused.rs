@@ -80,24 +80,19 @@ async fn a_record_a_store_refuses_is_dead_lettered_alone_and_the_partition_moves
         .hset(boards("game-marked", Period::Weekly, None), "x", 1)
         .await
         .expect("HSET");
-    let _: () = c1
-        .set(
+    for (key, value) in [
+        (
             boards("game-dated", Period::Daily, Some("2024-01-15")),
             "not a sorted set",
-        )
-        .await
-        .expect("SET");
-    let _: () = c1
-        .set(boards("game-rolled", Period::Daily, None), "2024-01-14")
-        .await
-        .expect("SET");
-    let _: () = c1
-        .set(
+        ),
+        (boards("game-rolled", Period::Daily, None), "2024-01-14"),
+        (
             boards("game-rolled", Period::Daily, Some("2024-01-14")),
             "not a sorted set",
-        )
-        .await
-        .expect("SET");
+        ),
+    ] {
+        let _: () = c1.set(key, value).await.expect("SET");
+    }
     let consumers = start_consumers(&config, &Role::ALL);
     let app = spawn_app_with(|c| *c = config.clone()).await;
 
