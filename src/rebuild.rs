@@ -21,7 +21,7 @@
 
 use crate::actors::Role;
 use crate::config::Config;
-use crate::db::redis_keys::{self, Layout, RedisKeys, Store};
+use crate::db::redis_keys::{Layout, RedisKeys, Store};
 use crate::db::{PartitionLog, RedisPool};
 use crate::domain::leaderboard::{periods_of, Board, BoardTop, Period};
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
@@ -903,12 +903,12 @@ impl Model {
         }
         for (game, periods) in &self.markers {
             for (period, stamp) in periods {
-                let key = format!(
-                    "{}{}",
-                    keys.board(game, &Board::Current(*period)),
-                    redis_keys::CURRENT_MARKER_SUFFIX
+                cmds.push(
+                    cmd("SET")
+                        .arg(keys.board_marker(game, *period))
+                        .arg(stamp)
+                        .to_owned(),
                 );
-                cmds.push(cmd("SET").arg(key).arg(stamp).to_owned());
             }
         }
         (cmds, self.boards.len(), entries)

@@ -124,6 +124,14 @@ impl RedisKeys {
         format!("{DATED_SEPARATOR}{period}")
     }
 
+    /// The key naming the period a game's current daily or weekly board holds.
+    pub fn board_marker(&self, game: &str, period: Period) -> String {
+        format!(
+            "{}{CURRENT_MARKER_SUFFIX}",
+            self.board(game, &Board::Current(period))
+        )
+    }
+
     /// The key of one of a game's boards.
     pub fn board(&self, game: &str, board: &Board) -> String {
         let current = format!("{}{}", self.board_base(game), Self::period_suffix(board.period()));

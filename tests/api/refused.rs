@@ -7,7 +7,6 @@ use crate::helpers::*;
 use crate::model::{count, events, Model};
 use gamemetrics::actors::Role;
 use gamemetrics::config::Config;
-use gamemetrics::db::redis_keys::{CURRENT_MARKER_SUFFIX, DATED_SEPARATOR};
 use gamemetrics::domain::leaderboard::{Board, Period};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
@@ -68,12 +67,9 @@ async fn a_record_a_store_refuses_is_dead_lettered_alone_and_the_partition_moves
     // event of that day would rename to the current board; and the dated board of the day a
     // marker names when there is no current board, which a rollover would leave for that day's
     // later events to write.
-    let boards = |game: &str, period: Period, stamp: Option<&str>| {
-        let current = keys.board(game, &Board::Current(period));
-        match stamp {
-            Some(s) => format!("{current}{DATED_SEPARATOR}{s}"),
-            None => format!("{current}{CURRENT_MARKER_SUFFIX}"),
-        }
+    let boards = |game: &str, period: Period, stamp: Option<&str>| match stamp {
+        Some(s) => keys.board(game, &Board::Dated(period, s.to_owned())),
+        None => keys.board_marker(game, period),
     };
     let mut c1 = redis_conn(&config, 1).await;
     let _: () = c1

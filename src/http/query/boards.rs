@@ -2,7 +2,6 @@
 //! boards from Redis DB 1.
 
 use super::{bounded, redis_unavailable, QueryState, ReadErrors, ReadKey};
-use crate::db::redis_keys::CURRENT_MARKER_SUFFIX;
 use crate::domain::leaderboard::{Board, Period};
 use crate::domain::{GameId, PlayerId};
 use crate::http::error::{ApiError, ErrorBody};
@@ -206,14 +205,13 @@ async fn board_key(q: &QueryState, game: &GameId, board: &Board) -> Result<Strin
     let Board::Dated(period, stamp) = board else {
         return Ok(key);
     };
-    let current = q.keys.board(game.as_str(), &Board::Current(*period));
     let mut conn = q.boards.conn().await.map_err(redis_unavailable)?;
     let marker: Option<String> =
-        redis::AsyncCommands::get(&mut conn, format!("{current}{CURRENT_MARKER_SUFFIX}"))
+        redis::AsyncCommands::get(&mut conn, q.keys.board_marker(game.as_str(), *period))
             .await
             .map_err(redis_unavailable)?;
     Ok(if marker.as_deref() == Some(stamp.as_str()) {
-        current
+        q.keys.board(game.as_str(), &Board::Current(*period))
     } else {
         key
     })
