@@ -5,7 +5,7 @@
 
 use gamemetrics::config::Config;
 use gamemetrics::db::redis_keys::RedisKeys;
-use gamemetrics::domain::leaderboard::{periods_of, score_of};
+use gamemetrics::domain::leaderboard::{score_of, Board, Period};
 use gamemetrics::domain::GameEvent;
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -16,9 +16,9 @@ pub enum Work {
     /// The stats script's: per event a retry claim (HSETNX, HGET of the previous generation,
     /// EXPIREAT NX) and the stats hash (HINCRBY ×2, HGET and HSET of `last_event`).
     Stats,
-    /// The scores script's: per scoring event a retry claim and ZINCRBY on the all-time board,
-    /// on both dated boards and on both current boards; per batch and dated board an EXPIREAT,
-    /// an EXISTS and a GET of its period marker.
+    /// The scores script's for events of the current day and week (the bench's): per scoring
+    /// event a retry claim and ZINCRBY on the all-time board and on both current boards; per
+    /// batch and current board an EXPIREAT and a GET of its period marker.
     Scores,
 }
 
@@ -50,7 +50,7 @@ pub fn redis_rate(c: &Config, work: Work, n: u64, event: impl Fn(u64) -> GameEve
     for (b, chunk) in events.chunks(batch as usize).enumerate() {
         let mut pipe = redis::pipe();
         pipe.get(&offsets).ignore();
-        let mut dated = BTreeSet::new();
+        let mut boards = BTreeSet::new();
         for (i, e) in chunk.iter().enumerate() {
             let off = b as u64 * batch + i as u64;
             let score = match work {
@@ -77,24 +77,24 @@ pub fn redis_rate(c: &Config, work: Work, n: u64, event: impl Fn(u64) -> GameEve
                     pipe.hset(&key, "last_event", e.timestamp.to_rfc3339()).ignore();
                 }
                 Work::Scores => {
-                    let base = keys.board_base(e.game_id.as_str());
-                    let p = periods_of(e.timestamp, c.consumer.leaderboard_retention_days);
                     let player = e.player_id.as_str();
-                    pipe.zincr(format!("{base}:alltime"), player, score).ignore();
-                    for (period, stamp) in [("daily", &p.day), ("weekly", &p.week)] {
-                        let current = format!("{base}:{period}");
-                        pipe.zincr(format!("{current}:{stamp}"), player, score).ignore();
+                    pipe.zincr(
+                        keys.board(e.game_id.as_str(), &Board::Current(Period::Alltime)),
+                        player,
+                        score,
+                    )
+                    .ignore();
+                    for period in [Period::Daily, Period::Weekly] {
+                        let current = keys.board(e.game_id.as_str(), &Board::Current(period));
                         pipe.zincr(&current, player, score).ignore();
-                        dated.insert((current, stamp.clone()));
+                        boards.insert((e.game_id.as_str(), period, current));
                     }
                 }
             }
         }
-        for (current, stamp) in &dated {
-            let board = format!("{current}:{stamp}");
-            pipe.cmd("EXPIREAT").arg(&board).arg(expires).ignore();
-            pipe.exists(&board).ignore();
-            pipe.get(format!("{current}:current")).ignore();
+        for (game, period, current) in &boards {
+            pipe.cmd("EXPIREAT").arg(current).arg(expires).ignore();
+            pipe.get(keys.board_marker(game, *period)).ignore();
         }
         pipe.set(&offsets, b as u64 * batch + chunk.len() as u64).ignore();
         if pipe.query::<()>(&mut conn).is_err() {
