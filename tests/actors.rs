@@ -6,7 +6,7 @@ use actix::prelude::*;
 use clap::Parser;
 use gamemetrics::actors::forget::Forgetters;
 use gamemetrics::actors::lane::RoleCore;
-use gamemetrics::actors::leaderboard::Leaderboard;
+use gamemetrics::actors::leaderboard::{BoardSink, Leaderboard};
 use gamemetrics::actors::logger::Logger;
 use gamemetrics::actors::messages::*;
 use gamemetrics::actors::sinks::SinkError;
@@ -196,6 +196,12 @@ impl Handler<WriteBoards> for FakeSinks {
     }
 }
 
+/// Its board writes never wait: nothing to hurry.
+impl Handler<HurryBoards> for FakeSinks {
+    type Result = ();
+    fn handle(&mut self, _: HurryBoards, _: &mut Context<Self>) {}
+}
+
 impl FakeSinks {
     fn writes_so_far(&self) -> usize {
         self.events.all().len()
@@ -234,6 +240,17 @@ fn forgetters(sinks: &Addr<FakeSinks>) -> Forgetters {
     }
 }
 
+/// The recording sinks as a leaderboard's board sink.
+fn board_sink<A>(sinks: &Addr<A>) -> BoardSink
+where
+    A: Actor<Context = Context<A>> + Handler<WriteBoards> + Handler<HurryBoards>,
+{
+    BoardSink {
+        write: sinks.clone().recipient(),
+        hurry: sinks.clone().recipient(),
+    }
+}
+
 /// Stands in for the partition source: records every `Applied`.
 struct Source(Log<i64>);
 impl Actor for Source {
@@ -256,7 +273,7 @@ fn start_leaderboard(sinks: Addr<FakeSinks>, source: Addr<Source>) -> Addr<Leade
     let core = core(Role::Leaderboard, settings(Role::Leaderboard), source);
     Leaderboard::new(
         core,
-        sinks.clone().recipient(),
+        board_sink(&sinks),
         sinks.clone().recipient(),
         sinks.clone().recipient(),
         forgetters(&sinks),
@@ -719,7 +736,7 @@ async fn boards_left_over_by_a_capped_write_are_written_at_the_gap_not_the_inter
     let core = core(Role::Leaderboard, settings, Source(applied.clone()).start());
     let lb = Leaderboard::new(
         core,
-        sinks.clone().recipient(),
+        board_sink(&sinks),
         sinks.clone().recipient(),
         sinks.clone().recipient(),
         forgetters(&sinks),
@@ -837,4 +854,81 @@ async fn a_forget_runs_after_the_records_before_it_are_durable_and_later_records
             );
         }
     }
+}
+
+/// The PostgreSQL sink's board gap, with no end: after the first write, a write waits until an
+/// urgent one or a hurry comes. Records the games of every write when it is answered.
+#[derive(Default)]
+struct GappedBoards {
+    written: Log<Vec<String>>,
+    in_gap: bool,
+    waiting: Vec<(Vec<String>, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl Actor for GappedBoards {
+    type Context = Context<Self>;
+}
+
+impl GappedBoards {
+    fn release(&mut self) {
+        for (games, go) in self.waiting.drain(..) {
+            self.written.push(games);
+            let _ = go.send(());
+        }
+    }
+}
+
+impl Handler<WriteBoards> for GappedBoards {
+    type Result = ResponseFuture<Result<(), SinkError>>;
+    fn handle(&mut self, m: WriteBoards, _: &mut Context<Self>) -> Self::Result {
+        let (go, wait) = tokio::sync::oneshot::channel();
+        self.waiting.push((m.game_ids, go));
+        if m.urgent || !self.in_gap {
+            self.release();
+            self.in_gap = true;
+        }
+        Box::pin(async move { wait.await.map_err(|_| SinkError::Postgres("gone".into())) })
+    }
+}
+
+impl Handler<HurryBoards> for GappedBoards {
+    type Result = ();
+    fn handle(&mut self, _: HurryBoards, _: &mut Context<Self>) {
+        self.release();
+    }
+}
+
+#[actix_web::test]
+async fn a_drain_does_not_wait_out_the_board_gap_behind_a_write_already_sent() {
+    tokio::time::pause();
+    let sinks = FakeSinks::default().start();
+    let gapped = GappedBoards::default();
+    let written = gapped.written.clone();
+    let gapped = gapped.start();
+    let applied = Log::default();
+    let core = core(
+        Role::Leaderboard,
+        settings(Role::Leaderboard),
+        Source(applied.clone()).start(),
+    );
+    let lb = Leaderboard::new(
+        core,
+        board_sink(&gapped),
+        sinks.clone().recipient(),
+        sinks.clone().recipient(),
+        forgetters(&sinks),
+    )
+    .start();
+    let score = || ("player_score", "g1", json!({"score": 1}));
+    // 60 scoring events: a write at once; 60 more: a second one, past this role's own gap,
+    // waiting out the sink's.
+    feed(&lb, 0..60, score(), Duration::from_secs(1)).await;
+    feed(&lb, 60..120, score(), Duration::from_secs(10)).await;
+    assert_eq!(written.all().len(), 1, "the second write waits in the sink");
+    assert_eq!(applied.all().last(), Some(&60));
+
+    lb.send(FlushAll).await.unwrap();
+    settle(Duration::from_secs(1)).await;
+    assert_eq!(written.all().len(), 2, "the drain hurried the write it waits on");
+    assert_eq!(applied.all().last(), Some(&120), "and everything seen is durable");
 }

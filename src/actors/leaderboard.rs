@@ -28,10 +28,18 @@ pub enum BoardWork {
     Dead(DlqEntry),
 }
 
+/// Where the top N are written: the PostgreSQL sink, shared by every partition of the process.
+pub struct BoardSink {
+    /// Writes a lane's batch.
+    pub write: Recipient<WriteBoards>,
+    /// Starts the write this partition sent, if it waits out the sink's gap.
+    pub hurry: Recipient<HurryBoards>,
+}
+
 /// The leaderboard-manager role for one partition.
 pub struct Leaderboard {
     core: RoleCore,
-    pg: Recipient<WriteBoards>,
+    pg: BoardSink,
     scores_sink: Recipient<ApplyScores>,
     top_sink: Recipient<ReadTop>,
     forget: Forgetters,
@@ -119,7 +127,7 @@ const BOARDS: LaneOps<Leaderboard, BoardWork, ()> = LaneOps {
             dlq,
             urgent: act.core.marks.draining() || act.forgets.waits_on(act.boards.lowest_unapplied()),
         };
-        send(&act.pg, boards)
+        send(&act.pg.write, boards)
     },
     done: |act, _, (), ctx| {
         act.report();
@@ -137,7 +145,7 @@ impl Leaderboard {
     /// reading the top N from `top_sink`, and forgetting players through `forget`.
     pub fn new(
         core: RoleCore,
-        pg: Recipient<WriteBoards>,
+        pg: BoardSink,
         scores_sink: Recipient<ApplyScores>,
         top_sink: Recipient<ReadTop>,
         forget: Forgetters,
@@ -206,6 +214,15 @@ impl Leaderboard {
             act.board_timer = None;
             act.flush_boards(ctx);
         }));
+    }
+
+    /// Somebody waits on the boards lane now: its write in flight may be waiting out the sink's
+    /// gap (up to LEADERBOARD_MIN_FLUSH_GAP_MS), and the urgent write after it can't go first.
+    fn hurry_boards(&mut self, ctx: &mut Context<Self>) {
+        if self.boards.is_sending() {
+            self.pg.hurry.do_send(HurryBoards);
+        }
+        self.flush_boards(ctx);
     }
 
     fn flush_boards(&mut self, ctx: &mut Context<Self>) {
@@ -277,7 +294,7 @@ impl Handler<Consumed> for Leaderboard {
                 self.core.settings.forgotten.extend([player_id.clone()]);
                 self.forgets.push(offset, player_id);
                 self.flush_scores(ctx);
-                self.flush_boards(ctx);
+                self.hurry_boards(ctx);
                 run_forgets(self, ctx);
                 return;
             }
@@ -344,6 +361,6 @@ impl Handler<FlushAll> for Leaderboard {
     fn handle(&mut self, _: FlushAll, ctx: &mut Context<Self>) {
         self.core.marks.drain();
         self.flush_scores(ctx);
-        self.flush_boards(ctx);
+        self.hurry_boards(ctx);
     }
 }

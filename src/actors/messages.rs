@@ -215,6 +215,12 @@ pub struct WriteBoards {
     pub urgent: bool,
 }
 
+/// Leaderboard manager: somebody now waits on a board write already sent (a drain began, a
+/// forget arrived): the sink starts the writes waiting out its gap now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HurryBoards;
+
 /// A role's part of forgetting a player in PostgreSQL (`db::forget`), recorded on its
 /// tombstone. Answers the games whose stored top N lost the player (the leaderboard's).
 #[derive(Message)]

@@ -239,7 +239,10 @@ impl RoleFactory {
             Role::Leaderboard => RoleHandle::of(
                 leaderboard::Leaderboard::new(
                     core,
-                    pg.recipient(),
+                    leaderboard::BoardSink {
+                        write: pg.clone().recipient(),
+                        hurry: pg.recipient(),
+                    },
                     redis.clone().recipient(),
                     redis.recipient(),
                     forget,

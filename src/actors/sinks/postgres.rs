@@ -22,6 +22,9 @@ pub struct PgSink {
     boards_waiting: Vec<(WriteBoards, oneshot::Sender<Result<(), SinkError>>)>,
     /// Whether a board write is running, or the gap after one.
     boards: BoardWrites,
+    /// Somebody waits on a waiting request (it is urgent, or was hurried): the next write
+    /// starts as soon as none is running, without a gap.
+    boards_hurried: bool,
     /// The least time from one board write's end to the next one's start (the process-wide
     /// LEADERBOARD_MIN_FLUSH_GAP_MS).
     board_gap: Duration,
@@ -43,6 +46,7 @@ impl PgSink {
             failures: 0,
             boards_waiting: Vec::new(),
             boards: BoardWrites::Idle,
+            boards_hurried: false,
             board_gap: Duration::ZERO,
         }
     }
@@ -75,6 +79,7 @@ sink_actor!(PgSink, "PostgreSQL", restarting: |sink: &mut PgSink| {
     // dropped and send again, as the waiting ones do now.
     sink.boards = BoardWrites::Idle;
     sink.boards_waiting.clear();
+    sink.boards_hurried = false;
 });
 
 fn pg_err(e: impl std::fmt::Display) -> SinkError {
@@ -264,10 +269,8 @@ impl Handler<WriteBoards> for PgSink {
         let (reply, answer) = oneshot::channel();
         let urgent = msg.urgent;
         self.boards_waiting.push((msg, reply));
-        // Only the gap is running, not a write: an urgent write ends it.
-        if let (true, BoardWrites::Gap(gap)) = (urgent, &self.boards) {
-            ctx.cancel_future(*gap);
-            self.boards = BoardWrites::Idle;
+        if urgent {
+            self.hurry_waiting_boards(ctx);
         }
         self.write_waiting_boards(ctx);
         Box::pin(async move {
@@ -278,13 +281,37 @@ impl Handler<WriteBoards> for PgSink {
     }
 }
 
+/// A partition's board lane has one write in flight: once it sits here waiting out the gap, that
+/// partition's urgent write can't be sent until it is done, so the partition says so instead.
+impl Handler<HurryBoards> for PgSink {
+    type Result = ();
+
+    fn handle(&mut self, _: HurryBoards, ctx: &mut Context<Self>) {
+        if !self.boards_waiting.is_empty() {
+            self.hurry_waiting_boards(ctx);
+            self.write_waiting_boards(ctx);
+        }
+    }
+}
+
 impl PgSink {
+    /// The waiting requests go next without a gap: the gap after the last write ends now, or
+    /// none follows the write running now.
+    fn hurry_waiting_boards(&mut self, ctx: &mut Context<Self>) {
+        self.boards_hurried = true;
+        if let BoardWrites::Gap(gap) = self.boards {
+            ctx.cancel_future(gap);
+            self.boards = BoardWrites::Idle;
+        }
+    }
+
     /// Starts one write of every waiting board request, unless one is running.
     fn write_waiting_boards(&mut self, ctx: &mut Context<Self>) {
         if !matches!(self.boards, BoardWrites::Idle) || self.boards_waiting.is_empty() {
             return;
         }
         self.boards = BoardWrites::Running;
+        self.boards_hurried = false;
         let (writes, replies): (Vec<WriteBoards>, Vec<_>) =
             std::mem::take(&mut self.boards_waiting).into_iter().unzip();
         let write = in_transaction!(self, writes, |conn| {
@@ -306,6 +333,12 @@ impl PgSink {
         ctx.spawn(write.map(|result, sink, ctx| {
             for reply in replies {
                 let _ = reply.send(result.clone());
+            }
+            if sink.boards_hurried {
+                // An urgent request came while this write ran: it would wait out a whole gap.
+                sink.boards = BoardWrites::Idle;
+                sink.write_waiting_boards(ctx);
+                return;
             }
             // Requests arriving during the gap wait and share the next write, unless urgent.
             let gap = ctx.run_later(sink.board_gap, |sink, ctx| {
