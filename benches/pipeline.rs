@@ -3,8 +3,9 @@
 //! the services and writes BENCHMARKS.md from what this prints.
 //!
 //! Env: BENCH_EVENTS (default 100000), BENCH_RATES (events/s of the latency runs, default
-//! "1000,10000"), BENCH_SECONDS (length of each latency run, default 10), plus the usual
-//! gamemetrics variables.
+//! "1000,10000"), BENCH_SECONDS (length of each latency run, default 10), BENCH_TRACE_DRAIN (set:
+//! every drain prints, every 20 ms, `TRACE <s> read/released/durable` per partition to stderr:
+//! where a drain waits), plus the usual gamemetrics variables.
 
 use clap::Parser;
 use diesel::sql_types::Double;
@@ -282,6 +283,7 @@ async fn drain(c: &Config, roles: &[Role], n: u64) -> f64 {
         .collect();
     let mut first = None;
     let mut flushed = vec![false; handles.len()];
+    let trace = std::env::var_os("BENCH_TRACE_DRAIN").is_some();
     loop {
         let mut done = true;
         for (h, flushed) in handles.iter().zip(flushed.iter_mut()) {
@@ -296,6 +298,13 @@ async fn drain(c: &Config, roles: &[Role], n: u64) -> f64 {
                 *flushed = true;
             }
             done &= applied >= n as i64;
+            if let (true, Some(f)) = (trace, first) {
+                let parts: Vec<String> = progress
+                    .iter()
+                    .map(|(_, p)| format!("{}/{}/{}", p.seen_next, p.released_next, p.applied_next))
+                    .collect();
+                eprintln!("TRACE {:.3} {}", f.elapsed().as_secs_f64(), parts.join(" "));
+            }
         }
         if done {
             break;

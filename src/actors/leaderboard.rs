@@ -52,6 +52,8 @@ pub struct Leaderboard {
     board_timer: Option<SpawnHandle>,
     /// When the last board write started, for LEADERBOARD_MIN_FLUSH_GAP_MS.
     last_board_flush: Option<Instant>,
+    /// The board write in flight was hurried (see [`HurryBoards`]).
+    hurried: bool,
 }
 
 /// Scores to Redis DB 1, within LIVE_FLUSH_MS.
@@ -109,6 +111,7 @@ const BOARDS: LaneOps<Leaderboard, BoardWork, ()> = LaneOps {
     write: |act, work| {
         act.scored_since_flush = 0;
         act.last_board_flush = Some(Instant::now());
+        act.hurried = false;
         let mut games = BTreeSet::new();
         let mut dlq = Vec::new();
         for w in work.iter() {
@@ -125,7 +128,9 @@ const BOARDS: LaneOps<Leaderboard, BoardWork, ()> = LaneOps {
             n: act.core.settings.config.leaderboard_top_n,
             reader: act.top_sink.clone(),
             dlq,
-            urgent: act.core.marks.draining() || act.forgets.waits_on(act.boards.lowest_unapplied()),
+            urgent: act.core.marks.draining()
+                || act.forgets.waits_on(act.boards.lowest_unapplied())
+                || act.held_back(),
         };
         send(&act.pg.write, boards)
     },
@@ -167,6 +172,7 @@ impl Leaderboard {
             live_timer: None,
             board_timer: None,
             last_board_flush: None,
+            hurried: false,
         }
     }
 
@@ -178,10 +184,14 @@ impl Leaderboard {
     }
 
     fn after_board_work(&mut self, ctx: &mut Context<Self>) {
+        let held_back = self.held_back();
+        if held_back {
+            self.hurry_in_flight();
+        }
         let config = &self.core.settings.config;
         let gap = Duration::from_millis(config.leaderboard_min_flush_gap_ms);
         let since_last = self.last_board_flush.map_or(gap, |t| t.elapsed());
-        let draining = self.core.marks.draining();
+        let draining = self.core.marks.draining() || held_back;
         // Scoring events applied since the last write began, or still waiting from before it (a
         // write carries at most the lane's cap): either way, that many boards changes are due.
         let waiting = self.scored_since_flush.max(self.boards.pending_len());
@@ -209,6 +219,16 @@ impl Leaderboard {
         }
     }
 
+    /// Half of PARTITION_MAX_UNCOMMITTED waits for a top-N write: in a backlog the source would
+    /// soon pause the partition until the write after the gap (a second by default), so the
+    /// writes go as fast as PostgreSQL takes them instead. Never at a steady 10,000 events/s,
+    /// where a gap holds a few thousand records per partition.
+    fn held_back(&self) -> bool {
+        let marks = &self.core.marks;
+        let bound = self.core.settings.config.partition_max_uncommitted;
+        usize::try_from(marks.seen_next - marks.reported_next).is_ok_and(|n| n >= bound / 2)
+    }
+
     fn arm_board_timer(&mut self, wait: Duration, ctx: &mut Context<Self>) {
         self.board_timer = Some(ctx.run_later(wait, |act, ctx| {
             act.board_timer = None;
@@ -219,10 +239,16 @@ impl Leaderboard {
     /// Somebody waits on the boards lane now: its write in flight may be waiting out the sink's
     /// gap (up to LEADERBOARD_MIN_FLUSH_GAP_MS), and the urgent write after it can't go first.
     fn hurry_boards(&mut self, ctx: &mut Context<Self>) {
-        if self.boards.is_sending() {
+        self.hurry_in_flight();
+        self.flush_boards(ctx);
+    }
+
+    /// Tells the sink, once per write, that the write in flight is waited on.
+    fn hurry_in_flight(&mut self) {
+        if self.boards.is_sending() && !self.hurried {
+            self.hurried = true;
             self.pg.hurry.do_send(HurryBoards);
         }
-        self.flush_boards(ctx);
     }
 
     fn flush_boards(&mut self, ctx: &mut Context<Self>) {

@@ -422,6 +422,10 @@ impl RoleConsumerHandle {
             // librdkafka prefetches up to ~1 GB per partition by default; a slow sink must not
             // turn into memory growth.
             .set("queued.max.messages.kbytes", "16384")
+            // With more queued than that, librdkafka checks again after this long (1 s by
+            // default): a partition resumed after backpressure sat idle for it, a backlog drained
+            // in bursts. A check is a few comparisons.
+            .set("fetch.queue.backoff.ms", "50")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000");
         // Statistics feed the consumer-lag gauge.

@@ -335,6 +335,24 @@ impl PartitionSource {
         self.in_flight() <= held / 2 && self.uncommitted() <= uncommitted - held / 2
     }
 
+    /// A resume alone doesn't wake librdkafka's thread for the partition's leader: with every
+    /// partition it fetches paused, that thread sleeps until its next timer (up to a second,
+    /// `rd_kafka_max_block_ms`), so a backlog was read in bursts of PARTITION_MAX_IN_FLIGHT per
+    /// second. A request to the leader wakes it; the watermark query is the cheapest one, and
+    /// its answer is not needed.
+    fn wake_fetcher(&self) {
+        let (consumer, topic, partition) = (
+            self.consumer.clone(),
+            self.position.topic.clone(),
+            self.position.partition,
+        );
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = consumer.fetch_watermarks(&topic, partition, WAKE_TIMEOUT) {
+                tracing::debug!(error = %e, partition, "waking the fetcher after a resume");
+            }
+        });
+    }
+
     fn set_paused(&mut self, pause: bool, why: &'static str) {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.position.topic, self.position.partition);
@@ -345,6 +363,9 @@ impl PartitionSource {
         };
         match result {
             Ok(()) => {
+                if !pause {
+                    self.wake_fetcher();
+                }
                 self.paused = pause;
                 let label = [self.position.service, &self.position.partition.to_string()];
                 self.metrics
@@ -800,6 +821,10 @@ pub fn parse(payload: Option<&[u8]>) -> Payload {
         },
     }
 }
+
+/// How long the request that wakes the fetcher after a resume may take: past it, librdkafka's
+/// own timer has woken the fetcher anyway.
+const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Records the poll loop hands to the sources between two yields: how far past
 /// PARTITION_MAX_IN_FLIGHT a partition can get.
