@@ -898,52 +898,17 @@ impl Handler<HurryBoards> for GappedBoards {
     }
 }
 
-#[actix_web::test]
-async fn a_drain_does_not_wait_out_the_board_gap_behind_a_write_already_sent() {
-    tokio::time::pause();
+/// A leaderboard with `config` behind a sink whose gap never ends, fed 60 scoring events (a
+/// write at once) and 60 more (a second write, past this role's own gap, waiting out the
+/// sink's): the actor, the writes answered, the offsets reported durable.
+async fn leaderboard_with_a_write_in_the_gap(
+    config: ConsumerConfig,
+) -> (Addr<Leaderboard>, Log<Vec<String>>, Log<i64>) {
     let sinks = FakeSinks::default().start();
     let gapped = GappedBoards::default();
     let written = gapped.written.clone();
     let gapped = gapped.start();
     let applied = Log::default();
-    let core = core(
-        Role::Leaderboard,
-        settings(Role::Leaderboard),
-        Source(applied.clone()).start(),
-    );
-    let lb = Leaderboard::new(
-        core,
-        board_sink(&gapped),
-        sinks.clone().recipient(),
-        sinks.clone().recipient(),
-        forgetters(&sinks),
-    )
-    .start();
-    let score = || ("player_score", "g1", json!({"score": 1}));
-    // 60 scoring events: a write at once; 60 more: a second one, past this role's own gap,
-    // waiting out the sink's.
-    feed(&lb, 0..60, score(), Duration::from_secs(1)).await;
-    feed(&lb, 60..120, score(), Duration::from_secs(10)).await;
-    assert_eq!(written.all().len(), 1, "the second write waits in the sink");
-    assert_eq!(applied.all().last(), Some(&60));
-
-    lb.send(FlushAll).await.unwrap();
-    settle(Duration::from_secs(1)).await;
-    assert_eq!(written.all().len(), 2, "the drain hurried the write it waits on");
-    assert_eq!(applied.all().last(), Some(&120), "and everything seen is durable");
-}
-
-#[actix_web::test]
-async fn half_of_the_uncommitted_bound_waiting_on_a_board_write_hurries_it() {
-    tokio::time::pause();
-    let sinks = FakeSinks::default().start();
-    let gapped = GappedBoards::default();
-    let written = gapped.written.clone();
-    let gapped = gapped.start();
-    let applied = Log::default();
-    let mut config = Cli::parse_from(["test"]).consumer;
-    // Half of it, 100, is more than a board write's 50 events and less than three of them.
-    config.partition_max_uncommitted = 200;
     let settings = RoleSettings::new(&config, Metrics::new().expect("metrics"), Role::Leaderboard);
     let core = core(Role::Leaderboard, settings, Source(applied.clone()).start());
     let lb = Leaderboard::new(
@@ -954,14 +919,37 @@ async fn half_of_the_uncommitted_bound_waiting_on_a_board_write_hurries_it() {
         forgetters(&sinks),
     )
     .start();
-    let score = || ("player_score", "g1", json!({"score": 1}));
-    feed(&lb, 0..60, score(), Duration::from_secs(1)).await;
-    feed(&lb, 60..120, score(), Duration::from_secs(10)).await;
+    feed(&lb, 0..60, score_g1(), Duration::from_secs(1)).await;
+    feed(&lb, 60..120, score_g1(), Duration::from_secs(10)).await;
     assert_eq!(written.all().len(), 1, "the second write waits in the sink");
     assert_eq!(applied.all().last(), Some(&60));
+    (lb, written, applied)
+}
 
+fn score_g1() -> (&'static str, &'static str, Value) {
+    ("player_score", "g1", json!({"score": 1}))
+}
+
+#[actix_web::test]
+async fn a_drain_does_not_wait_out_the_board_gap_behind_a_write_already_sent() {
+    tokio::time::pause();
+    let (lb, written, applied) =
+        leaderboard_with_a_write_in_the_gap(Cli::parse_from(["test"]).consumer).await;
+    lb.send(FlushAll).await.unwrap();
+    settle(Duration::from_secs(1)).await;
+    assert_eq!(written.all().len(), 2, "the drain hurried the write it waits on");
+    assert_eq!(applied.all().last(), Some(&120), "and everything seen is durable");
+}
+
+#[actix_web::test]
+async fn half_of_the_uncommitted_bound_waiting_on_a_board_write_hurries_it() {
+    tokio::time::pause();
+    let mut config = Cli::parse_from(["test"]).consumer;
+    // Half of it, 100, is more than a board write's 50 events and less than three of them.
+    config.partition_max_uncommitted = 200;
+    let (lb, written, applied) = leaderboard_with_a_write_in_the_gap(config).await;
     // 120 not yet durable: the source would pause the partition at 200.
-    feed(&lb, 120..180, score(), Duration::from_secs(1)).await;
+    feed(&lb, 120..180, score_g1(), Duration::from_secs(1)).await;
     assert!(written.all().len() >= 2, "the write held back was hurried");
     assert!(
         applied.all().last().is_some_and(|a| *a >= 120),
