@@ -22,9 +22,6 @@ pub struct PgSink {
     boards_waiting: Vec<(WriteBoards, oneshot::Sender<Result<(), SinkError>>)>,
     /// Whether a board write is running, or the gap after one.
     boards: BoardWrites,
-    /// Somebody waits on a waiting request (it is urgent, or was hurried): the next write
-    /// starts as soon as none is running, without a gap.
-    boards_hurried: bool,
     /// The least time from one board write's end to the next one's start (the process-wide
     /// LEADERBOARD_MIN_FLUSH_GAP_MS).
     board_gap: Duration,
@@ -46,7 +43,6 @@ impl PgSink {
             failures: 0,
             boards_waiting: Vec::new(),
             boards: BoardWrites::Idle,
-            boards_hurried: false,
             board_gap: Duration::ZERO,
         }
     }
@@ -79,7 +75,6 @@ sink_actor!(PgSink, "PostgreSQL", restarting: |sink: &mut PgSink| {
     // dropped and send again, as the waiting ones do now.
     sink.boards = BoardWrites::Idle;
     sink.boards_waiting.clear();
-    sink.boards_hurried = false;
 });
 
 fn pg_err(e: impl std::fmt::Display) -> SinkError {
@@ -270,7 +265,7 @@ impl Handler<WriteBoards> for PgSink {
         let urgent = msg.urgent;
         self.boards_waiting.push((msg, reply));
         if urgent {
-            self.hurry_waiting_boards(ctx);
+            self.end_board_gap(ctx);
         }
         self.write_waiting_boards(ctx);
         Box::pin(async move {
@@ -288,17 +283,19 @@ impl Handler<HurryBoards> for PgSink {
 
     fn handle(&mut self, _: HurryBoards, ctx: &mut Context<Self>) {
         if !self.boards_waiting.is_empty() {
-            self.hurry_waiting_boards(ctx);
+            for (waiting, _) in &mut self.boards_waiting {
+                waiting.urgent = true;
+            }
+            self.end_board_gap(ctx);
             self.write_waiting_boards(ctx);
         }
     }
 }
 
 impl PgSink {
-    /// The waiting requests go next without a gap: the gap after the last write ends now, or
-    /// none follows the write running now.
-    fn hurry_waiting_boards(&mut self, ctx: &mut Context<Self>) {
-        self.boards_hurried = true;
+    /// Ends the gap after the last write, if that is what runs (not a write: the waiting urgent
+    /// request then starts when it ends).
+    fn end_board_gap(&mut self, ctx: &mut Context<Self>) {
         if let BoardWrites::Gap(gap) = self.boards {
             ctx.cancel_future(gap);
             self.boards = BoardWrites::Idle;
@@ -311,7 +308,6 @@ impl PgSink {
             return;
         }
         self.boards = BoardWrites::Running;
-        self.boards_hurried = false;
         let (writes, replies): (Vec<WriteBoards>, Vec<_>) =
             std::mem::take(&mut self.boards_waiting).into_iter().unzip();
         let write = in_transaction!(self, writes, |conn| {
@@ -334,7 +330,7 @@ impl PgSink {
             for reply in replies {
                 let _ = reply.send(result.clone());
             }
-            if sink.boards_hurried {
+            if sink.boards_waiting.iter().any(|(waiting, _)| waiting.urgent) {
                 // An urgent request came while this write ran: it would wait out a whole gap.
                 sink.boards = BoardWrites::Idle;
                 sink.write_waiting_boards(ctx);
