@@ -397,6 +397,23 @@ pub struct RoleConsumerHandle {
     arbiter: Arbiter,
 }
 
+/// The consumers' librdkafka tuning; `KAFKA_EXTRA_CONFIG` overrides any of it.
+const CONSUMER_TUNING: &[(&str, &str)] = &[
+    // librdkafka prefetches up to ~1 GB per partition by default; a slow sink must not turn
+    // into memory growth.
+    ("queued.max.messages.kbytes", "16384"),
+    // With more queued than that, librdkafka checks again after this long (1 s by default): a
+    // partition resumed after backpressure sat idle for it, a backlog drained in bursts. A
+    // check is a few comparisons.
+    ("fetch.queue.backoff.ms", "50"),
+    // A broker holds a fetch that finds no new records this long (500 ms by default), and a
+    // consumer has one fetch in flight per broker: a partition resumed after backpressure
+    // waited behind another partition's empty long poll, idle for up to that long each time
+    // (a fifth of a backlog drain). New records still end a poll at once; the cost is at most
+    // ten empty fetches a second per broker when the topic is quiet.
+    ("fetch.wait.max.ms", "100"),
+];
+
 impl RoleConsumerHandle {
     /// Subscribes to the topic in the role's group and starts polling on an arbiter of its own.
     pub fn start(config: &Config, role: Role, metrics: Metrics) -> Result<Self, ConsumerError> {
@@ -410,7 +427,7 @@ impl RoleConsumerHandle {
                 .consumer_rejected
                 .with_label_values(&[role.service(), sink]);
         }
-        let mut cc = crate::kafka::client_config(&config.kafka)?;
+        let mut cc = crate::kafka::tuned_client_config(&config.kafka, CONSUMER_TUNING)?;
         let group = format!("{}{}", config.consumer.consumer_group_prefix, role.group_id());
         cc.set("group.id", &group)
             .set("client.id", format!("gamemetrics-{}", role.service()))
@@ -419,13 +436,6 @@ impl RoleConsumerHandle {
             .set("enable.auto.offset.store", "false")
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
-            // librdkafka prefetches up to ~1 GB per partition by default; a slow sink must not
-            // turn into memory growth.
-            .set("queued.max.messages.kbytes", "16384")
-            // With more queued than that, librdkafka checks again after this long (1 s by
-            // default): a partition resumed after backpressure sat idle for it, a backlog drained
-            // in bursts. A check is a few comparisons.
-            .set("fetch.queue.backoff.ms", "50")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000");
         // Statistics feed the consumer-lag gauge.

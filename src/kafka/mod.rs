@@ -161,7 +161,19 @@ pub fn access_problem(code: RDKafkaErrorCode, reason: &str) -> Option<String> {
 
 /// The librdkafka settings every client of ours shares: brokers plus `KAFKA_EXTRA_CONFIG`.
 pub fn client_config(cfg: &KafkaConfig) -> Result<ClientConfig, ConfigError> {
+    tuned_client_config(cfg, &[])
+}
+
+/// [`client_config`] over tuning `defaults` that `KAFKA_EXTRA_CONFIG` may override; settings
+/// the caller sets afterwards (correctness, not tuning) override both.
+pub fn tuned_client_config(
+    cfg: &KafkaConfig,
+    defaults: &[(&str, &str)],
+) -> Result<ClientConfig, ConfigError> {
     let mut cc = ClientConfig::new();
+    for (k, v) in defaults {
+        cc.set(*k, *v);
+    }
     cc.set("bootstrap.servers", cfg.brokers());
     for (k, v) in cfg.extra_properties()? {
         cc.set(k, v);
@@ -172,6 +184,24 @@ pub fn client_config(cfg: &KafkaConfig) -> Result<ClientConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_config_overrides_tuning_defaults_and_leaves_the_others() {
+        let cfg = KafkaConfig {
+            kafka_brokers: Some("b:9092".into()),
+            kafka_topic: "t".into(),
+            kafka_topic_partitions: 3,
+            kafka_topic_retention_ms: 1,
+            produce_timeout_ms: 1,
+            kafka_linger_ms: 1,
+            kafka_extra_config: "fetch.wait.max.ms=7".parse().unwrap(),
+        };
+        let defaults = [("fetch.wait.max.ms", "100"), ("fetch.queue.backoff.ms", "50")];
+        let cc = tuned_client_config(&cfg, &defaults).unwrap();
+        assert_eq!(cc.get("fetch.wait.max.ms"), Some("7"));
+        assert_eq!(cc.get("fetch.queue.backoff.ms"), Some("50"));
+        assert_eq!(cc.get("bootstrap.servers"), Some("b:9092"));
+    }
 
     #[test]
     fn refusals_are_named_and_everything_else_is_left_to_retry() {
