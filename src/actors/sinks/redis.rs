@@ -124,13 +124,17 @@ impl RedisSink {
         self
     }
 
-    /// What a script claims an event id by: its 16 bytes, the field of a claims hash; empty (no
-    /// claim) when deduplication is off.
-    fn claim_field(&self, scoped_id: uuid::Uuid) -> Vec<u8> {
+    /// Pushes what a script claims an event id by (see `claim_fn!`): the bucket of `store`'s
+    /// claims hashes it goes to, then its 16 bytes, that hash's field; both empty (no claim)
+    /// when deduplication is off. The bucket is worked out here, not in the script: Lua turns
+    /// a number into a key name with `sprintf`, a measurable share of a script's time.
+    fn push_claim(&self, call: &mut Call, store: Store, scoped_id: &uuid::Uuid) {
         if self.dedup_window_secs > 0 {
-            scoped_id.as_bytes().to_vec()
+            let buckets = self.keys.claim_buckets(store, self.claim_buckets);
+            call.push(RedisKeys::claim_bucket(scoped_id, buckets))
+                .push(scoped_id.as_bytes().as_slice());
         } else {
-            Vec::new()
+            call.push("").push("");
         }
     }
 
@@ -161,21 +165,19 @@ impl RedisSink {
     /// A call guarded by `tag`'s offsets of `position` (the partition's, on a single Redis),
     /// starting with the arguments every claiming script takes (see `claim_fn!`): this and the
     /// previous generation's claims-hash prefixes, the sighting's place, when this generation's
-    /// hashes expire, the bucket count; then the guard's field. A generation is
+    /// hashes expire; then the guard's field. A generation is
     /// DEDUP_WINDOW_SECS long and its hashes live until the end of the next one, so a claim is
     /// kept for one to two windows.
     fn call(&self, script: &Script, store: Store, tag: &str, position: &Position) -> Call {
         let window = self.dedup_window_secs.max(1);
         let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
         let generation = now / window;
-        let buckets = self.keys.claim_buckets(store, self.claim_buckets);
         let (key, field) = self.keys.guard(store, tag, position.partition_log());
         let mut call = Call::new(script, &key);
         call.push(self.keys.claims_of(store, tag, generation))
             .push(claim_tag(position))
             .push(self.keys.claims_of(store, tag, generation.saturating_sub(1)))
             .push((generation + 2) * window)
-            .push(buckets)
             .push(field);
         call
     }
@@ -273,10 +275,10 @@ impl Handler<ApplyStats> for RedisSink {
                 let (before, after) = self.keys.player_stats_affixes(player);
                 call.push(before).push(after);
                 for d in deltas {
-                    call.push(d.offset)
-                        .push(self.claim_field(d.event_id))
-                        .push(&d.player_id)
-                        .push(&d.event_type)
+                    call.push(d.offset);
+                    self.push_claim(&mut call, Store::Stats, &d.event_id);
+                    call.push(&d.player_id)
+                        .push(format!("event_{}", d.event_type))
                         .push(&d.timestamp);
                 }
                 call
@@ -318,9 +320,9 @@ impl Handler<ApplyScores> for RedisSink {
                 call.push(redis_keys::DATED_SEPARATOR)
                     .push(redis_keys::CURRENT_MARKER_SUFFIX);
                 for d in deltas {
-                    call.push(d.offset)
-                        .push(self.claim_field(d.event_id))
-                        .push(self.keys.board_base(&d.game_id))
+                    call.push(d.offset);
+                    self.push_claim(&mut call, Store::Boards, &d.event_id);
+                    call.push(self.keys.board_base(&d.game_id))
                         .push(&d.player_id)
                         .push(d.score)
                         .push(&d.day)
@@ -524,7 +526,8 @@ impl Handler<ClaimFirst> for RedisSink {
                 .map(|(player, items)| {
                     let mut call = self.call(&self.claim_script, Store::Stats, player, &msg.position);
                     for i in items {
-                        call.push(i.offset).push(self.claim_field(i.event_id));
+                        call.push(i.offset);
+                        self.push_claim(&mut call, Store::Stats, &i.event_id);
                     }
                     call
                 })
@@ -540,7 +543,7 @@ impl Handler<ClaimFirst> for RedisSink {
 }
 
 /// The arguments every guarded or claiming call starts with (see [`RedisSink::call`]).
-const CLAIM_FIXED_ARGS: usize = 6;
+const CLAIM_FIXED_ARGS: usize = 5;
 
 /// What a claim records as the first sighting of an event id: `log:partition:` + offset.
 /// Duplicates share a partition (the key is the player), and every lane reads a partition in
@@ -614,27 +617,24 @@ impl Handler<ReadTop> for RedisSink {
     }
 }
 
-/// The retry check shared by every script: `first(field, offset)` is true unless the event id
-/// `field` (16 bytes; empty: no check) was already claimed by a different sighting. A claim
+/// The retry check shared by every script: `first(field, bucket, off)` is true unless the event
+/// id `field` (16 bytes; empty: no check) was already claimed by a different sighting. A claim
 /// records where the id was first seen (ARGV[2], the partition's tag `log:partition:`, then the
-/// offset); claiming again from the same place (a replay after a crash) still answers true, so a
-/// replayed first sighting is counted exactly once by the offset guard.
+/// offset `off`, as given); claiming again from the same place (a replay after a crash) still
+/// answers true, so a replayed first sighting is counted exactly once by the offset guard.
 ///
 /// Claims live in hashes, a generation (DEDUP_WINDOW_SECS) at a time, each generation spread over
-/// ARGV[5] buckets by the id's first bytes: ARGV[1] and ARGV[3] are this and the previous
-/// generation's prefixes, ARGV[4] when this generation's hashes expire. A hash of under 128
-/// short fields is a compact listpack, ~42 bytes a claim where a key of its own took ~210. A
-/// claim found only in the previous generation is copied into this one: a sighting renews it,
-/// so a lane that asks later (the stats PostgreSQL lane after a restart) still finds the claim
-/// the others relied on.
+/// DEDUP_BUCKETS buckets by the id's first bytes (`bucket`, from `RedisKeys::claim_bucket`):
+/// ARGV[1] and ARGV[3] are this and the previous generation's prefixes, ARGV[4] when this
+/// generation's hashes expire. A hash of under 128 short fields is a compact listpack, ~42
+/// bytes a claim where a key of its own took ~210. A claim found only in the previous
+/// generation is copied into this one: a sighting renews it, so a lane that asks later (the
+/// stats PostgreSQL lane after a restart) still finds the claim the others relied on.
 macro_rules! claim_fn {
     () => {
         r#"
-local BUCKETS = tonumber(ARGV[5])
-local function first(field, off)
+local function first(field, bucket, off)
   if field == '' then return true end
-  local b1, b2, b3 = string.byte(field, 1, 3)
-  local bucket = (b1 * 65536 + b2 * 256 + b3) % BUCKETS
   local cur = ARGV[1] .. bucket
   local pos = ARGV[2] .. off
   local seen
@@ -656,14 +656,14 @@ end
 
 /// The offset guard around a guarded script's loop: `applied` is where the partition (or, on a
 /// cluster, this player or game in it) stands, a record at or above it is new, `nxt` is where it
-/// will stand. The guard is KEYS[1], a string; or, when ARGV[6] is not empty, that field of the
+/// will stand. The guard is KEYS[1], a string; or, when ARGV[5] is not empty, that field of the
 /// hash KEYS[1].
 macro_rules! guard_open {
     () => {
         r#"
 local function guard_get()
-  if ARGV[6] == '' then return redis.call('GET', KEYS[1]) end
-  return redis.call('HGET', KEYS[1], ARGV[6])
+  if ARGV[5] == '' then return redis.call('GET', KEYS[1]) end
+  return redis.call('HGET', KEYS[1], ARGV[5])
 end
 local applied = tonumber(guard_get() or '0')
 local nxt, n = applied, 0
@@ -677,13 +677,14 @@ local nxt, n = applied, 0
 macro_rules! guard_close {
     () => {
         r#"
-if ARGV[6] == '' then redis.call('SET', KEYS[1], nxt) else redis.call('HSET', KEYS[1], ARGV[6], nxt) end
+if ARGV[5] == '' then redis.call('SET', KEYS[1], nxt) else redis.call('HSET', KEYS[1], ARGV[5], nxt) end
 "#
     };
 }
 
-/// ARGV: the five claim arguments, the guard's field, what comes before and after a player id
-/// in its stats key, then per event: offset, claim field, player_id, event_type, timestamp.
+/// ARGV: the four claim arguments, the guard's field, what comes before and after a player id
+/// in its stats key, then per event: offset, claim bucket, claim field, player_id, the stats
+/// field of its type (`event_` + event_type), timestamp.
 /// Answers {counted, first offset checked, number refused, the refused offsets..., the retries'
 /// offsets...}: the stats PostgreSQL lane reuses these answers instead of asking again.
 ///
@@ -697,35 +698,37 @@ const STATS_LUA: &str = concat!(
     claim_fn!(),
     guard_open!(),
     r#"
-local fit, refused = {}, {}
-for i = 9, #ARGV, 5 do
+-- The first pass keeps each new record's offset and its key (nil: refused) for the second, so
+-- neither is parsed or built twice. Increments are strings: Lua would `sprintf` a number.
+local pre, post = ARGV[6], ARGV[7]
+local offs, keys, fit, refused = {}, {}, {}, {}
+for i = 8, #ARGV, 6 do
   local off = tonumber(ARGV[i])
   if off >= applied then
-    local key = ARGV[7] .. ARGV[i + 2] .. ARGV[8]
+    local key = pre .. ARGV[i + 3] .. post
     local ok = fit[key]
     if ok == nil then
       local t = redis.call('TYPE', key)['ok']
       ok = t == 'none' or t == 'hash'
       fit[key] = ok
     end
-    if not ok then refused[#refused + 1] = off end
+    offs[i] = off
+    if ok then keys[i] = key else refused[#refused + 1] = off end
   end
 end
-local skip = {}
-for _, off in ipairs(refused) do skip[off] = true end
 local retries = {}
-for i = 9, #ARGV, 5 do
-  local off = tonumber(ARGV[i])
-  if off >= applied then
-    if skip[off] then
-    elseif not first(ARGV[i + 1], ARGV[i]) then
+for i = 8, #ARGV, 6 do
+  local off = offs[i]
+  if off then
+    local key = keys[i]
+    if key == nil then
+    elseif not first(ARGV[i + 2], ARGV[i + 1], ARGV[i]) then
       retries[#retries + 1] = off
     else
-      local key = ARGV[7] .. ARGV[i + 2] .. ARGV[8]
-      redis.call('HINCRBY', key, 'total_events', 1)
-      redis.call('HINCRBY', key, 'event_' .. ARGV[i + 3], 1)
+      redis.call('HINCRBY', key, 'total_events', '1')
+      redis.call('HINCRBY', key, ARGV[i + 4], '1')
       local last = redis.call('HGET', key, 'last_event')
-      if (not last) or ARGV[i + 4] > last then redis.call('HSET', key, 'last_event', ARGV[i + 4]) end
+      if (not last) or ARGV[i + 5] > last then redis.call('HSET', key, 'last_event', ARGV[i + 5]) end
       n = n + 1
     end
     if off + 1 > nxt then nxt = off + 1 end
@@ -762,24 +765,24 @@ if legacy then return { 'new', 0, 'from before topic ids', tonumber(legacy) } en
 return { 'new', 0, '', 0 }
 "#;
 
-/// KEYS[1]: the guard of the claims' player (it routes the call to their slot). ARGV: the five
-/// claim arguments, the guard's field (unused), then per event: offset, claim field. Returns
-/// the retries' offsets.
+/// KEYS[1]: the guard of the claims' player (it routes the call to their slot). ARGV: the four
+/// claim arguments, the guard's field (unused), then per event: offset, claim bucket, claim
+/// field. Returns the retries' offsets.
 const CLAIM_LUA: &str = concat!(
     claim_fn!(),
     r#"
 local retries = {}
-for i = 7, #ARGV, 2 do
-  if not first(ARGV[i + 1], ARGV[i]) then retries[#retries + 1] = tonumber(ARGV[i]) end
+for i = 6, #ARGV, 3 do
+  if not first(ARGV[i + 2], ARGV[i + 1], ARGV[i]) then retries[#retries + 1] = tonumber(ARGV[i]) end
 end
 return retries
 "#
 );
 
-/// ARGV: the five claim arguments, the guard's field, the server's current day and ISO week, the board key suffixes of
-/// daily, weekly and alltime, the dated-board separator and the current-marker suffix, then per
-/// event: offset, claim field, the game's board base key, player, score, day, week, day expiry,
-/// week expiry. Answers {scored, the refused offsets...}. `…:daily` is the board of the newest
+/// ARGV: the four claim arguments, the guard's field, the server's current day and ISO week, the
+/// board key suffixes of daily, weekly and alltime, the dated-board separator and the
+/// current-marker suffix, then per event: offset, claim bucket, claim field, the game's board
+/// base key, player, score, day, week, day expiry, week expiry. Answers {scored, the refused offsets...}. `…:daily` is the board of the newest
 /// day seen that is not ahead of the server's clock (a client clock running fast must not end
 /// today early), named by its marker (`…:daily:current`), and carries that day's expiry; an
 /// event of that day is counted there only. Other days' events go to their dated boards
@@ -793,9 +796,9 @@ const SCORES_LUA: &str = concat!(
     claim_fn!(),
     guard_open!(),
     r#"
-local server = { ARGV[7], ARGV[8] }
-local suffix = { ARGV[9], ARGV[10] }
-local alltime, sep, marker_suffix = ARGV[11], ARGV[12], ARGV[13]
+local server = { ARGV[6], ARGV[7] }
+local suffix = { ARGV[8], ARGV[9] }
+local alltime, sep, marker_suffix = ARGV[10], ARGV[11], ARGV[12]
 -- Within one call, a board's expiry is set once and a marker is read once: at thousands of
 -- events per call that is a third of the commands.
 local expiry_set, markers = {}, {}
@@ -853,13 +856,13 @@ local function marker_of(g, k)
   end
   return cur
 end
-for i = 14, #ARGV, 9 do
+for i = 13, #ARGV, 10 do
   local off = tonumber(ARGV[i])
   if off >= applied then
-    local g = names_of(ARGV[i + 2])
+    local g = names_of(ARGV[i + 3])
     local ok = is(g.alltime, 'zset')
     for k = 1, 2 do
-      local cur, stamp = marker_of(g, k), ARGV[i + 4 + k]
+      local cur, stamp = marker_of(g, k), ARGV[i + 5 + k]
       ok = ok and cur ~= BAD and is(g.current[k], 'zset')
       if ok and stamp ~= cur then
         ok = is(dated_of(g, k, stamp), 'zset')
@@ -877,13 +880,13 @@ for i = 14, #ARGV, 9 do
     end
   end
 end
-for i = 14, #ARGV, 9 do
+for i = 13, #ARGV, 10 do
   local off = tonumber(ARGV[i])
-  if off >= applied and not skip[off] and first(ARGV[i + 1], ARGV[i]) then
-    local g, player, score = names_of(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
+  if off >= applied and not skip[off] and first(ARGV[i + 2], ARGV[i + 1], ARGV[i]) then
+    local g, player, score = names_of(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
     redis.call('ZINCRBY', g.alltime, score, player)
     for k = 1, 2 do
-      local current, stamp, expires = g.current[k], ARGV[i + 4 + k], ARGV[i + 6 + k]
+      local current, stamp, expires = g.current[k], ARGV[i + 5 + k], ARGV[i + 7 + k]
       local marker = g.marker[k]
       local cur = markers[marker]
       local board = current
