@@ -91,12 +91,17 @@ async fn a_real_prometheus_records_every_rule_from_a_running_gamemetrics() {
             Some(body)
         }
     };
+    // Both targets up, and the consumers' DLQ counter scraped at 0: `up` alone was satisfied by
+    // the API's target while the consumers' had not been scraped yet, and a poison record
+    // counted before that first scrape never shows as an increase.
     eventually(
         Duration::from_secs(60),
-        "Prometheus scraping gamemetrics",
+        "Prometheus scraping both targets, the DLQ counter at its start",
         || async {
-            let body = query("up{namespace=\"gamemetrics\"} == 1").await?;
-            (!body["data"]["result"].as_array()?.is_empty()).then_some(())
+            let up = query("count(up{namespace=\"gamemetrics\"} == 1)").await?;
+            let targets: f64 = up["data"]["result"][0]["value"][1].as_str()?.parse().ok()?;
+            let dlq = query("gamemetrics_consumer_dlq_total").await?;
+            (targets == 2.0 && !dlq["data"]["result"].as_array()?.is_empty()).then_some(())
         },
     )
     .await;
