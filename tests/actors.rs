@@ -28,8 +28,12 @@ struct Cli {
 }
 
 fn settings(role: Role) -> RoleSettings {
-    let config = Cli::parse_from(["test"]).consumer;
-    RoleSettings::new(&config, Metrics::new().expect("metrics"), role)
+    settings_with(&Cli::parse_from(["test"]).consumer, role)
+}
+
+/// A role's settings under `config`, with metrics of their own.
+fn settings_with(config: &ConsumerConfig, role: Role) -> RoleSettings {
+    RoleSettings::new(config, Metrics::new().expect("metrics"), role)
 }
 
 fn position(service: &'static str) -> Position {
@@ -416,7 +420,7 @@ async fn the_postgres_lane_waits_for_redis_only_when_retries_are_deduplicated() 
         down.store(true, Ordering::SeqCst);
         let mut config = Cli::parse_from(["test"]).consumer;
         config.dedup_window_secs = window;
-        let settings = RoleSettings::new(&config, Metrics::new().expect("metrics"), Role::Stats);
+        let settings = settings_with(&config, Role::Stats);
         let stats = start_stats_with(sinks.start(), Source(Log::default()).start(), settings);
         feed(
             &stats,
@@ -732,7 +736,7 @@ async fn boards_left_over_by_a_capped_write_are_written_at_the_gap_not_the_inter
     config.sink_max_batch = 10;
     // A gap well inside the interval, whatever the default.
     config.leaderboard_min_flush_gap_ms = 100;
-    let settings = RoleSettings::new(&config, Metrics::new().expect("metrics"), Role::Leaderboard);
+    let settings = settings_with(&config, Role::Leaderboard);
     let core = core(Role::Leaderboard, settings, Source(applied.clone()).start());
     let lb = Leaderboard::new(
         core,
@@ -909,7 +913,7 @@ async fn leaderboard_with_a_write_in_the_gap(
     let written = gapped.written.clone();
     let gapped = gapped.start();
     let applied = Log::default();
-    let settings = RoleSettings::new(&config, Metrics::new().expect("metrics"), Role::Leaderboard);
+    let settings = settings_with(&config, Role::Leaderboard);
     let core = core(Role::Leaderboard, settings, Source(applied.clone()).start());
     let lb = Leaderboard::new(
         core,
