@@ -690,45 +690,43 @@ if ARGV[5] == '' then redis.call('SET', KEYS[1], nxt) else redis.call('HSET', KE
 ///
 /// A key something else wrote with another type would fail the script halfway (WRONGTYPE), with
 /// half the batch counted and the guard unmoved, so a retry would count that half again: such
-/// keys are found before anything is written (one TYPE per player of the call), and their
-/// events are left out and answered as refused (they are dead-lettered). A field of our hash
-/// overwritten with a non-integer is not checked for (a check per field would cost as much as
-/// the increments): its HINCRBY fails the call, which is retried.
+/// keys are found before anything is written to them (a pcall'd read at a player's first event
+/// in the call), and their events are left out and answered as refused (they are dead-lettered).
+/// A field of our hash overwritten with a non-integer is not checked for (a check per field
+/// would cost as much as the increments): its HINCRBY fails the call, which is retried.
 const STATS_LUA: &str = concat!(
     claim_fn!(),
     guard_open!(),
     r#"
--- The first pass keeps each new record's offset and its key (nil: refused) for the second, so
--- neither is parsed or built twice. Increments are strings: Lua would `sprintf` a number.
+-- A key's type is checked at its first touch in the call, by reading its `last_event` with
+-- pcall (WRONGTYPE is answered, not raised) before its claim: nothing else in the call can change
+-- it. `last[key]` keeps that field for the rest of the call (false: refused), so a player's
+-- later events compare against it without another read. Increments are strings: Lua would
+-- `sprintf` a number.
 local pre, post = ARGV[6], ARGV[7]
-local offs, keys, fit, refused = {}, {}, {}, {}
+local last, refused, retries = {}, {}, {}
 for i = 8, #ARGV, 6 do
   local off = tonumber(ARGV[i])
   if off >= applied then
     local key = pre .. ARGV[i + 3] .. post
-    local ok = fit[key]
-    if ok == nil then
-      local t = redis.call('TYPE', key)['ok']
-      ok = t == 'none' or t == 'hash'
-      fit[key] = ok
+    local seen = last[key]
+    if seen == nil then
+      local got = redis.pcall('HGET', key, 'last_event')
+      if type(got) == 'table' then seen = false else seen = got or '' end
+      last[key] = seen
     end
-    offs[i] = off
-    if ok then keys[i] = key else refused[#refused + 1] = off end
-  end
-end
-local retries = {}
-for i = 8, #ARGV, 6 do
-  local off = offs[i]
-  if off then
-    local key = keys[i]
-    if key == nil then
+    if seen == false then
+      refused[#refused + 1] = off
     elseif not first(ARGV[i + 2], ARGV[i + 1], ARGV[i]) then
       retries[#retries + 1] = off
     else
       redis.call('HINCRBY', key, 'total_events', '1')
       redis.call('HINCRBY', key, ARGV[i + 4], '1')
-      local last = redis.call('HGET', key, 'last_event')
-      if (not last) or ARGV[i + 5] > last then redis.call('HSET', key, 'last_event', ARGV[i + 5]) end
+      local ts = ARGV[i + 5]
+      if ts > seen then
+        redis.call('HSET', key, 'last_event', ts)
+        last[key] = ts
+      end
       n = n + 1
     end
     if off + 1 > nxt then nxt = off + 1 end
