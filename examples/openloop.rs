@@ -6,7 +6,8 @@
 //!   openloop URL RATE SECONDS CONNECTIONS BODY_FILE
 //!
 //! Prints `sent p50_ms p99_ms max_ms non2xx`. OPENLOOP_AUTHORIZATION, when set, is sent as the
-//! `Authorization` header.
+//! `Authorization` header; OPENLOOP_TRACE names a file to write each request's due time and
+//! latency to (`due_ms latency_ms`, in due order), to see when a tail happened.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     request = request.header("authorization", auth);
                 }
                 let ok = request.send().await.is_ok_and(|r| r.status().is_success());
-                latencies.push(due.elapsed().as_secs_f64() * 1000.0);
+                latencies.push((due, due.elapsed().as_secs_f64() * 1000.0));
                 bad += u64::from(!ok);
             }
             (latencies, bad)
@@ -58,8 +59,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // The schedule runs on a thread of its own with the OS's sleep: tokio's timer ticks in whole
     // milliseconds, which alone would add up to a millisecond to every figure.
+    let start = Instant::now();
     let schedule = std::thread::spawn(move || {
-        let start = Instant::now();
         for i in 0..total {
             let due = start + Duration::from_secs_f64(i as f64 / rate);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -79,6 +80,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Only now: joining earlier would block the one thread the workers run on.
     schedule.join().map_err(|_| "the schedule thread panicked")?;
+    if let Ok(path) = std::env::var("OPENLOOP_TRACE") {
+        let mut by_due = all.clone();
+        by_due.sort_by_key(|(due, _)| *due);
+        let lines: String = by_due
+            .iter()
+            .map(|(due, ms)| {
+                format!(
+                    "{:.3} {ms:.3}\n",
+                    due.duration_since(start).as_secs_f64() * 1000.0
+                )
+            })
+            .collect();
+        std::fs::write(path, lines)?;
+    }
+    let mut all: Vec<f64> = all.into_iter().map(|(_, ms)| ms).collect();
     all.sort_by(f64::total_cmp);
     let at = |q: f64| {
         all.get(((all.len().max(1) - 1) as f64 * q).round() as usize)

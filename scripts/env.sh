@@ -74,3 +74,29 @@ ensure_prometheus() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 }
 
+
+# Waits (up to $1 seconds, default 120) until the machine is quiet: under a quarter of a core
+# busy for two seconds running. A bench that measures latency must not start while the stores
+# still work off what the previous one left (a checkpoint, autovacuum of a million-row table,
+# an AOF rewrite): on two cores that lands in its tail. Says on stderr how long it waited.
+wait_for_quiet_machine() {
+  local max=${1:-120} waited=0 calm=0 busy
+  busy_cores() {
+    local a b
+    a=$(awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 " " $5 + $6}' /proc/stat)
+    sleep 1
+    b=$(awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 " " $5 + $6}' /proc/stat)
+    python3 -c "a, b = '$a'.split(), '$b'.split(); busy = int(b[0]) - int(a[0]); idle = int(b[1]) - int(a[1]); print(f'{$(nproc) * busy / max(busy + idle, 1):.2f}')"
+  }
+  while ((waited < max)); do
+    busy=$(busy_cores)
+    waited=$((waited + 1))
+    if python3 -c "import sys; sys.exit(0 if $busy < 0.25 else 1)"; then
+      calm=$((calm + 1))
+      ((calm >= 2)) && { echo "quiet after ${waited} s" >&2; return 0; }
+    else
+      calm=0
+    fi
+  done
+  echo "still ${busy} cores busy after ${max} s; measuring anyway" >&2
+}
