@@ -9,6 +9,9 @@
 //! `Authorization` header; OPENLOOP_TRACE names a file to write each request's due time and
 //! latency to (`due_ms latency_ms`, in due order), to see when a tail happened.
 
+#[path = "shared/open_loop.rs"]
+mod open_loop;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Mutex};
@@ -57,20 +60,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (latencies, bad)
         }));
     }
-    // The schedule runs on a thread of its own with the OS's sleep: tokio's timer ticks in whole
-    // milliseconds, which alone would add up to a millisecond to every figure.
     let start = Instant::now();
-    let schedule = std::thread::spawn(move || {
-        for i in 0..total {
-            let due = start + Duration::from_secs_f64(i as f64 / rate);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            if tx.blocking_send(due).is_err() {
-                break;
-            }
-        }
-    });
+    let schedule = open_loop::schedule(start, rate, total, tx);
     let mut all = Vec::with_capacity(total as usize);
     let mut bad = 0;
     for w in workers {
@@ -94,21 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         std::fs::write(path, lines)?;
     }
-    let mut all: Vec<f64> = all.into_iter().map(|(_, ms)| ms).collect();
-    all.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        all.get(((all.len().max(1) - 1) as f64 * q).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    println!(
-        "{} {:.2} {:.2} {:.2} {}",
-        all.len(),
-        at(0.5),
-        at(0.99),
-        at(1.0),
-        bad
-    );
+    open_loop::print_summary(all.into_iter().map(|(_, ms)| ms).collect(), bad);
     Ok(())
 }
 

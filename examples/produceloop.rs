@@ -8,6 +8,9 @@
 //!
 //! Prints `sent p50_ms p99_ms max_ms failed`, as `openloop` does.
 
+#[path = "shared/open_loop.rs"]
+mod open_loop;
+
 use clap::Parser;
 use gamemetrics::config::KafkaConfig;
 use gamemetrics::domain::{EventType, GameEvent, GameId, PlayerId};
@@ -37,21 +40,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A warm-up first, as `openloop` gets: the idempotent producer's id and the partitions'
     // leaders are fetched with the first sends (~0.5 s here), which would land in the tail.
     run(&producer, rate, 2.0).await?;
-    let (mut all, failed) = run(&producer, rate, secs).await?;
-    all.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        all.get(((all.len().max(1) - 1) as f64 * q).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    println!(
-        "{} {:.2} {:.2} {:.2} {}",
-        all.len(),
-        at(0.5),
-        at(0.99),
-        at(1.0),
-        failed
-    );
+    let (all, failed) = run(&producer, rate, secs).await?;
+    open_loop::print_summary(all, failed);
     Ok(())
 }
 
@@ -63,20 +53,8 @@ async fn run(
     secs: f64,
 ) -> Result<(Vec<f64>, u64), Box<dyn std::error::Error>> {
     let total = (rate * secs) as u64;
-    // The schedule runs on a thread of its own with the OS's sleep, as in `openloop`.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Instant>(100_000);
-    let schedule = std::thread::spawn(move || {
-        let start = Instant::now();
-        for i in 0..total {
-            let due = start + Duration::from_secs_f64(i as f64 / rate);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            if tx.blocking_send(due).is_err() {
-                break;
-            }
-        }
-    });
+    let schedule = open_loop::schedule(Instant::now(), rate, total, tx);
     let mut sends = tokio::task::JoinSet::new();
     let mut i = 0u64;
     while let Some(due) = rx.recv().await {
