@@ -40,11 +40,24 @@ fn spawn_consumer(config: &Config, role: &str) -> Child {
         .expect("start a consumer process")
 }
 
+/// The consumer processes, killed when dropped: a failed assertion must not leave them running
+/// against the shared broker and stores (a failing run once left three for half an hour).
+struct Consumers(Vec<Child>);
+
+impl Drop for Consumers {
+    fn drop(&mut self) {
+        for p in &mut self.0 {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
 #[actix_web::test]
 async fn consumers_killed_mid_stream_lose_nothing_and_count_nothing_twice() {
     let config = pipeline_config(|c| c.consumer.leaderboard_retention_days = 36_500).await;
     let app = spawn_app_with(|c| *c = config.clone()).await;
-    let mut procs: Vec<Child> = ROLES.iter().map(|r| spawn_consumer(&config, r)).collect();
+    let mut procs = Consumers(ROLES.iter().map(|r| spawn_consumer(&config, r)).collect());
 
     // Ingest 3,000 events, 16 requests at a time, while a killer takes processes down.
     // Every event has a client-chosen id, and 300 are retried (interleaved, some concurrently
@@ -69,9 +82,9 @@ async fn consumers_killed_mid_stream_lose_nothing_and_count_nothing_twice() {
         while kills < 60 && !(done.get() && kills >= 12) {
             tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
             let i = rng.random_range(0..ROLES.len());
-            let _ = procs[i].kill(); // SIGKILL: no flush, no commit, no goodbye
-            let _ = procs[i].wait();
-            procs[i] = spawn_consumer(&config, ROLES[i]);
+            let _ = procs.0[i].kill(); // SIGKILL: no flush, no commit, no goodbye
+            let _ = procs.0[i].wait();
+            procs.0[i] = spawn_consumer(&config, ROLES[i]);
             kills += 1;
         }
         kills
@@ -85,8 +98,4 @@ async fn consumers_killed_mid_stream_lose_nothing_and_count_nothing_twice() {
         model.add(ev, id);
     }
     assert_state(&config, &model).await;
-    for mut p in procs {
-        let _ = p.kill();
-        let _ = p.wait();
-    }
 }
