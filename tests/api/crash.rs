@@ -6,13 +6,13 @@ use crate::helpers::*;
 use crate::model::{assert_state, events, with_retries, Model};
 use gamemetrics::config::Config;
 use rand::{Rng, SeedableRng};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const ROLES: [&str; 3] = ["logger", "stats", "leaderboard"];
 
 /// Starts `gamemetrics consume --role <role>` as its own process with the test's configuration.
-fn spawn_consumer(config: &Config, role: &str) -> Child {
+fn spawn_consumer(config: &Config, role: &str) -> KillOnDrop {
     let c = &config.consumer;
     Command::new(env!("CARGO_BIN_EXE_gamemetrics"))
         .args(["consume", "--role", role])
@@ -37,27 +37,16 @@ fn spawn_consumer(config: &Config, role: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(KillOnDrop)
         .expect("start a consumer process")
-}
-
-/// The consumer processes, killed when dropped: a failed assertion must not leave them running
-/// against the shared broker and stores (a failing run once left three for half an hour).
-struct Consumers(Vec<Child>);
-
-impl Drop for Consumers {
-    fn drop(&mut self) {
-        for p in &mut self.0 {
-            let _ = p.kill();
-            let _ = p.wait();
-        }
-    }
 }
 
 #[actix_web::test]
 async fn consumers_killed_mid_stream_lose_nothing_and_count_nothing_twice() {
     let config = pipeline_config(|c| c.consumer.leaderboard_retention_days = 36_500).await;
     let app = spawn_app_with(|c| *c = config.clone()).await;
-    let mut procs = Consumers(ROLES.iter().map(|r| spawn_consumer(&config, r)).collect());
+    // Killed when dropped, failed or not (a failing run once left three for half an hour).
+    let mut procs: Vec<_> = ROLES.iter().map(|r| spawn_consumer(&config, r)).collect();
 
     // Ingest 3,000 events, 16 requests at a time, while a killer takes processes down.
     // Every event has a client-chosen id, and 300 are retried (interleaved, some concurrently
@@ -82,9 +71,9 @@ async fn consumers_killed_mid_stream_lose_nothing_and_count_nothing_twice() {
         while kills < 60 && !(done.get() && kills >= 12) {
             tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
             let i = rng.random_range(0..ROLES.len());
-            let _ = procs.0[i].kill(); // SIGKILL: no flush, no commit, no goodbye
-            let _ = procs.0[i].wait();
-            procs.0[i] = spawn_consumer(&config, ROLES[i]);
+            let _ = procs[i].0.kill(); // SIGKILL: no flush, no commit, no goodbye
+            let _ = procs[i].0.wait();
+            procs[i] = spawn_consumer(&config, ROLES[i]);
             kills += 1;
         }
         kills

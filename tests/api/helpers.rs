@@ -471,6 +471,17 @@ pub fn run_script(name: &str, args: &[&str], env: &[(&str, &str)]) {
     );
 }
 
+/// A child process, killed (and reaped) when dropped: a failed assertion must not leave it
+/// running against the shared broker and stores. std's `Child` is not killed on drop.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs a script when dropped, whatever happened meanwhile: brings a shared service a test
 /// stopped back even when an assertion fails while it is down, so later tests find it up.
 pub struct OnDrop {

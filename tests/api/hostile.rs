@@ -334,7 +334,7 @@ async fn only_real_nul_characters_and_invisible_names_are_refused() {
 
 /// `gamemetrics serve` as a process of its own, so its memory can be read from /proc.
 struct Server {
-    child: std::process::Child,
+    child: KillOnDrop,
     address: String,
 }
 
@@ -359,23 +359,16 @@ impl Server {
             .spawn()
             .expect("start gamemetrics serve");
         Server {
-            child,
+            child: KillOnDrop(child),
             address: format!("http://127.0.0.1:{port}"),
         }
     }
 
     /// The most memory the process has held (VmHWM), in MiB.
     fn peak_rss_mib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -6,18 +6,8 @@
 use crate::helpers::*;
 use gamemetrics::actors::Role;
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// A Prometheus process, killed on drop.
-struct Prometheus(Child);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -62,7 +52,7 @@ async fn a_real_prometheus_records_every_rule_from_a_running_gamemetrics() {
     )
     .expect("config");
     let port = free_port();
-    let _prometheus = Prometheus(
+    let _prometheus = KillOnDrop(
         Command::new("prometheus")
             .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
