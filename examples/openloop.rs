@@ -72,9 +72,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Only now: joining earlier would block the one thread the workers run on.
     schedule.join().map_err(|_| "the schedule thread panicked")?;
     if let Ok(path) = std::env::var("OPENLOOP_TRACE") {
-        let mut by_due = all.clone();
-        by_due.sort_by_key(|(due, _)| *due);
-        let lines: String = by_due
+        all.sort_by_key(|(due, _)| *due);
+        let lines: String = all
             .iter()
             .map(|(due, ms)| {
                 format!(

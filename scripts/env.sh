@@ -80,23 +80,24 @@ ensure_prometheus() {
 # still work off what the previous one left (a checkpoint, autovacuum of a million-row table,
 # an AOF rewrite): on two cores that lands in its tail. Says on stderr how long it waited.
 wait_for_quiet_machine() {
-  local max=${1:-120} waited=0 calm=0 busy
-  busy_cores() {
-    local a b
-    a=$(awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 " " $5 + $6}' /proc/stat)
-    sleep 1
-    b=$(awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 " " $5 + $6}' /proc/stat)
-    python3 -c "a, b = '$a'.split(), '$b'.split(); busy = int(b[0]) - int(a[0]); idle = int(b[1]) - int(a[1]); print(f'{$(nproc) * busy / max(busy + idle, 1):.2f}')"
-  }
+  local max=${1:-120} waited=0 calm=0 busy=0 a b
+  # Busy and idle ticks of all cores, from /proc/stat's first line.
+  local ticks='/^cpu /{print $2 + $3 + $4 + $7 + $8, $5 + $6}'
+  a=$(awk "$ticks" /proc/stat)
   while ((waited < max)); do
-    busy=$(busy_cores)
+    sleep 1
     waited=$((waited + 1))
-    if python3 -c "import sys; sys.exit(0 if $busy < 0.25 else 1)"; then
+    b=$(awk "$ticks" /proc/stat)
+    # Hundredths of a core busy over the last second.
+    busy=$(awk -v a="$a" -v b="$b" -v n="$(nproc)" 'BEGIN { split(a, x, " "); split(b, y, " ");
+      t = (y[1] - x[1]) + (y[2] - x[2]); print int(100 * n * (y[1] - x[1]) / (t > 0 ? t : 1)) }')
+    a=$b
+    if ((busy < 25)); then
       calm=$((calm + 1))
       ((calm >= 2)) && { echo "quiet after ${waited} s" >&2; return 0; }
     else
       calm=0
     fi
   done
-  echo "still ${busy} cores busy after ${max} s; measuring anyway" >&2
+  printf 'still %d.%02d cores busy after %s s; measuring anyway\n' $((busy / 100)) $((busy % 100)) "$max" >&2
 }

@@ -780,10 +780,11 @@ return retries
 /// ARGV: the four claim arguments, the guard's field, the server's current day and ISO week, the
 /// board key suffixes of daily, weekly and alltime, the dated-board separator and the
 /// current-marker suffix, then per event: offset, claim bucket, claim field, the game's board
-/// base key, player, score, day, week, day expiry, week expiry. Answers {scored, the refused offsets...}. `…:daily` is the board of the newest
-/// day seen that is not ahead of the server's clock (a client clock running fast must not end
-/// today early), named by its marker (`…:daily:current`), and carries that day's expiry; an
-/// event of that day is counted there only. Other days' events go to their dated boards
+/// base key, player, score, day, week, day expiry, week expiry. Answers {scored, the refused
+/// offsets...}. `…:daily` is the board of the newest day seen that is not ahead of the
+/// server's clock (a client clock running fast must not end today early), named by its marker
+/// (`…:daily:current`), and carries that day's expiry; an event of that day is counted there
+/// only. Other days' events go to their dated boards
 /// (`…:daily:2024-01-15`), which keep past periods until their retention ends. When the current
 /// day moves on, its board is renamed to its dated key (expiry and all) and the new day's board
 /// starts as its dated board if events arrived for it early, else empty. A current board
