@@ -59,7 +59,8 @@ fn consumed(offset: i64, body: serde_json::Value) -> Consumed {
         max_data_bytes: 1 << 16,
         max_future_skew: chrono::Duration::seconds(300),
     };
-    let e = IngestRequest::from_value(body, &limits, chrono::Utc::now()).expect("valid event");
+    let e =
+        IngestRequest::parse(body.to_string().as_bytes(), &limits, chrono::Utc::now()).expect("valid event");
     Consumed {
         record: Record {
             offset,

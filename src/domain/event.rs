@@ -3,6 +3,7 @@
 use super::{EventType, GameId, PlayerId, ValidationError};
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -80,34 +81,18 @@ impl IngestRequest {
         limits: &EventLimits,
         now: DateTime<Utc>,
     ) -> Result<GameEvent, ValidationError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| ValidationError::body("invalid_json", format!("body is not valid JSON: {e}")))?;
-        if let Some(literal) = oversized_integer(body) {
-            return Err(ValidationError::field(
-                "data",
-                "invalid_field",
-                format!(
-                    "the integer {literal} does not fit in 64 bits and would be stored rounded; \
-                     send it as a string"
-                ),
-            ));
-        }
-        Self::from_value(value, limits, now)
-    }
-
-    /// Validates one already-decoded JSON value (also used for items of a batch).
-    pub fn from_value(
-        value: Value,
-        limits: &EventLimits,
-        now: DateTime<Utc>,
-    ) -> Result<GameEvent, ValidationError> {
-        let Value::Object(mut obj) = value else {
-            return Err(ValidationError::body(
-                "invalid_body",
-                "body must be a JSON object",
-            ));
+        let invalid_json = |e: serde_json::Error| {
+            ValidationError::body("invalid_json", format!("body is not valid JSON: {e}"))
         };
-        if let Some(unknown) = obj.keys().find(|k| !ALLOWED_FIELDS.contains(&k.as_str())) {
+        let members = Members::read(body).map_err(|e| {
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                // JSON, but not an object.
+                Ok(_) if e.is_data() => ValidationError::body("invalid_body", "body must be a JSON object"),
+                Ok(_) => invalid_json(e),
+                Err(syntax) => invalid_json(syntax),
+            }
+        })?;
+        if let Some(unknown) = &members.unknown {
             return Err(ValidationError::field(
                 unknown,
                 "unknown_field",
@@ -119,25 +104,38 @@ impl IngestRequest {
         }
         let now = now.trunc_subsecs(6);
 
-        let event_type = EventType::parse(visible(required_string(&mut obj, "event_type")?, "event_type")?)?;
-        let player_id = PlayerId::parse(visible(required_string(&mut obj, "player_id")?, "player_id")?)?;
-        let game_id = GameId::parse(visible(required_string(&mut obj, "game_id")?, "game_id")?)?;
-        let event_id = match obj.remove("event_id") {
-            None | Some(Value::Null) => Uuid::now_v7(),
+        let event_type =
+            EventType::parse(visible(members.required_string(Field::EventType)?, "event_type")?)?;
+        let player_id = PlayerId::parse(visible(members.required_string(Field::PlayerId)?, "player_id")?)?;
+        let game_id = GameId::parse(visible(members.required_string(Field::GameId)?, "game_id")?)?;
+        let event_id = match members.get(Field::EventId) {
+            None => Uuid::now_v7(),
             Some(v) => parse_event_id(v)?,
         };
-        let timestamp = match obj.remove("timestamp") {
-            None | Some(Value::Null) => now,
+        let timestamp = match members.get(Field::Timestamp) {
+            None => now,
             Some(v) => parse_timestamp(v, now, limits)?,
         };
-        let data = match obj.remove("data") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(map)) => check_data(map, limits)?,
+        let data = match members.get(Field::Data) {
+            None => Map::new(),
+            Some(v) if raw_kind(v) == "an object" => {
+                if let Some(literal) = oversized_integer(v.get().as_bytes()) {
+                    return Err(ValidationError::field(
+                        "data",
+                        "invalid_field",
+                        format!(
+                            "the integer {literal} does not fit in 64 bits and would be stored \
+                             rounded; send it as a string"
+                        ),
+                    ));
+                }
+                check_data(serde_json::from_str(v.get()).map_err(invalid_json)?, limits)?
+            }
             Some(other) => {
                 return Err(ValidationError::field(
                     "data",
                     "invalid_field",
-                    format!("data must be a JSON object, got {}", json_kind(&other)),
+                    format!("data must be a JSON object, got {}", raw_kind(other)),
                 ))
             }
         };
@@ -153,6 +151,131 @@ impl IngestRequest {
     }
 }
 
+/// An event's fields, in [`ALLOWED_FIELDS`]' order.
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    EventId,
+    EventType,
+    PlayerId,
+    GameId,
+    Timestamp,
+    Data,
+}
+
+impl Field {
+    fn name(self) -> &'static str {
+        ALLOWED_FIELDS[self as usize]
+    }
+}
+
+/// The members of an ingest body, each still the text it was sent as: the body is read once,
+/// without building a tree of it, and each field is decoded from its own text.
+#[derive(Default)]
+struct Members<'a> {
+    /// Indexed by [`Field`]. As in any JSON object read, a repeated member's last value counts.
+    fields: [Option<&'a RawValue>; ALLOWED_FIELDS.len()],
+    /// The first member, in the order sent, that no event has.
+    unknown: Option<String>,
+}
+
+impl<'a> Members<'a> {
+    /// Fails with a data error when the body is JSON but not an object, and a syntax error when
+    /// it is not JSON (including anything after the object).
+    fn read(body: &'a [u8]) -> Result<Self, serde_json::Error> {
+        use serde::de::{Deserializer as _, MapAccess, Visitor};
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Members::default();
+                while let Some(MemberName(name)) = map.next_key()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    match name {
+                        Ok(index) => members.fields[index] = Some(value),
+                        Err(unknown) => {
+                            members.unknown.get_or_insert(unknown);
+                        }
+                    }
+                }
+                Ok(members)
+            }
+        }
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let members = (&mut de).deserialize_map(MembersVisitor)?;
+        de.end()?;
+        Ok(members)
+    }
+
+    /// The field's text, unless absent or `null` (which mean the same).
+    fn get(&self, field: Field) -> Option<&'a RawValue> {
+        self.fields[field as usize].filter(|v| v.get() != "null")
+    }
+
+    fn required_string(&self, field: Field) -> Result<String, ValidationError> {
+        let name = field.name();
+        match self.get(field) {
+            None => Err(ValidationError::field(
+                name,
+                "missing_field",
+                format!("{name} is required"),
+            )),
+            Some(v) => json_string(v, name),
+        }
+    }
+}
+
+/// A member's name: the index of an event field, or the unknown name.
+struct MemberName(Result<usize, String>);
+
+impl<'de> Deserialize<'de> for MemberName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl serde::de::Visitor<'_> for NameVisitor {
+            type Value = MemberName;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<MemberName, E> {
+                Ok(MemberName(
+                    ALLOWED_FIELDS
+                        .iter()
+                        .position(|f| *f == name)
+                        .ok_or_else(|| name.to_owned()),
+                ))
+            }
+        }
+        d.deserialize_str(NameVisitor)
+    }
+}
+
+/// What kind of JSON value a member's text is, for error messages (the text is valid JSON).
+fn raw_kind(v: &RawValue) -> &'static str {
+    match v.get().as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
+    }
+}
+
+/// A member that must be a string, decoded (escapes resolved).
+fn json_string(v: &RawValue, field: &str) -> Result<String, ValidationError> {
+    if raw_kind(v) != "a string" {
+        return Err(ValidationError::field(
+            field,
+            "invalid_field",
+            format!("{field} must be a string, got {}", raw_kind(v)),
+        ));
+    }
+    serde_json::from_str(v.get())
+        .map_err(|e| ValidationError::field(field, "invalid_field", format!("{field}: {e}")))
+}
+
 /// Refuses names holding characters that render as nothing or reorder the text around them
 /// (zero-width spaces and joiners, direction marks and overrides, line and paragraph separators,
 /// the byte order mark, tag characters): two ids that look the same must be the same id. Only at
@@ -165,6 +288,10 @@ fn visible(value: String, field: &str) -> Result<String, ValidationError> {
             | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}'
             | '\u{E0000}'..='\u{E007F}')
     };
+    // Every such character is outside ASCII, which most ids are.
+    if value.is_ascii() {
+        return Ok(value);
+    }
     match value.chars().find(|&c| invisible(c)) {
         Some(c) => Err(ValidationError::field(
             field,
@@ -219,23 +346,7 @@ fn oversized_integer(json: &[u8]) -> Option<String> {
     None
 }
 
-fn required_string(obj: &mut Map<String, Value>, field: &str) -> Result<String, ValidationError> {
-    match obj.remove(field) {
-        Some(Value::String(s)) => Ok(s),
-        None | Some(Value::Null) => Err(ValidationError::field(
-            field,
-            "missing_field",
-            format!("{field} is required"),
-        )),
-        Some(other) => Err(ValidationError::field(
-            field,
-            "invalid_field",
-            format!("{field} must be a string, got {}", json_kind(&other)),
-        )),
-    }
-}
-
-fn parse_event_id(v: Value) -> Result<Uuid, ValidationError> {
+fn parse_event_id(v: &RawValue) -> Result<Uuid, ValidationError> {
     let invalid = |why: String| {
         ValidationError::field(
             "event_id",
@@ -243,9 +354,10 @@ fn parse_event_id(v: Value) -> Result<Uuid, ValidationError> {
             format!("event_id must be a UUID{why}"),
         )
     };
-    let Value::String(s) = v else {
-        return Err(invalid(format!(", got {}", json_kind(&v))));
-    };
+    if raw_kind(v) != "a string" {
+        return Err(invalid(format!(", got {}", raw_kind(v))));
+    }
+    let s = json_string(v, "event_id")?;
     let id = Uuid::parse_str(&s).map_err(|e| invalid(format!(": {e}")))?;
     if id.is_nil() {
         return Err(invalid(", not the nil UUID".into()));
@@ -254,7 +366,7 @@ fn parse_event_id(v: Value) -> Result<Uuid, ValidationError> {
 }
 
 fn parse_timestamp(
-    v: Value,
+    v: &RawValue,
     now: DateTime<Utc>,
     limits: &EventLimits,
 ) -> Result<DateTime<Utc>, ValidationError> {
@@ -265,9 +377,10 @@ fn parse_timestamp(
             format!("timestamp must be an RFC 3339 date-time such as 2024-01-15T10:30:00Z{why}"),
         )
     };
-    let Value::String(s) = v else {
-        return Err(invalid(format!(", got {}", json_kind(&v))));
-    };
+    if raw_kind(v) != "a string" {
+        return Err(invalid(format!(", got {}", raw_kind(v))));
+    }
+    let s = json_string(v, "timestamp")?;
     let ts = DateTime::parse_from_rfc3339(&s)
         .map_err(|e| invalid(format!(": {e}")))?
         .with_timezone(&Utc)
@@ -286,15 +399,14 @@ fn parse_timestamp(
 }
 
 fn check_data(map: Map<String, Value>, limits: &EventLimits) -> Result<Map<String, Value>, ValidationError> {
-    let encoded = serde_json::to_string(&map).unwrap_or_default();
-    if encoded.len() > limits.max_data_bytes {
+    let size = serialized_len(&map);
+    if size > limits.max_data_bytes {
         return Err(ValidationError::field(
             "data",
             "too_large",
             format!(
                 "data is {} bytes serialized; the limit is {}",
-                encoded.len(),
-                limits.max_data_bytes
+                size, limits.max_data_bytes
             ),
         ));
     }
@@ -322,15 +434,22 @@ pub fn contains_nul(v: &Value) -> bool {
     }
 }
 
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// How long `value`'s compact JSON is, counted as it is written rather than built.
+fn serialized_len(value: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
+    let mut count = Count(0);
+    // Writing a map of JSON values into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 #[cfg(test)]
@@ -350,7 +469,7 @@ mod tests {
     }
 
     fn parse(v: Value) -> Result<GameEvent, ValidationError> {
-        IngestRequest::from_value(v, &limits(), now())
+        IngestRequest::parse(v.to_string().as_bytes(), &limits(), now())
     }
 
     fn base() -> Value {
@@ -454,6 +573,37 @@ mod tests {
         assert_eq!(
             IngestRequest::parse(b"{", &limits(), now()).unwrap_err().code,
             "invalid_json"
+        );
+    }
+
+    #[test]
+    fn the_body_is_read_as_text_member_by_member() {
+        let raw = |body: &str| IngestRequest::parse(body.as_bytes(), &limits(), now());
+        // Escapes are decoded, whitespace is ignored, and a repeated member's last value counts.
+        let ev = raw(
+            r#" { "event_type" : "a\u0062", "player_id":"x", "player_id":"p", "game_id":"g",
+                        "event_id": null, "data": { "k" : [1, {"n": null}] } } "#,
+        )
+        .unwrap();
+        assert_eq!((ev.event_type.as_str(), ev.player_id.as_str()), ("ab", "p"));
+        assert_eq!(ev.data["k"], json!([1, {"n": null}]));
+        // The first unknown member in the order sent is the one named.
+        let err = raw(r#"{"zeta":1,"alpha":2,"event_type":"a","player_id":"p","game_id":"g"}"#).unwrap_err();
+        assert_eq!((err.field.as_deref(), err.code), (Some("zeta"), "unknown_field"));
+        // Not JSON wins over not an object; JSON that is not an object is named so.
+        assert_eq!(raw("[1,").unwrap_err().code, "invalid_json");
+        assert_eq!(raw(r#"{"event_type":"a"} x"#).unwrap_err().code, "invalid_json");
+        assert_eq!(raw("\"text\"").unwrap_err().code, "invalid_body");
+        // An integer past 64 bits is refused in `data`; elsewhere it is just not a string.
+        let err =
+            raw(r#"{"event_type":"a","player_id":"p","game_id":"g","data":{"n":[18446744073709551616]}}"#)
+                .unwrap_err();
+        assert_eq!((err.field.as_deref(), err.code), (Some("data"), "invalid_field"));
+        assert!(err.message.contains("18446744073709551616"), "{}", err.message);
+        let err = raw(r#"{"event_type":18446744073709551616,"player_id":"p","game_id":"g"}"#).unwrap_err();
+        assert_eq!(
+            (err.field.as_deref(), err.message.as_str()),
+            (Some("event_type"), "event_type must be a string, got a number")
         );
     }
 

@@ -196,14 +196,18 @@ async fn read_body(
     timeout: std::time::Duration,
     limit: usize,
 ) -> Result<Vec<u8>, ApiError> {
-    let raw = tokio::time::timeout(timeout, read_raw(req, payload, limit))
-        .await
-        .map_err(|_| {
+    let read = read_raw(req, payload, limit);
+    tokio::pin!(read);
+    // A small body has usually arrived with the headers: it needs no timer.
+    let raw = match futures::FutureExt::now_or_never(&mut read) {
+        Some(raw) => raw?,
+        None => tokio::time::timeout(timeout, read).await.map_err(|_| {
             ApiError::RequestTimeout(format!(
                 "the request body did not arrive within {} ms (BODY_READ_TIMEOUT_MS)",
                 timeout.as_millis()
             ))
-        })??;
+        })??,
+    };
     let encoding = req
         .headers()
         .get(header::CONTENT_ENCODING)
