@@ -141,7 +141,9 @@ impl EventProducer {
     }
 
     async fn send_for(&self, event: &WireEvent, replay_for: Option<&str>) -> Result<Delivery, ProduceError> {
-        let span = tracing::info_span!("produce", event_id = %event.event_id, topic = %self.topic);
+        // DEBUG for the same reason as the request's span (http::observe); the warning below
+        // names the event itself.
+        let span = tracing::debug_span!("produce", event_id = %event.event_id, topic = %self.topic);
         async {
             let started = Instant::now();
             let result = self.send_inner(event, replay_for).await;
@@ -152,7 +154,7 @@ impl EventProducer {
                 Ok(d) => tracing::debug!(partition = d.partition, offset = d.offset, "produced"),
                 Err(e) => {
                     self.metrics.produce_errors.with_label_values(&[e.reason()]).inc();
-                    tracing::warn!(error = %e, "produce failed");
+                    tracing::warn!(event_id = %event.event_id, topic = %self.topic, error = %e, "produce failed");
                 }
             }
             result
