@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Pending records for one sink and the batch currently being written.
 pub struct Lane<T> {
@@ -405,13 +406,25 @@ pub fn send_taken<A: RoleActor, T: Clone + 'static, R: 'static>(
     batch: Arc<Vec<T>>,
 ) {
     let started = std::time::Instant::now();
-    let write = (ops.write)(act, batch.clone());
+    // The flush hop of the trace (DEBUG): one span a batch, after the consume spans of the
+    // events it holds, which name the same partition.
+    let span = tracing::debug_span!(
+        "flush",
+        service = act.core().position.service,
+        partition = act.core().position.partition,
+        lane = ops.what,
+        sink = ops.sink,
+        records = batch.len()
+    );
+    let write = (ops.write)(act, batch.clone()).instrument(span.clone());
     ctx.spawn(write.into_actor(act).map(move |res, act, ctx| match res {
         Ok(r) => {
             (ops.lane)(act).succeeded();
             let size = batch.len();
+            let applied = (ops.applied)(&r, size);
+            tracing::debug!(parent: &span, applied, "flushed");
             let settings = &act.core().settings;
-            settings.observe_flush(ops.sink, started, size, (ops.applied)(&r, size));
+            settings.observe_flush(ops.sink, started, size, applied);
             if let Some(ingested_at) = ops.ingested_at {
                 settings.observe_latency(ops.sink, batch.iter().filter_map(ingested_at));
             }

@@ -488,6 +488,18 @@ impl PartitionSource {
         } else {
             parse(msg.payload.as_deref())
         };
+        // The consume hop of an event's trace (request → produce → consume → flush): DEBUG, as
+        // the request's spans are; the flush span of its lane names the same partition.
+        if let Payload::Event(e) = &payload {
+            let span = tracing::debug_span!(
+                "consume",
+                service = self.position.service,
+                partition = self.position.partition,
+                offset = msg.offset,
+                event_id = %e.event_id
+            );
+            tracing::debug!(parent: &span, "consumed");
+        }
         role.consumed.do_send(Consumed {
             record: Record {
                 offset: msg.offset,
