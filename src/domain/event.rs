@@ -118,7 +118,7 @@ impl IngestRequest {
         };
         let data = match members.get(Field::Data) {
             None => Map::new(),
-            Some(v) if raw_kind(v) == "an object" => {
+            Some(v) if Kind::of(v) == Kind::Object => {
                 if let Some(literal) = oversized_integer(v.get().as_bytes()) {
                     return Err(ValidationError::field(
                         "data",
@@ -135,7 +135,7 @@ impl IngestRequest {
                 return Err(ValidationError::field(
                     "data",
                     "invalid_field",
-                    format!("data must be a JSON object, got {}", raw_kind(other)),
+                    format!("data must be a JSON object, got {}", Kind::of(other)),
                 ))
             }
         };
@@ -251,25 +251,50 @@ impl<'de> Deserialize<'de> for MemberName {
     }
 }
 
-/// What kind of JSON value a member's text is, for error messages (the text is valid JSON).
-fn raw_kind(v: &RawValue) -> &'static str {
-    match v.get().as_bytes().first() {
-        Some(b'n') => "null",
-        Some(b't' | b'f') => "a boolean",
-        Some(b'"') => "a string",
-        Some(b'[') => "an array",
-        Some(b'{') => "an object",
-        _ => "a number",
+/// What kind of JSON value a member's text is (the text is valid JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Null,
+    Boolean,
+    String,
+    Array,
+    Object,
+    Number,
+}
+
+impl Kind {
+    fn of(v: &RawValue) -> Kind {
+        match v.get().as_bytes().first() {
+            Some(b'n') => Kind::Null,
+            Some(b't' | b'f') => Kind::Boolean,
+            Some(b'"') => Kind::String,
+            Some(b'[') => Kind::Array,
+            Some(b'{') => Kind::Object,
+            _ => Kind::Number,
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Null => "null",
+            Kind::Boolean => "a boolean",
+            Kind::String => "a string",
+            Kind::Array => "an array",
+            Kind::Object => "an object",
+            Kind::Number => "a number",
+        })
     }
 }
 
 /// A member that must be a string, decoded (escapes resolved).
 fn json_string(v: &RawValue, field: &str) -> Result<String, ValidationError> {
-    if raw_kind(v) != "a string" {
+    if Kind::of(v) != Kind::String {
         return Err(ValidationError::field(
             field,
             "invalid_field",
-            format!("{field} must be a string, got {}", raw_kind(v)),
+            format!("{field} must be a string, got {}", Kind::of(v)),
         ));
     }
     serde_json::from_str(v.get())
@@ -354,8 +379,8 @@ fn parse_event_id(v: &RawValue) -> Result<Uuid, ValidationError> {
             format!("event_id must be a UUID{why}"),
         )
     };
-    if raw_kind(v) != "a string" {
-        return Err(invalid(format!(", got {}", raw_kind(v))));
+    if Kind::of(v) != Kind::String {
+        return Err(invalid(format!(", got {}", Kind::of(v))));
     }
     let s = json_string(v, "event_id")?;
     let id = Uuid::parse_str(&s).map_err(|e| invalid(format!(": {e}")))?;
@@ -377,8 +402,8 @@ fn parse_timestamp(
             format!("timestamp must be an RFC 3339 date-time such as 2024-01-15T10:30:00Z{why}"),
         )
     };
-    if raw_kind(v) != "a string" {
-        return Err(invalid(format!(", got {}", raw_kind(v))));
+    if Kind::of(v) != Kind::String {
+        return Err(invalid(format!(", got {}", Kind::of(v))));
     }
     let s = json_string(v, "timestamp")?;
     let ts = DateTime::parse_from_rfc3339(&s)
